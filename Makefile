@@ -1,0 +1,64 @@
+# Thin targets over `camid` subcommands. Each target builds/refreshes .venv from
+# requirements.txt first, so a fresh clone needs nothing but `make test` / `make demo`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= configs/demo.yaml
+DATA ?= data/simulated
+GPUS ?=
+SUBMISSION ?= submissions/gmean+hungarian.csv
+SOLUTION ?= $(DATA)/solution.csv
+SIM_ARGS ?=
+CAMID := $(VENV)/bin/camid
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo data folds train-all predict blend submission score bench filter-external clean-outputs
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(VENV)/bin/python -m pytest -q tests
+
+data: venv
+	$(CAMID) simulate $(DATA) --config $(CONFIG) $(SIM_ARGS)
+
+folds: venv
+	$(CAMID) folds --config $(CONFIG) --data $(DATA)
+
+train-all: venv
+	$(CAMID) train-all --config $(CONFIG) --data $(DATA) $(if $(GPUS),--gpus $(GPUS))
+
+predict: venv
+	$(CAMID) predict --config $(CONFIG) --data $(DATA) $(if $(GPUS),--gpus $(GPUS))
+
+blend: venv
+	$(CAMID) blend --config $(CONFIG) --data $(DATA)
+
+submission: venv
+	$(CAMID) submission --config $(CONFIG) --data $(DATA)
+
+score: venv
+	$(CAMID) score $(SUBMISSION) --solution $(SOLUTION)
+
+bench: venv
+	$(CAMID) bench
+
+filter-external: venv
+	$(CAMID) filter-external $(SRC) --rules $(or $(RULES),configs/external_rules.yaml) --out $(OUT)
+
+# The whole chain on the simulated competition with the CPU profile.
+demo: venv
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory data folds train-all predict blend submission CONFIG=$(CONFIG) DATA=$(DATA) && \
+	$(CAMID) submission --config $(CONFIG) --data $(DATA) --score-only && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs: models/ oof/ submissions/"
+
+clean-outputs:
+	rm -rf models/*/ models/folds.csv oof/*.parquet oof/*.json submissions/*.csv submissions/*.png

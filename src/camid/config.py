@@ -1,0 +1,247 @@
+"""Run configuration: YAML profiles validated at load time.
+
+Unknown keys and wrong types are errors (a typo in a multi-day run's config must
+not be silently ignored). Each stage owns one section; defaults are the Kaggle recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import CamidError
+
+
+class ConfigError(CamidError, ValueError):
+    """A configuration file or value is invalid."""
+
+
+@dataclass
+class SimulateConfig:
+    """`camid simulate` defaults (command-line options override them)."""
+
+    n_classes: int = 10
+    train_per_class: int = 275
+    test_per_class: int = 132  # per half: this many _unalt and this many _manip per class
+    width: int = 1600
+    height: int = 1200
+    test_crop: int = 512
+    seed: int = 2018
+
+
+@dataclass
+class FoldsConfig:
+    mode: Literal["kfold", "holdout"] = "kfold"
+    n_folds: int = 5
+    holdout_fraction: float = 0.2
+    seed: int = 42
+
+
+@dataclass
+class ModelConfig:
+    """One trained backbone (run): models/<name>/fold<k>/."""
+
+    backbone: str = "densenet201"
+    name: Optional[str] = None  # directory name under models/; defaults to the backbone
+    dropout: float = 0.3
+    input_size: Optional[int] = None  # overrides train.input_size for this backbone
+    batch_size: Optional[int] = None  # overrides train.batch_size for this backbone
+    lr: Optional[float] = None  # overrides train.lr for this backbone
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.backbone.replace("/", "-")
+
+
+@dataclass
+class TrainConfig:
+    input_size: int = 480
+    crop_factor: int = 2  # first random crop is crop_factor x input_size (960 for 480)
+    batch_size: int = 16
+    epochs: int = 60
+    steps_per_epoch: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    manip_prob: float = 0.5
+    manip_mode: Literal["competition", "continuous"] = "competition"
+    orientation: Literal["none", "flips", "d4"] = "d4"
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    cycles: int = 0  # cosine cycles after the plateau phase; each cycle end is a snapshot
+    cycle_epochs: int = 5
+    keep_top: int = 3
+    val_crop: int = 512  # validation mirrors the test: centre crops of this size
+    val_manip_weight: float = 0.3  # metric weight of manipulated accuracy
+    num_workers: int = 4
+    amp: bool = True  # autocast on CUDA only
+    channels_last: bool = True
+    weights_dir: str = "weights"
+    max_val_images: Optional[int] = None
+
+
+@dataclass
+class PredictConfig:
+    tta: Literal["none", "tta10", "tta40"] = "tta10"
+    reduce: Literal["gmean", "mean", "rms"] = "gmean"
+    top_n: int = 3  # snapshot checkpoints averaged per run
+    oof_augs: list[str] = field(default_factory=lambda: ["all"])
+    oof_manip_per_image: Optional[int] = None  # None: every listed manipulation; k: a seeded subset of k
+    crop: int = 512  # OOF images are centre crops of this size, like the test set
+    batch_size: int = 80  # network inputs per forward pass (images x TTA views)
+
+
+@dataclass
+class BlendConfig:
+    strategies: list[str] = field(default_factory=lambda: ["gmean", "gmean+hungarian"])
+    models: list[str] = field(default_factory=list)  # table stems in oof/; empty = all
+    tta: Optional[str] = None  # which <tta> tables to blend; default predict.tta
+    weights: list[float] = field(default_factory=list)  # one per entry of `models`; empty = equal
+    floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
+
+
+@dataclass
+class Config:
+    name: str = "kaggle"
+    data_dir: str = "data/simulated"
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    classes: Optional[list[str]] = None  # None: the folder names under train/
+    extra_train_dirs: list[str] = field(default_factory=list)  # external data, <dir>/<class>/*
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Stable hash of the resolved config, recorded next to every output."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.run_name == name:
+                return m
+        raise ConfigError(f"no model named {name!r} in config {self.name!r}; "
+                          f"known: {[m.run_name for m in self.models]}")
+
+
+def section_digest(*sections: Any) -> str:
+    """Stable hash of config sections: outputs record the settings that made them."""
+    blob = json.dumps([dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s for s in sections],
+                      sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError("; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and bad types raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> None:
+    if cfg.folds.mode == "kfold" and cfg.folds.n_folds < 2:
+        raise ConfigError("folds.n_folds must be >= 2 for kfold")
+    if not 0.0 < cfg.folds.holdout_fraction < 1.0:
+        raise ConfigError("folds.holdout_fraction must be in (0, 1)")
+    if not 0.0 <= cfg.train.manip_prob <= 1.0:
+        raise ConfigError("train.manip_prob must be in [0, 1]")
+    if cfg.train.input_size % 2 or cfg.train.input_size < 8:
+        raise ConfigError("train.input_size must be even (colour-filter grid) and >= 8")
+    names = [m.run_name for m in cfg.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"models: duplicate run names {names}")
+    if cfg.classes is not None and len(set(cfg.classes)) != len(cfg.classes):
+        raise ConfigError("classes: duplicate class names")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML profile (None: all defaults). ``overrides`` use dotted keys."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    cfg = from_dict(Config, data, where=str(path or "config"))
+    _check(cfg)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

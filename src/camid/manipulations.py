@@ -1,0 +1,126 @@
+"""The 8 competition manipulations, as pure functions on uint8 RGB arrays.
+
+This module is the single implementation used by training augmentation,
+validation, out-of-fold variants, the robustness report and the simulator.
+
+- JPEG: Pillow's libjpeg(-turbo) with the standard IJG tables scaled to the
+  quality, 4:2:0 chroma subsampling (libjpeg's and OpenCV's default), no optimisation.
+- Resize: OpenCV ``INTER_CUBIC`` (the organisers' "bicubic"), output size
+  ``round(side * scale)``.
+- Gamma: ``255 * (x / 255) ** gamma`` rounded half up, through a 256-entry table.
+"""
+from __future__ import annotations
+
+import io
+import re
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+Manipulation = Callable[[np.ndarray], np.ndarray]
+
+# cv2 may spawn its own thread pool; we parallelise at the DataLoader level instead.
+cv2.setNumThreads(1)
+
+
+def _check_image(img: np.ndarray) -> None:
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected a uint8 HxWx3 RGB array, got {getattr(img, 'dtype', type(img))} "
+                         f"{getattr(img, 'shape', '')}")
+
+
+def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
+    """Encode at ``quality`` (1-100) with the standard tables and 4:2:0 subsampling."""
+    _check_image(img)
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=2, optimize=False)
+    return buf.getvalue()
+
+
+def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """Compress and decode at ``quality`` (1-100)."""
+    with Image.open(io.BytesIO(jpeg_bytes(img, quality))) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def resize(img: np.ndarray, scale: float) -> np.ndarray:
+    """Bicubic resize by ``scale`` like OpenCV ``INTER_CUBIC``."""
+    _check_image(img)
+    if not 0.05 <= scale <= 20:
+        raise ValueError(f"resize scale out of range: {scale}")
+    h, w = img.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return cv2.resize(img, size, interpolation=cv2.INTER_CUBIC)
+
+
+def gamma_table(gamma: float) -> np.ndarray:
+    x = np.arange(256, dtype=np.float64) / 255.0
+    return np.floor(255.0 * np.power(x, gamma) + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def gamma(img: np.ndarray, g: float) -> np.ndarray:
+    """Gamma correction ``255 * (x/255) ** g``, rounded half up."""
+    _check_image(img)
+    if not g > 0:
+        raise ValueError(f"gamma must be positive, got {g}")
+    return gamma_table(g)[img]
+
+
+# Order is the competition's; names are the `aug` values of the probability tables.
+MANIPULATIONS: dict[str, Manipulation] = {
+    "jpeg70": lambda im: jpeg(im, 70),
+    "jpeg90": lambda im: jpeg(im, 90),
+    "resize0.5": lambda im: resize(im, 0.5),
+    "resize0.8": lambda im: resize(im, 0.8),
+    "resize1.5": lambda im: resize(im, 1.5),
+    "resize2.0": lambda im: resize(im, 2.0),
+    "gamma0.8": lambda im: gamma(im, 0.8),
+    "gamma1.2": lambda im: gamma(im, 1.2),
+}
+MANIPULATION_NAMES: tuple[str, ...] = tuple(MANIPULATIONS)
+
+# Continuous ranges used by the `continuous` training mode (seed 000). Note the
+# albumentations trap: RandomScale(scale_limit=(0.5, 2)) scales by 1.5-3.0 because
+# the limit is added to 1; the intended range is this one.
+CONTINUOUS_RANGES = {"jpeg": (70, 90), "gamma": (0.8, 1.2), "resize": (0.5, 2.0)}
+
+_NAME_RE = re.compile(r"^(jpeg|resize|gamma)(\d+(?:\.\d+)?)$")
+
+
+def parse(name: str) -> tuple[str, float]:
+    """``'resize0.8'`` -> ``('resize', 0.8)``; accepts any parameter, not only the 8."""
+    m = _NAME_RE.match(name)
+    if not m:
+        raise ValueError(f"unknown manipulation {name!r}; known: {', '.join(MANIPULATION_NAMES)}")
+    return m.group(1), float(m.group(2))
+
+
+def apply(img: np.ndarray, name: str) -> np.ndarray:
+    """Apply a manipulation given by name, e.g. ``jpeg70`` or ``gamma0.95``; ``none`` is identity."""
+    if name == "none":
+        return img
+    if name in MANIPULATIONS:
+        return MANIPULATIONS[name](img)
+    kind, value = parse(name)
+    if kind == "jpeg":
+        return jpeg(img, int(value))
+    if kind == "resize":
+        return resize(img, value)
+    return gamma(img, value)
+
+
+def sample(rng: np.random.Generator, mode: str = "competition") -> str:
+    """Draw a manipulation name: one of the 8, or a continuous-range one."""
+    if mode == "competition":
+        return MANIPULATION_NAMES[int(rng.integers(len(MANIPULATION_NAMES)))]
+    if mode != "continuous":
+        raise ValueError(f"unknown manipulation mode {mode!r}")
+    kind = ("jpeg", "resize", "gamma")[int(rng.integers(3))]
+    lo, hi = CONTINUOUS_RANGES[kind]
+    if kind == "jpeg":
+        return f"jpeg{int(rng.integers(lo, hi + 1))}"
+    return f"{kind}{rng.uniform(lo, hi):.3f}"

@@ -1,0 +1,226 @@
+"""`camid predict`: out-of-fold and test probability tables (recipe items 5-6).
+
+Every training image is predicted by the model of the fold that held it out,
+exactly like a test image: the centre crop unaltered (``manip=0, aug=none``) and
+manipulated variants (``manip=1, aug=<name>``). Test images are predicted by
+every fold's model and averaged. Within a run, predictions are the geometric mean
+over TTA views and over the top-N snapshot checkpoints. Output:
+``oof/<run>.<tta>.parquet`` (schema in ``tables.py``) plus a JSON sidecar.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import manipulations, models
+from .config import Config, ModelConfig, section_digest
+from .data import ImageReadError, DataError, read_folds, read_image, resolve_classes, scan_test
+from .io_utils import stage_log
+from .samples import build_variants
+from .tables import write_table
+from .train import autocast, load_checkpoint, pick_device
+from .tta import make_views, predict_views, reduce_probs
+from .workspace import Workspace, add_common_arguments, resolve
+
+CHUNK = 32  # images decoded and cropped at a time: bounds memory on 12 MP photos
+
+
+class Ensemble:
+    """The top-N checkpoints of one (run, fold), applied with TTA and reduced by geometric mean."""
+
+    def __init__(self, files: Sequence[Path], device: torch.device, tta: str, reduce: str, amp: bool = True):
+        self.files, self.device, self.tta, self.reduce, self.amp = list(files), device, tta, reduce, amp
+        self.nets, self.input_size, self.classes = [], None, None
+        for f in self.files:
+            ck = load_checkpoint(f)
+            net = models.rebuild(ck["model_args"])
+            net.load_state_dict(ck["state_dict"])
+            self.nets.append(net.to(device).eval())
+            self.input_size, self.classes = ck["input_size"], ck["classes"]
+
+    def predict(self, images: torch.Tensor, manip: torch.Tensor, batch_size: int) -> np.ndarray:
+        """(N, 3, H, W) uint8 -> (N, classes) probabilities."""
+        views = make_views(self.tta, images.shape[-2], images.shape[-1], self.input_size)
+        per_view_batch = max(1, batch_size // len(views))  # batch_size counts network inputs
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), per_view_batch):
+                x = images[i:i + per_view_batch].to(self.device)
+                m = manip[i:i + per_view_batch].to(self.device)
+                probs = torch.stack([self._one(net, x, m, views) for net in self.nets])
+                out.append(reduce_probs(probs, "gmean", dim=0).cpu())
+        return torch.cat(out).double().numpy()
+
+    def _one(self, net: models.CamidNet, x: torch.Tensor, m: torch.Tensor, views) -> torch.Tensor:
+        mv = m.repeat(len(views))
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.amp):
+                return net(net.normalize(batch), mv)
+
+        return predict_views(forward, x, views, self.reduce).float()
+
+
+def checkpoint_files(run_dir: Path, top_n: int) -> list[Path]:
+    meta = run_dir / "checkpoints.json"
+    if not meta.is_file():
+        return []
+    entries = json.loads(meta.read_text())["checkpoints"][:top_n]
+    files = [run_dir / e["file"] for e in entries]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"checkpoints listed in {meta} are missing: {missing}")
+    return files
+
+
+def oof_augs(cfg: Config, fname: str) -> list[str]:
+    """Variants predicted for one OOF image: ``none`` plus all 8, a listed subset, or a seeded draw."""
+    names = cfg.predict.oof_augs
+    manips = list(manipulations.MANIPULATION_NAMES) if names == ["all"] else list(names)
+    unknown = [m for m in manips if m not in manipulations.MANIPULATIONS]
+    if unknown:
+        raise DataError(f"predict.oof_augs: unknown manipulation(s) {unknown}")
+    k = cfg.predict.oof_manip_per_image
+    if k is not None and k < len(manips):
+        rng = np.random.default_rng([cfg.seed, int.from_bytes(fname.encode()[-8:].rjust(8, b"\0"), "little")])
+        manips = sorted(rng.choice(manips, size=k, replace=False).tolist(), key=manips.index)
+    return ["none", *manips]
+
+
+def _chunks(df: pd.DataFrame, size: int = CHUNK) -> Iterator[pd.DataFrame]:
+    for i in range(0, len(df), size):
+        yield df.iloc[i:i + size]
+
+
+def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int) -> pd.DataFrame:
+    rows = []
+    for chunk in tqdm(list(_chunks(fold_df)), desc=f"oof fold {fold}", leave=False):
+        for aug in sorted({a for f in chunk["fname"] for a in oof_augs(cfg, f)}, key=_aug_order):
+            sel = chunk[[aug in oof_augs(cfg, f) for f in chunk["fname"]]]
+            if sel.empty:
+                continue
+            var = build_variants(sel["path"].tolist(), sel["fname"].tolist(), sel["label"].tolist(), [aug],
+                                 cfg.predict.crop, desc=aug)
+            if var.skipped:
+                raise DataError(f"OOF image(s) unreadable: {var.skipped}")
+            probs = ens.predict(var.images, var.manip, cfg.predict.batch_size)
+            rows.append(_frame(var.fnames, "oof", fold, int(aug != "none"), aug, list(sel["label"]), probs,
+                               ens.classes))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _aug_order(aug: str) -> int:
+    return -1 if aug == "none" else manipulations.MANIPULATION_NAMES.index(aug)
+
+
+def _frame(fnames, split, fold, manip, aug, labels, probs, classes) -> pd.DataFrame:
+    df = pd.DataFrame(probs, columns=classes)
+    df.insert(0, "fname", list(fnames))
+    df.insert(1, "split", split)
+    df.insert(2, "fold", fold)
+    df.insert(3, "manip", manip)
+    df.insert(4, "aug", aug)
+    df.insert(5, "label", labels)
+    return df
+
+
+def load_test_images(test: pd.DataFrame) -> list[tuple[str, int, np.ndarray]]:
+    """Every test file must be usable: a submission has to cover all of them."""
+    out = []
+    for row in tqdm(test.itertuples(), total=len(test), desc="read test", leave=False):
+        try:
+            out.append((row.fname, int(row.manip), read_image(row.path)))
+        except ImageReadError as exc:
+            raise DataError(f"test file {row.fname} cannot be used: {exc.reason}") from exc
+    return out
+
+
+def predict_test(ens: Ensemble, images: list[tuple[str, int, np.ndarray]], batch_size: int) -> np.ndarray:
+    """Probabilities in the order of ``images``; same-shape images are batched together."""
+    probs = np.zeros((len(images), len(ens.classes)))
+    by_shape: dict[tuple, list[int]] = {}
+    for i, (_, _, img) in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for idx in by_shape.values():
+        for j in range(0, len(idx), CHUNK):
+            part = idx[j:j + CHUNK]
+            x = torch.stack([torch.from_numpy(images[i][2]).permute(2, 0, 1) for i in part])
+            m = torch.tensor([float(images[i][1]) for i in part])
+            probs[part] = ens.predict(x, m, batch_size)
+    return probs
+
+
+def _fingerprint(files: Sequence[Path]) -> list[dict]:
+    return [{"file": str(f), "size": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
+
+
+def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.device, force: bool = False) -> Path | None:
+    classes = resolve_classes(cfg, ws.data_dir)
+    folds = read_folds(ws.folds_csv, classes)
+    tta, out = cfg.predict.tta, ws.table(mcfg.run_name, cfg.predict.tta)
+    per_fold = {k: checkpoint_files(ws.run_dir(mcfg.run_name, k), cfg.predict.top_n)
+                for k in sorted(folds["fold"].unique()) if k >= 0}
+    per_fold = {k: v for k, v in per_fold.items() if v}
+    if not per_fold:
+        stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.models / mcfg.run_name}; skipped")
+        return None
+    stamp = {"predict_digest": section_digest(cfg.predict, mcfg), "checkpoints": {str(k): _fingerprint(v) for k, v in per_fold.items()}}
+    old = out.with_suffix(".json")
+    if not force and out.is_file() and old.is_file() and \
+            {k: json.loads(old.read_text()).get(k) for k in stamp} == stamp:
+        stage_log("predict", f"{out} is up to date with its checkpoints; skipped")
+        return out
+    t0 = time.time()
+    test = scan_test(ws.data_dir)
+    test_images = load_test_images(test)
+    stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
+    frames, test_probs = [], []
+    for k, files in per_fold.items():
+        ens = Ensemble(files, device, tta, cfg.predict.reduce, cfg.train.amp)
+        if ens.classes != classes:
+            raise DataError(f"{files[0]}: trained on classes {ens.classes}, data has {classes}")
+        stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s), TTA {tta}")
+        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k))
+        test_probs.append(predict_test(ens, test_images, cfg.predict.batch_size))
+    fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
+    frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
+                         "unknown", [""] * len(test_images), fold_avg, classes))
+    table = pd.concat(frames, ignore_index=True)
+    meta = {**stamp, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta, "reduce": cfg.predict.reduce,
+            "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device)}
+    write_table(table, out, classes, meta)
+    n_oof = int((table["split"] == "oof").sum())
+    stage_log("predict", f"wrote {out}: {n_oof} OOF rows, {len(test_images)} test rows "
+                         f"in {time.time() - t0:.1f} s")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
+    parser.add_argument("--gpus", default="", help="GPU ids; the first is used (multi-GPU prediction queues runs)")
+    parser.add_argument("--force", action="store_true", help="recompute tables even when up to date")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg, ws = resolve(args)
+    gpus = [g for g in args.gpus.split(",") if g]
+    device = pick_device(args.device or (f"cuda:{gpus[0]}" if gpus else cfg.device))
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    wanted = [m for m in args.models.split(",") if m]
+    runs = [cfg.model(m) for m in wanted] if wanted else cfg.models
+    written = [p for m in runs if (p := predict_run(cfg, ws, m, device, args.force)) is not None]
+    if not written:
+        raise DataError(f"no trained runs to predict under {ws.models} (run `make train-all` first)")
+    return 0

@@ -1,0 +1,30 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def write_jpeg(path: Path, h: int = 64, w: int = 80, seed: int = 0, quality: int = 95) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(img).save(path, quality=quality)
+    return path
+
+
+@pytest.fixture
+def kaggle_layout(tmp_path: Path) -> Path:
+    """A tiny DATA folder: 3 classes x 7 train JPEGs, a few test TIFFs."""
+    data = tmp_path / "data"
+    for c, cls in enumerate(["cam-a", "cam-b", "cam-c"]):
+        for i in range(7):
+            write_jpeg(data / "train" / cls / f"{cls}_{i}.jpg", seed=100 * c + i)
+    for i, kind in enumerate(["unalt", "manip", "unalt", "manip"]):
+        img = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        (data / "test").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(data / "test" / f"img_{i:07x}_{kind}.tif")
+    return data
