@@ -59,7 +59,7 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
         im = im.convert("RGBA").convert("RGB")  # alpha dropped, colour kept
     elif im.mode != "RGB":
         im = im.convert("RGB")  # CMYK, palette, grayscale, YCbCr
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
 
 
 def read_image(path: str | Path) -> np.ndarray:

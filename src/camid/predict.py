@@ -102,24 +102,17 @@ def _chunks(df: pd.DataFrame, size: int = CHUNK) -> Iterator[pd.DataFrame]:
 
 
 def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int) -> pd.DataFrame:
+    index = {c: i for i, c in enumerate(ens.classes)}
     rows = []
-    for chunk in tqdm(list(_chunks(fold_df)), desc=f"oof fold {fold}", leave=False):
-        for aug in sorted({a for f in chunk["fname"] for a in oof_augs(cfg, f)}, key=_aug_order):
-            sel = chunk[[aug in oof_augs(cfg, f) for f in chunk["fname"]]]
-            if sel.empty:
-                continue
-            var = build_variants(sel["path"].tolist(), sel["fname"].tolist(), sel["label"].tolist(), [aug],
-                                 cfg.predict.crop, desc=aug)
-            if var.skipped:
-                raise DataError(f"OOF image(s) unreadable: {var.skipped}")
-            probs = ens.predict(var.images, var.manip, cfg.predict.batch_size)
-            rows.append(_frame(var.fnames, "oof", fold, int(aug != "none"), aug, list(sel["label"]), probs,
-                               ens.classes))
+    for chunk in tqdm(list(_chunks(fold_df)), desc=f"{ens.tta} oof fold {fold}", leave=False):
+        var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(), chunk["label"].map(index).tolist(),
+                             lambda f: oof_augs(cfg, f), cfg.predict.crop, desc=None)
+        if var.skipped:  # OOF must cover every training image exactly once per variant
+            raise DataError(f"OOF image(s) unreadable: {var.skipped}")
+        probs = ens.predict(var.images, var.manip, cfg.predict.batch_size)
+        labels = [ens.classes[i] for i in var.labels.tolist()]
+        rows.append(_frame(var.fnames, "oof", fold, var.manip.int().tolist(), var.aug, labels, probs, ens.classes))
     return pd.concat(rows, ignore_index=True)
-
-
-def _aug_order(aug: str) -> int:
-    return -1 if aug == "none" else manipulations.MANIPULATION_NAMES.index(aug)
 
 
 def _frame(fnames, split, fold, manip, aug, labels, probs, classes) -> pd.DataFrame:
@@ -167,7 +160,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     classes = resolve_classes(cfg, ws.data_dir)
     folds = read_folds(ws.folds_csv, classes)
     tta, out = cfg.predict.tta, ws.table(mcfg.run_name, cfg.predict.tta)
-    per_fold = {k: checkpoint_files(ws.run_dir(mcfg.run_name, k), cfg.predict.top_n)
+    per_fold = {int(k): checkpoint_files(ws.run_dir(mcfg.run_name, int(k)), cfg.predict.top_n)
                 for k in sorted(folds["fold"].unique()) if k >= 0}
     per_fold = {k: v for k, v in per_fold.items() if v}
     if not per_fold:

@@ -9,7 +9,7 @@ run is reproducible whatever the number of DataLoader workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -100,16 +100,21 @@ class VariantSet:
 
 
 def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence[int],
-                   augs: Sequence[str], crop: int, desc: str = "variants") -> VariantSet:
-    """Each image x each aug (``none`` or a manipulation name), cropped like the test set."""
+                   augs: Sequence[str] | Callable[[str], Sequence[str]], crop: int,
+                   desc: str | None = "variants") -> VariantSet:
+    """Each image x each of its augs (``none`` or a manipulation name), cropped like the test set.
+
+    ``augs`` is one list for every image or a function of the image key; each file is decoded once.
+    """
     imgs, flags, labs, names, keys, skipped = [], [], [], [], [], []
-    for path, fname, label in tqdm(list(zip(paths, fnames, labels)), desc=desc, leave=False):
+    items = list(zip(paths, fnames, labels))
+    for path, fname, label in (tqdm(items, desc=desc, leave=False) if desc else items):
         try:
             img = read_image(path)
         except ImageReadError as exc:
             skipped.append((path, exc.reason))
             continue
-        for aug in augs:
+        for aug in (augs(fname) if callable(augs) else augs):
             out = manipulated_centre_crop(img, aug, crop)
             imgs.append(torch.from_numpy(out).permute(2, 0, 1))
             flags.append(0.0 if aug == "none" else 1.0)

@@ -234,7 +234,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return float(loss), int((logits.argmax(1) == y).sum())
+        return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
     def _check_skips(self) -> None:
         n_files = len(self.train_set.paths)
