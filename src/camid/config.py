@@ -98,12 +98,29 @@ class PredictConfig:
 
 
 @dataclass
+class StackConfig:
+    """Level-2 stackers (strategies xgb, lgb, mlp): bags over seeds x folds grouped by image."""
+
+    seeds: int = 4  # seeds x folds models per stacker (the seeds' team bagged 20 XGB + 20 LGB)
+    folds: int = 5
+    log_features: bool = True  # add log(max(p, floor)) of every model's probabilities
+    class_weights: list[float] = field(default_factory=list)  # one per class, class order; empty = all 1
+    rounds: int = 300  # boosting rounds (fixed: no early stopping on the fold that scores the OOF)
+    learning_rate: float = 0.05
+    max_depth: int = 4
+    mlp_hidden: int = 128
+    mlp_epochs: int = 40
+    threads: int = 0  # 0: all cores
+
+
+@dataclass
 class BlendConfig:
     strategies: list[str] = field(default_factory=lambda: ["gmean", "gmean+hungarian"])
     models: list[str] = field(default_factory=list)  # table stems in oof/; empty = all
     tta: Optional[str] = None  # which <tta> tables to blend; default predict.tta
     weights: list[float] = field(default_factory=list)  # one per entry of `models`; empty = equal
     floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
+    stack: StackConfig = field(default_factory=StackConfig)
 
 
 @dataclass

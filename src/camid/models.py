@@ -1,0 +1,439 @@
+"""Backbone registry and the camera-model classifier (DESIGN.md recipe item 3).
+
+One registry (timm style): every network is built by name with `build_model`. The head is
+the recipe's: backbone feature map -> global average pooling -> concatenate the `manip`
+flag -> dropout -> linear layer to the classes. Global pooling (instead of the fixed 7x7
+pool inside pretrainedmodels' `logits()`) is what lets one network train on 480/512 crops
+and still run on any input of at least 32 px.
+
+Families:
+  * the recipe's eight ImageNet backbones from `pretrainedmodels` (weights from a local
+    folder, see `weights_table()`; nothing is ever downloaded);
+  * any timm model as `timm/<name>` (weights from `<weights_dir>/timm/<name>.safetensors|.pth`);
+  * `camid_tiny` / `camid_small`: small residual-input CNNs trained from scratch, for CPU
+    demos and tests.
+
+Checkpoints store `model.model_args` (nanoGPT style); `rebuild(model_args)` recreates the
+architecture so that the checkpoint's state dict loads into it.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camid.errors import CamidError
+
+TIMM_PREFIX = "timm/"
+
+# A builder returns the backbone with its ImageNet classifier removed and the number of
+# channels of its feature map.
+Builder = Callable[[], "tuple[nn.Module, int]"]
+FeatureFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the harness needs to know about one backbone, by name."""
+
+    name: str
+    family: str  # "pretrainedmodels" | "timm" | "camid"
+    build: Builder
+    features: FeatureFn
+    input_mean: tuple[float, float, float]
+    input_std: tuple[float, float, float]
+    input_range: tuple[float, float] = (0.0, 1.0)
+    input_space: str = "RGB"
+    # File names accepted under weights_dir (first = canonical, named in warnings);
+    # empty for networks that always train from scratch.
+    weights_files: tuple[str, ...] = ()
+    # Checkpoint keys under these prefixes belong to the ImageNet classifier and are dropped.
+    classifier_prefixes: tuple[str, ...] = ()
+    # Checkpoint key remapping applied before loading (e.g. old torchvision densenet names).
+    remap_keys: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- features
+def _features_attr(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # pretrainedmodels exposes `features` as a method (senet) or as a module attribute
+    # (resnext, dpn); calling it works for both.
+    return backbone.features(x)
+
+
+def _features_densenet(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # torchvision's densenet `features` ends at norm5 (BN without activation); its forward
+    # and pretrainedmodels' logits() apply the ReLU afterwards, so we must too.
+    return F.relu(backbone.features(x))
+
+
+def _features_call(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # timm models are created with num_classes=0, global_pool='' so forward() returns the
+    # unpooled map (with any head norm the model has); camid nets return their map directly.
+    return backbone(x)
+
+
+# ------------------------------------------------------------------- pretrainedmodels
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+def remap_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Old torchvision densenet checkpoints name layers `norm.1`; modules are now `norm1`.
+
+    Same rule as torchvision's `_load_state_dict` and pretrainedmodels' `update_state_dict`
+    (plus `num_batches_tracked`, for old-named files re-saved by a newer PyTorch). The 2017
+    files have no `num_batches_tracked` at all; BatchNorm fills it in when loading a plain
+    dict, so strict loading still passes.
+    """
+    out = {}
+    for key, value in state.items():
+        match = _DENSENET_OLD_KEY.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
+def _pm_build(name: str, shared_features: bool = False) -> Builder:
+    def build() -> tuple[nn.Module, int]:
+        with warnings.catch_warnings():
+            # torchvision warns that `pretrained=False` (used inside pretrainedmodels'
+            # densenets) is deprecated; it is harmless and would only add noise.
+            warnings.simplefilter("ignore", UserWarning)
+            import pretrainedmodels
+
+            model = pretrainedmodels.__dict__[name](num_classes=1000, pretrained=None)
+        if shared_features:
+            # pretrainedmodels' resnext `features` is ONE module-level object created at
+            # import time: every model built in a process would share (and co-train) the
+            # same weights, and its init would ignore the seed. Copy it and re-initialise.
+            model.features = copy.deepcopy(model.features)
+            for module in model.features.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        head = model.last_linear  # Linear, or a 1x1 Conv2d for dpn
+        num_features = head.in_features if isinstance(head, nn.Linear) else head.in_channels
+        # Drop the ImageNet classifier so no parameter goes unused (DDP would complain).
+        del model.last_linear
+        return model, num_features
+
+    return build
+
+
+def _pm_spec(
+    name: str,
+    setting: str,
+    features: FeatureFn = _features_attr,
+    remap_keys: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    alt_files: tuple[str, ...] = (),
+) -> BackboneSpec:
+    # The library's own settings table is the single source of input statistics and file
+    # names (importing pretrainedmodels costs a few seconds, once per process).
+    import pretrainedmodels
+
+    cfg = pretrainedmodels.pretrained_settings[name][setting]
+    return BackboneSpec(
+        name=name,
+        family="pretrainedmodels",
+        build=_pm_build(name, shared_features=name.startswith("resnext")),
+        features=features,
+        input_mean=tuple(cfg["mean"]),
+        input_std=tuple(cfg["std"]),
+        input_range=tuple(float(v) for v in cfg["input_range"]),
+        input_space=cfg["input_space"],
+        weights_files=(cfg["url"].rsplit("/", 1)[-1], *alt_files),
+        classifier_prefixes=("last_linear.", "classifier.", "fc."),
+        remap_keys=remap_keys,
+        description=f"pretrainedmodels {name} ({setting} weights)",
+    )
+
+
+def _pm_specs() -> list[BackboneSpec]:
+    densenet: dict[str, Any] = dict(features=_features_densenet, remap_keys=remap_densenet_keys)
+    return [
+        # torchvision's own file names are accepted too (same weights, old key names).
+        _pm_spec("densenet201", "imagenet", alt_files=("densenet201-c1103571.pth",), **densenet),
+        _pm_spec("densenet161", "imagenet", alt_files=("densenet161-8d451a50.pth",), **densenet),
+        _pm_spec("resnext101_32x4d", "imagenet"),
+        _pm_spec("resnext101_64x4d", "imagenet"),
+        _pm_spec("se_resnext50_32x4d", "imagenet"),
+        _pm_spec("se_resnet50", "imagenet"),
+        _pm_spec("dpn92", "imagenet+5k"),  # pretrainedmodels ships dpn92 only as imagenet+5k
+        _pm_spec("dpn98", "imagenet"),
+    ]
+
+
+# ------------------------------------------------------------------------------- timm
+def _timm_spec(name: str) -> BackboneSpec:
+    import timm
+    import timm.models
+
+    arch = name[len(TIMM_PREFIX):]
+    if not arch or not timm.is_model(arch):
+        raise CamidError(f"unknown timm model {arch!r} (backbone {name!r}); see timm.list_models()")
+    cfg = timm.models.get_pretrained_cfg(arch)
+    classifier = cfg.classifier if cfg and cfg.classifier else "fc"
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+
+    def build() -> tuple[nn.Module, int]:
+        model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
+        return model, int(model.num_features)
+
+    return BackboneSpec(
+        name=name,
+        family="timm",
+        build=build,
+        features=_features_call,
+        input_mean=tuple(cfg.mean) if cfg else (0.485, 0.456, 0.406),
+        input_std=tuple(cfg.std) if cfg else (0.229, 0.224, 0.225),
+        weights_files=(f"timm/{arch}.safetensors", f"timm/{arch}.pth"),
+        classifier_prefixes=tuple(c + "." for c in classifiers),
+        description=f"timm {arch}",
+    )
+
+
+# ------------------------------------------------------------------- camid (from scratch)
+class ResidualConv2d(nn.Conv2d):
+    """Convolution whose every kernel sums to zero, so it only ever sees image residuals.
+
+    Camera-model traces (demosaicing correlations, sensor noise, JPEG block edges) live in
+    high frequencies that scene content swamps. Bayar & Stamm (2016) constrain the first
+    layer to prediction-error filters by projecting the weights after each optimiser step;
+    subtracting each kernel's mean inside forward() gives the same "no DC response"
+    guarantee as a smooth reparameterisation, without touching the training loop.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight - self.weight.mean(dim=(2, 3), keepdim=True)
+        return self._conv_forward(x, weight, self.bias)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ResidualCNN(nn.Module):
+    """Residual-input CNN: constrained 5x5 conv at full resolution, then strided conv blocks.
+
+    No pooling and no stride before the residual layer, so the 2x2 colour-filter period
+    and single-pixel noise survive into the learned filters.
+    """
+
+    def __init__(self, stem: int, widths: tuple[int, ...], blocks_per_stage: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = [ResidualConv2d(3, stem, 5, padding=2, bias=False), nn.BatchNorm2d(stem)]
+        cin = stem
+        for width in widths:
+            layers.append(_conv_bn_relu(cin, width, stride=2))
+            layers += [_conv_bn_relu(width, width, stride=1) for _ in range(blocks_per_stage - 1)]
+            cin = width
+        self.body = nn.Sequential(*layers)
+        self.num_features = cin
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _camid_spec(name: str, stem: int, widths: tuple[int, ...], blocks: int, what: str) -> BackboneSpec:
+    def build() -> tuple[nn.Module, int]:
+        net = ResidualCNN(stem, widths, blocks)
+        return net, net.num_features
+
+    return BackboneSpec(
+        name=name,
+        family="camid",
+        build=build,
+        features=_features_call,
+        # Residual inputs are centred by the constrained layer; a fixed scale is enough.
+        input_mean=(0.5, 0.5, 0.5),
+        input_std=(0.25, 0.25, 0.25),
+        description=what,
+    )
+
+
+def _camid_specs() -> list[BackboneSpec]:
+    return [
+        _camid_spec("camid_tiny", 12, (24, 48, 96), 1, "residual CNN, 57k params, CPU demo/tests"),
+        _camid_spec("camid_small", 16, (32, 64, 128, 256), 2, "residual CNN, 1.2M params, CPU"),
+    ]
+
+
+# --------------------------------------------------------------------------- registry
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _pm_specs() + _camid_specs()}
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names; any `timm/<model>` is accepted on top of these."""
+    return list(BACKBONES)
+
+
+def get_spec(backbone: str) -> BackboneSpec:
+    """Look a backbone up by name (registered, or `timm/<model>`)."""
+    if backbone in BACKBONES:
+        return BACKBONES[backbone]
+    if backbone.startswith(TIMM_PREFIX):
+        return _timm_spec(backbone)
+    raise CamidError(
+        f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)} or timm/<model>"
+    )
+
+
+def weights_table() -> list[tuple[str, str]]:
+    """(backbone, expected file names under weights_dir) for every backbone with ImageNet weights."""
+    return [(s.name, " or ".join(s.weights_files)) for s in BACKBONES.values() if s.weights_files]
+
+
+# ---------------------------------------------------------------------------- weights
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any reader error means the file is unusable; say which file
+        raise CamidError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+    # Training checkpoints wrap the weights; accept the common wrappers.
+    for wrapper in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CamidError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def find_weights(spec: BackboneSpec, weights_dir: str | Path | None) -> Path | None:
+    """The first accepted weights file present under weights_dir, or None."""
+    if weights_dir is None:
+        return None
+    for file_name in spec.weights_files:
+        path = Path(weights_dir) / file_name
+        if path.is_file():
+            return path
+    return None
+
+
+def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights_dir: str | Path | None) -> Path | None:
+    """Load ImageNet weights into `backbone` in place; returns the file used, or None.
+
+    A missing file is not an error (random init is a valid, if much worse, start) but is
+    reported loudly. A present file must match the architecture exactly apart from the
+    ImageNet classifier: a wrong or truncated file raises CamidError.
+    """
+    if not spec.weights_files:
+        return None
+    path = find_weights(spec, weights_dir)
+    if path is None:
+        where = f"folder {Path(weights_dir).resolve()}" if weights_dir is not None else "no weights_dir set"
+        print(
+            f"WARNING: no ImageNet weights for backbone {spec.name!r}: expected "
+            f"{' or '.join(spec.weights_files)} ({where}; config weights_dir). "
+            f"Starting from RANDOM INIT; accuracy will be far lower.",
+            file=sys.stderr,
+        )
+        return None
+    state = _read_state_dict(path)
+    if spec.remap_keys is not None:
+        state = spec.remap_keys(state)
+    state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes)}
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CamidError(f"weights file {path} does not fit backbone {spec.name!r}: {exc}") from exc
+    return path
+
+
+# ------------------------------------------------------------------------------ model
+class CamidNet(nn.Module):
+    """Backbone -> global average pool -> [features, manip] -> dropout -> linear."""
+
+    def __init__(self, spec: BackboneSpec, num_classes: int, dropout: float = 0.3):
+        super().__init__()
+        self.backbone_name = spec.name
+        self.num_classes = num_classes
+        self.model_args = {"backbone": spec.name, "num_classes": num_classes, "dropout": dropout}
+        self.input_mean = spec.input_mean
+        self.input_std = spec.input_std
+        self.input_range = spec.input_range
+        self.input_space = spec.input_space
+        self._features_fn = spec.features
+        self.backbone, self.num_features = spec.build()
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.num_features + 1, num_classes)  # +1: the manip flag
+        # Non-persistent: derived from the spec, so state dicts stay backbone + head only
+        # while .to(device) still moves them.
+        lo, hi = spec.input_range
+        self.register_buffer("_scale", torch.tensor((hi - lo) / 255.0), persistent=False)
+        self.register_buffer("_offset", torch.tensor(float(lo)), persistent=False)
+        self.register_buffer("_mean", torch.tensor(spec.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(spec.input_std).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW RGB, uint8 or float in [0, 255] -> the backbone's own range/mean/std, float32."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"normalize expects NCHW with 3 channels, got shape {tuple(x.shape)}")
+        x = x.to(torch.float32)
+        if self.input_space == "BGR":
+            x = x.flip(1)
+        return (x * self._scale + self._offset - self._mean) / self._std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone feature map (N, F, h, w) of an already-normalised batch."""
+        return self._features_fn(self.backbone, x)
+
+    def forward(self, x: torch.Tensor, manip: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) for a normalised batch and its (N,) 0/1 manipulation flags."""
+        feats = self.features(x)
+        # Global average pooling works at any input size; tokens (N, L, F) from
+        # transformer backbones are averaged the same way.
+        pooled = feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.mean(dim=1)
+        flag = manip.reshape(-1, 1).to(pooled.dtype)
+        if flag.shape[0] != pooled.shape[0]:
+            raise ValueError(f"manip has {flag.shape[0]} flags for a batch of {pooled.shape[0]}")
+        return self.head(self.dropout(torch.cat([pooled, flag], dim=1)))
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    dropout: float = 0.3,
+    weights_dir: str | Path | None = "weights",
+    pretrained: bool = True,
+) -> CamidNet:
+    """Build a classifier by backbone name; ImageNet weights come from weights_dir if present."""
+    if int(num_classes) < 2:
+        raise CamidError(f"num_classes must be at least 2, got {num_classes}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise CamidError(f"dropout must be in [0, 1), got {dropout}")
+    spec = get_spec(backbone)
+    model = CamidNet(spec, int(num_classes), float(dropout))
+    if pretrained:
+        load_pretrained(model.backbone, spec, weights_dir)
+    return model
+
+
+def rebuild(model_args: dict) -> CamidNet:
+    """Recreate a model from checkpoint `model_args` (random init; load the state dict next)."""
+    known = {"backbone", "num_classes", "dropout"}
+    unknown = set(model_args) - known
+    if unknown or "backbone" not in model_args or "num_classes" not in model_args:
+        raise CamidError(f"bad model_args {model_args!r}: need backbone, num_classes[, dropout]")
+    return build_model(**model_args, weights_dir=None, pretrained=False)

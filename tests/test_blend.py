@@ -1,0 +1,161 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from camid.blend import (StrategyError, align_tables, blend_tables, discover_models, parse_strategy,
+                         power_mean)
+from camid.tables import TableError
+
+CLASSES = ["a", "b"]
+
+
+def table(probs_a, fnames=("x", "y"), augs=("none", "none"), classes=CLASSES, labels=None):
+    probs_a = np.asarray(probs_a, dtype=float)
+    df = pd.DataFrame({"fname": list(fnames), "split": "oof", "fold": 0,
+                       "manip": [int(a != "none") for a in augs], "aug": list(augs),
+                       "label": list(labels or [classes[0]] * len(fnames))})
+    df[classes[0]] = probs_a
+    df[classes[1]] = 1 - probs_a
+    return df
+
+
+@pytest.mark.parametrize("name, base, power, eq", [
+    ("gmean", "gmean", 0.0, None), ("mean+greedy", "mean", 1.0, "greedy"), ("rms+hungarian", "rms", 2.0, "hungarian"),
+    ("pmean0.5+flow", "pmean0.5", 0.5, "flow"), ("pmean-1", "pmean-1", -1.0, None), ("xgb", "xgb", None, None),
+    ("lgb+hungarian", "lgb", None, "hungarian"),
+])
+def test_parse_strategy(name, base, power, eq):
+    st = parse_strategy(name)
+    assert (st.base, st.power, st.equaliser) == (base, power, eq)
+    assert st.is_stacker == (power is None)
+
+
+@pytest.mark.parametrize("bad", ["median", "gmean+auction", "pmean", "pmeanx", "gmean+"])
+def test_parse_strategy_refuses(bad):
+    with pytest.raises(StrategyError):
+        parse_strategy(bad)
+
+
+def test_gmean_hand_case():
+    # sqrt(.5*.9)=.6708, sqrt(.5*.1)=.2236 -> renormalised .75, .25
+    out = power_mean([np.array([[0.5, 0.5]]), np.array([[0.9, 0.1]])], 0.0)
+    np.testing.assert_allclose(out, [[0.75, 0.25]])
+
+
+def test_mean_and_rms_hand_cases():
+    a, b = np.array([[0.5, 0.5]]), np.array([[0.9, 0.1]])
+    np.testing.assert_allclose(power_mean([a, b], 1.0), [[0.7, 0.3]])
+    r = np.sqrt([(0.25 + 0.81) / 2, (0.25 + 0.01) / 2])
+    np.testing.assert_allclose(power_mean([a, b], 2.0), [r / r.sum()])
+
+
+def test_weights_and_floor():
+    a, b = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    # weight 3:1 in log space with floor 1e-7: p_a ~ 1e-7**0.25, p_b ~ 1e-7**0.75
+    out = power_mean([a, b], 0.0, weights=[3, 1])
+    expected = np.array([1e-7 ** 0.25, 1e-7 ** 0.75])
+    np.testing.assert_allclose(out, [expected / expected.sum()])
+    assert np.isfinite(power_mean([a, b], -1.0)).all()
+    np.testing.assert_allclose(power_mean([a, b], 1.0, weights=[1, 0]), [[1.0, 0.0]])
+    with pytest.raises(ValueError):
+        power_mean([a, b], 1.0, weights=[1])
+
+
+def test_pmean_matches_named_means():
+    rng = np.random.default_rng(0)
+    arrays = [rng.dirichlet(np.ones(4), size=5) for _ in range(3)]
+    np.testing.assert_allclose(power_mean(arrays, 1.0), np.mean(arrays, axis=0) / np.mean(arrays, axis=0).sum(1, keepdims=True))
+    near_zero = power_mean(arrays, 1e-6)
+    np.testing.assert_allclose(near_zero, power_mean(arrays, 0.0), rtol=1e-4)
+
+
+def test_blend_tables_aligns_row_order():
+    t1 = table([0.5, 0.9])
+    t2 = table([0.1, 0.9])[::-1]  # same rows, other order
+    out, _ = blend_tables({"m1": t1, "m2": t2}, "mean")
+    np.testing.assert_allclose(out["a"], [0.3, 0.9])
+
+
+@pytest.mark.parametrize("other, message", [
+    (table([0.5, 0.5], classes=["b", "a"]), "different order"),
+    (table([0.5, 0.5], classes=["a", "z"]), "different classes"),
+    (table([0.5, 0.5], fnames=("x", "w")), "file names differ"),
+    (table([0.5, 0.5], augs=("none", "jpeg70")), "variants"),
+    (table([0.5, 0.5], labels=["a", "b"]), "label"),
+])
+def test_mismatched_tables_refused(other, message):
+    with pytest.raises(TableError, match=message):
+        align_tables({"m1": table([0.5, 0.9]), "m2": other})
+
+
+def test_blend_with_equaliser_is_one_hot():
+    t = table([0.6, 0.7, 0.8, 0.9], fnames=("p", "q", "r", "s"), augs=("none",) * 4)
+    out, info = blend_tables({"m": t}, "gmean+hungarian")
+    # all four prefer class a; two must go to b: the least confident (p, q)
+    assert out["a"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert info["equalise"]["oof_unalt"]["quotas"] == [2, 2]
+
+
+def test_discover_models(tmp_path):
+    (tmp_path / "blend").mkdir()
+    for name in ("r1.tta10.parquet", "r2.tta10.parquet", "r3.tta40.parquet", "blend/x.tta10.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    assert discover_models(tmp_path, "tta10") == ["r1", "r2"]
+
+
+# ---------------------------------------------------------------- stackers (camid.stack)
+
+def test_stack_folds_grouped_stratified_deterministic():
+    from camid.stack import stack_folds
+    fnames = [f"img{i}" for i in range(30) for _ in range(3)]  # 3 variants per image
+    labels = [i % 3 for i in range(30) for _ in range(3)]
+    folds = stack_folds(fnames, labels, 5, seed=1)
+    frame = pd.DataFrame({"f": fnames, "fold": folds, "y": labels})
+    assert (frame.groupby("f")["fold"].nunique() == 1).all()  # an image never straddles folds
+    per = frame.drop_duplicates("f").groupby(["y", "fold"]).size().unstack(fill_value=0)
+    assert per.to_numpy().tolist() == [[2] * 5] * 3  # 10 images per class -> 2 per fold
+    np.testing.assert_array_equal(folds, stack_folds(fnames, labels, 5, seed=1))
+
+
+def test_stack_features_layout():
+    from camid.stack import features
+    a, b = np.full((4, 3), 1 / 3), np.full((4, 3), 1 / 3)
+    X = features([a, b], np.array([0, 1, 0, 1]), log=True)
+    assert X.shape == (4, 3 * 2 * 2 + 1) and X[:, -1].tolist() == [0, 1, 0, 1]
+    assert features([a, b], np.zeros(4), log=False).shape == (4, 7)
+
+
+def test_stack_class_weights_checked():
+    from camid.stack import StackError, class_weights
+    np.testing.assert_allclose(class_weights(np.array([0, 1, 1]), CLASSES, [2.0, 0.5]), [2.0, 0.5, 0.5])
+    with pytest.raises(StackError, match="one per class"):
+        class_weights(np.array([0]), CLASSES, [1.0])
+
+
+@pytest.mark.parametrize("kind", ["xgb", "lgb", "mlp"])
+def test_stackers_learn_and_save_native(kind, tmp_path):
+    from camid.config import StackConfig
+    from camid.stack import LEARNERS, bag
+    rng = np.random.default_rng(0)
+    n, k = 120, 3
+    y = np.arange(n) % k
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    X[np.arange(n), y] += 2.0  # learnable: the true class's feature is shifted
+    is_test = np.arange(n) >= 90
+    cfg = StackConfig(seeds=2, folds=3, rounds=20, mlp_epochs=15, threads=1)
+    probs, info = bag(kind, X, y, np.ones(n), [f"f{i}" for i in range(n)], is_test, k, cfg, 0, tmp_path)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert info["models"] == 6 and len(info["files"]) == 6
+    assert (probs[~is_test].argmax(axis=1) == y[~is_test]).mean() > 0.6  # chance is 1/3
+    assert (probs[is_test].argmax(axis=1) == y[is_test]).mean() > 0.6
+    path = tmp_path / info["files"][0]
+    if kind == "xgb":
+        import xgboost as xgb
+        assert xgb.Booster(model_file=str(path)).predict(xgb.DMatrix(X[:2])).shape == (2, k)
+    elif kind == "lgb":
+        import lightgbm as lgb
+        assert lgb.Booster(model_file=str(path)).predict(X[:2]).shape == (2, k)
+    else:
+        with np.load(path, allow_pickle=False) as z:
+            assert z["feature_mean"].shape == (4,) and any(name.startswith("param.") for name in z.files)
+    assert set(LEARNERS) == {"xgb", "lgb", "mlp"}

@@ -1,0 +1,160 @@
+"""Blend + submission end to end on two synthetic models in a temporary work dir."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from camid import cli
+from camid.metrics import SubmissionError, score_submission
+from camid.submit import make_submission
+from camid.tables import read_table, write_table
+
+CLASSES = ["cam-a", "cam-b", "cam-c", "cam-d"]
+STRATEGIES = ["gmean", "mean+greedy", "gmean+hungarian", "rms+flow", "pmean0.5"]
+AUGS = ["none", "jpeg70", "gamma1.2"]
+
+
+def noisy_probs(rng, labels, strength):
+    logits = rng.normal(size=(len(labels), len(CLASSES)))
+    logits[np.arange(len(labels)), [CLASSES.index(c) for c in labels]] += strength
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def truth():
+    rng = np.random.default_rng(7)
+    train = [(f"train/{c}/{c}_{i}.jpg", c) for c in CLASSES for i in range(6)]
+    test = [(f"img_{i:06x}_{'manip' if i % 2 else 'unalt'}.tif", CLASSES[(i // 2) % 4]) for i in range(16)]
+    manips = {f: ("none" if f.endswith("_unalt.tif") else ["jpeg70", "resize0.5"][i % 2])
+              for i, (f, _) in enumerate(test)}
+    return train, test, manips, rng
+
+
+def model_table(seed, train, test, strength=1.5):
+    rng = np.random.default_rng(seed)
+    rows = [dict(fname=f, split="oof", fold=i % 3, manip=int(a != "none"), aug=a, label=c)
+            for i, (f, c) in enumerate(train) for a in AUGS]
+    rows += [dict(fname=f, split="test", fold=-1, manip=int(f.endswith("_manip.tif")), aug="unknown", label="")
+             for f, _ in test]
+    df = pd.DataFrame(rows)
+    labels = [r["label"] or dict(test)[r["fname"]] for r in rows]
+    df[CLASSES] = noisy_probs(rng, labels, strength)
+    return df
+
+
+@pytest.fixture
+def workdir(tmp_path: Path):
+    train, test, manips, rng = truth()
+    data = tmp_path / "DATA"
+    data.mkdir()
+    order = rng.permutation(len(test))  # sample_submission is NOT in sorted order
+    pd.DataFrame({"fname": [test[i][0] for i in order], "camera": "cam-a"}).to_csv(
+        data / "sample_submission.csv", index=False)
+    pd.DataFrame({"fname": [f for f, _ in test], "camera": [c for _, c in test],
+                  "manipulation": [manips[f] for f, _ in test]}).to_csv(data / "solution.csv", index=False)
+    wd = tmp_path / "work"
+    for seed, run in [(1, "netA"), (2, "netB")]:
+        write_table(model_table(seed, train, test), wd / "oof" / f"{run}.tta10.parquet", CLASSES, meta={})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"name: t\ndata_dir: {data}\npredict:\n  tta: tta10\nblend:\n  strategies: {STRATEGIES}\n")
+    return wd, data, cfg
+
+
+def run(*argv):
+    return cli.main(list(argv))
+
+
+def test_blend_then_submission(workdir, capsys):
+    wd, data, cfg = workdir
+    assert run("blend", "--config", str(cfg), "--workdir", str(wd)) == 0
+    for s in STRATEGIES:
+        t = read_table(wd / "oof" / "blend" / f"{s}.parquet", CLASSES)
+        assert len(t) == 24 * 3 + 16
+        meta = json.loads((wd / "oof" / "blend" / f"{s}.json").read_text())
+        assert [i["model"] for i in meta["inputs"]] == ["netA", "netB"] and "seconds" in meta
+        assert meta["strategy"] == s and 0 <= meta["oof_score"] <= 1
+    capsys.readouterr()
+
+    assert run("submission", "--config", str(cfg), "--workdir", str(wd)) == 0
+    printed = capsys.readouterr().out
+    sample = pd.read_csv(data / "sample_submission.csv")
+    solution = pd.read_csv(data / "solution.csv")
+    scores = pd.read_csv(wd / "submissions" / "scores.csv")
+    assert sorted(scores["strategy"]) == sorted(STRATEGIES)
+    assert scores["cv_score"].is_monotonic_decreasing
+    for s in STRATEGIES:
+        sub = pd.read_csv(wd / "submissions" / f"{s}.csv")
+        assert list(sub.columns) == ["fname", "camera"]
+        assert sub["fname"].tolist() == sample["fname"].tolist()
+        row = scores.set_index("strategy").loc[s]
+        assert row["test_score"] == pytest.approx(score_submission(sub, solution, CLASSES).score)
+        assert s in printed
+    # equalised: every class exactly its quota (2 of 8) in each test half
+    eq = pd.read_csv(wd / "submissions" / "gmean+hungarian.csv")
+    for half in ("unalt", "manip"):
+        counts = eq.loc[eq["fname"].str.endswith(f"_{half}.tif"), "camera"].value_counts()
+        assert counts.reindex(CLASSES).tolist() == [2, 2, 2, 2]
+
+
+def test_submission_score_only_writes_nothing(workdir, capsys):
+    wd, _, cfg = workdir
+    assert run("blend", "--config", str(cfg), "--workdir", str(wd), "--strategies", "gmean") == 0
+    assert run("submission", "--config", str(cfg), "--workdir", str(wd), "--score-only") == 0
+    assert "gmean" in capsys.readouterr().out
+    assert not (wd / "submissions").exists()
+
+
+def test_missing_test_prediction_is_refused(workdir, capsys):
+    wd, _, cfg = workdir
+    assert run("blend", "--config", str(cfg), "--workdir", str(wd), "--strategies", "gmean,mean") == 0
+    path = wd / "oof" / "blend" / "mean.parquet"
+    t = read_table(path)
+    write_table(t[t["fname"] != "img_000003_manip.tif"], path, CLASSES)
+    capsys.readouterr()
+    assert run("submission", "--config", str(cfg), "--workdir", str(wd)) == 2
+    err = capsys.readouterr().err
+    assert "img_000003_manip.tif" in err and "mean.parquet" in err
+    assert not (wd / "submissions").exists()  # not even the valid gmean submission
+
+
+def test_blend_refuses_mismatched_tables(workdir, capsys):
+    wd, _, cfg = workdir
+    t = read_table(wd / "oof" / "netB.tta10.parquet")
+    write_table(t.iloc[1:], wd / "oof" / "netB.tta10.parquet", CLASSES)
+    assert run("blend", "--config", str(cfg), "--workdir", str(wd)) == 2
+    assert "netB" in capsys.readouterr().err
+    assert not (wd / "oof" / "blend").exists()
+
+
+def test_blend_refuses_unknown_strategy_and_missing_tables(workdir, tmp_path, capsys):
+    wd, _, cfg = workdir
+    assert run("blend", "--config", str(cfg), "--workdir", str(wd), "--strategies", "median") == 2
+    assert "unknown strategy" in capsys.readouterr().err
+    assert run("blend", "--config", str(cfg), "--workdir", str(tmp_path / "empty")) == 2
+    assert "camid predict" in capsys.readouterr().err
+
+
+def test_make_submission_follows_given_order():
+    train, test, _, _ = truth()
+    table = model_table(3, train, test)
+    fnames = [f for f, _ in test][::-1]
+    sub = make_submission(table, CLASSES, fnames)
+    assert sub["fname"].tolist() == fnames
+    with pytest.raises(SubmissionError, match="no test prediction"):
+        make_submission(table, CLASSES, fnames + ["img_ffffff_unalt.tif"])
+
+
+def test_blend_stacker_strategy_end_to_end(workdir):
+    wd, _, cfg = workdir
+    cfg.write_text(cfg.read_text() + "  stack: {seeds: 1, folds: 2, rounds: 10, threads: 1}\n")
+    assert run("blend", "--config", str(cfg), "--workdir", str(wd), "--strategies", "lgb,lgb+flow") == 0
+    t = read_table(wd / "oof" / "blend" / "lgb.parquet", CLASSES)
+    meta = json.loads((wd / "oof" / "blend" / "lgb+flow.json").read_text())
+    assert meta["models"] == 2 and meta["equalise"]["test_unalt"]["quotas"] == [2, 2, 2, 2]
+    assert len(t) == 24 * 3 + 16
+    manifest = json.loads((wd / "models" / "level2" / "lgb" / "manifest.json").read_text())
+    assert manifest["inputs"] == ["netA", "netB"] and len(manifest["files"]) == 2
+    assert run("submission", "--config", str(cfg), "--workdir", str(wd)) == 0
+    assert (wd / "submissions" / "lgb+flow.csv").is_file()
