@@ -57,7 +57,7 @@ filter-external: venv
 demo: venv
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory data folds train-all predict blend submission CONFIG=$(CONFIG) DATA=$(DATA) && \
-	$(CAMID) submission --config $(CONFIG) --data $(DATA) --score-only && \
+	$(CAMID) score $(SUBMISSION) --solution $(SOLUTION) && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs: models/ oof/ submissions/"
 
 clean-outputs:

@@ -19,6 +19,8 @@ from .io_utils import stage_log
 from .train import is_done
 from .workspace import add_common_arguments, resolve
 
+POLL_S = 0.5  # how often finished jobs are collected
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
@@ -47,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
         for slot in slots:
             if slot not in running and queue:
                 running[slot] = _launch(args, ws, slot, queue.pop(0), stream=len(slots) == 1)
-        time.sleep(0.5)
+        time.sleep(POLL_S)
         for slot, (proc, (run, k), log) in list(running.items()):
             if proc.poll() is None:
                 continue
