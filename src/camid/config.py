@@ -23,7 +23,7 @@ class ConfigError(CamidError, ValueError):
     """A configuration file or value is invalid."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimulateConfig:
     """`camid simulate` defaults (command-line options override them)."""
 

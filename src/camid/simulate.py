@@ -87,16 +87,11 @@ class SimulateError(CamidError, ValueError):
 
 
 @dataclass(frozen=True)
-class SimOptions:
-    """Everything that determines the generated files (the worker count does not)."""
+class SimOptions(SimulateConfig):
+    """Everything that determines the generated files (the worker count does not).
 
-    n_classes: int = 10
-    train_per_class: int = 275
-    test_per_class: int = 132  # per half: this many _unalt and this many _manip per class
-    width: int = 1600
-    height: int = 1200
-    test_crop: int = 512
-    seed: int = 2018
+    The fields and defaults are the config's ``simulate`` section; this adds validation.
+    """
 
     @classmethod
     def from_config(cls, cfg: SimulateConfig, **overrides: Any) -> "SimOptions":
