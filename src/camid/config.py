@@ -88,7 +88,7 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    tta: Literal["none", "tta10", "tta40"] = "tta10"
+    tta: Literal["none", "tta10", "tta40", "full", "full_d4"] = "tta10"
     reduce: Literal["gmean", "mean", "rms"] = "gmean"
     top_n: int = 3  # snapshot checkpoints averaged per run
     oof_augs: list[str] = field(default_factory=lambda: ["all"])

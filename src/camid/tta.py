@@ -71,7 +71,13 @@ class View:
 
 
 def make_views(tta: str, height: int, width: int, size: int) -> list[View]:
-    """The views of a TTA policy for an image of ``height x width`` and network input ``size``."""
+    """The views of a TTA policy for an image of ``height x width`` and network input ``size``.
+
+    ``full`` feeds the whole image as one view (global pooling takes any size), which
+    averages the evidence of every pixel; ``full_d4`` adds the 8 orientations.
+    """
+    if tta in ("full", "full_d4"):
+        return [View(0, 0, None, o) for o in (D4_ELEMENTS if tta == "full_d4" else (IDENTITY,))]
     if tta == "none":
         if size >= min(height, width):
             return [View(0, 0, None, IDENTITY)]
@@ -79,9 +85,12 @@ def make_views(tta: str, height: int, width: int, size: int) -> list[View]:
         return [View(top, left, size, IDENTITY)]
     orients = {"tta10": (IDENTITY, HFLIP), "tta40": D4_ELEMENTS}.get(tta)
     if orients is None:
-        raise ValueError(f"unknown TTA {tta!r}; choose none, tta10 or tta40")
+        raise ValueError(f"unknown TTA {tta!r}; choose one of {', '.join(TTA_POLICIES)}")
     boxes = five_crop_boxes(height, width, size)
     return [View(t, l, size, o) for (t, l) in boxes for o in orients]
+
+
+TTA_POLICIES: tuple[str, ...] = ("none", "tta10", "tta40", "full", "full_d4")
 
 
 def augment_batch(x: Tensor, views: Sequence[View]) -> Tensor:
