@@ -95,3 +95,13 @@ def test_without_gpus_jobs_run_one_by_one_on_cpu(workdir, monkeypatch):
     monkeypatch.setattr(train_all.subprocess, "Popen", fake)
     assert _run(workdir, "") == 0
     assert fake.peak == 1 and {d for *_, d in fake.started} == {"cpu"}
+
+
+def test_ddp_runs_one_job_over_all_gpus_through_torchrun(workdir, monkeypatch):
+    fake = FakeJobs(workdir)
+    cmds = []
+    monkeypatch.setattr(train_all.subprocess, "Popen", lambda cmd, **kw: (cmds.append(cmd), fake(cmd, **kw))[1])
+    assert cli.main(["train-all", "--config", str(workdir / "c.yaml"), "--workdir", str(workdir),
+                     "--gpus", "0,1,2", "--ddp"]) == 0
+    assert fake.peak == 1 and {g for _, _, g, _ in fake.started} == {"0,1,2"}
+    assert all("torch.distributed.run" in c and "--nproc_per_node=3" in c for c in cmds)

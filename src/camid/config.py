@@ -63,6 +63,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     input_size: int = 480
+    warmup_input_size: Optional[int] = None  # progressive resizing: e.g. 256 for the first epochs...
+    warmup_epochs: int = 0  # ...then input_size (1st place: 256 pretraining, then 512)
     crop_factor: int = 2  # first random crop is crop_factor x input_size (960 for 480)
     batch_size: int = 16
     epochs: int = 60

@@ -14,13 +14,14 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from . import manipulations, models
@@ -37,6 +38,34 @@ def pick_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DataError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Process-group facts; world 1 outside ``torchrun``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the process group when launched by ``torchrun`` (one big model over several GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(dist.get_rank(), world, local)
 
 
 def seed_everything(seed: int) -> None:
@@ -94,21 +123,28 @@ def forward_batches(model: models.CamidNet, images: torch.Tensor, manip: torch.T
 
 
 def evaluate(model: models.CamidNet, val: VariantSet, device: torch.device, batch_size: int,
-             amp: bool, w_manip: float) -> ValResult:
-    """Loss and accuracy on unaltered and on manipulated variants, weighted like the metric."""
+             amp: bool, w_manip: float, dist: "Dist | None" = None) -> ValResult:
+    """Loss and accuracy on unaltered and on manipulated variants, weighted like the metric.
+
+    Under DDP each rank holds a shard of the variants and the sums are all-reduced, so
+    every rank sees the same result and the LR schedules stay in step.
+    """
     model.eval()
     logits = forward_batches(model, val.images, val.manip, device, batch_size, amp)
-    losses = F.cross_entropy(logits, val.labels, reduction="none")
-    correct = (logits.argmax(1) == val.labels).float()
-    unalt = val.manip == 0
-
-    def part(t: torch.Tensor, mask: torch.Tensor) -> float:
-        return float(t[mask].mean()) if mask.any() else float("nan")
-
-    res = ValResult(part(losses, unalt), part(losses, ~unalt), part(correct, unalt), part(correct, ~unalt), w_manip)
-    if math.isnan(res.loss_manip):  # no manipulated variants configured: score on unaltered only
-        res = ValResult(res.loss_unalt, res.loss_unalt, res.acc_unalt, res.acc_unalt, w_manip)
-    return res
+    labels, unalt = val.labels, val.manip == 0
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    correct = (logits.argmax(1) == labels).float()
+    sums = torch.tensor([losses[unalt].sum(), correct[unalt].sum(), unalt.sum(),
+                         losses[~unalt].sum(), correct[~unalt].sum(), (~unalt).sum()], dtype=torch.float64)
+    if dist is not None and dist.world > 1:
+        import torch.distributed as tdist
+        sums = sums.to(device)
+        tdist.all_reduce(sums)
+        sums = sums.cpu()
+    lu, cu, nu, lm, cm, nm = sums.tolist()
+    if nm == 0:  # no manipulated variants configured: score on unaltered only
+        lm, cm, nm = lu, cu, nu
+    return ValResult(lu / max(nu, 1), lm / max(nm, 1), cu / max(nu, 1), cm / max(nm, 1), w_manip)
 
 
 @dataclass
@@ -122,8 +158,9 @@ class RunState:
 class Trainer:
     """Owns the model, optimiser, schedule and checkpoints of one (backbone, fold) run."""
 
-    def __init__(self, cfg: Config, ws: Workspace, mcfg: ModelConfig, fold: int, device: torch.device):
-        self.cfg, self.ws, self.mcfg, self.fold, self.device = cfg, ws, mcfg, fold, device
+    def __init__(self, cfg: Config, ws: Workspace, mcfg: ModelConfig, fold: int, device: torch.device,
+                 dist: Dist = Dist()):
+        self.cfg, self.ws, self.mcfg, self.fold, self.device, self.dist = cfg, ws, mcfg, fold, device, dist
         self.t = cfg.train
         self.input_size = mcfg.input_size or self.t.input_size
         self.batch_size = mcfg.batch_size or self.t.batch_size
@@ -147,6 +184,10 @@ class Trainer:
                                         self.t.weights_dir, pretrained=True).to(self.device)
         if self.device.type == "cuda" and self.t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model
+        if self.dist.world > 1:  # gradients averaged across ranks; checkpoints keep the bare model
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.t.weight_decay)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=self.t.plateau_factor, patience=self.t.plateau_patience)
@@ -156,12 +197,14 @@ class Trainer:
         index = {c: i for i, c in enumerate(self.classes)}
         spec = SampleSpec(self.input_size, self.t.crop_factor, self.t.manip_prob, self.t.manip_mode,
                           self.t.orientation)
-        length = self.t.steps_per_epoch * self.batch_size
+        length = self.t.steps_per_epoch * self.batch_size * self.dist.world
+        self._report_small(train_df["path"], spec.input_size * spec.crop_factor)
         self.train_set = TrainSamples(train_df["path"].tolist(), train_df["label"].map(index).tolist(),
                                       len(self.classes), length, spec, self.cfg.seed + 1000 * self.fold)
         if self.t.max_val_images and len(val_df) > self.t.max_val_images:
             val_df = val_df.sample(self.t.max_val_images, random_state=self.cfg.seed).sort_values("fname")
         augs = ["none", *manipulations.MANIPULATION_NAMES]
+        val_df = val_df.iloc[self.dist.rank::self.dist.world]  # DDP: each rank scores a shard
         self.val = build_variants(val_df["path"].tolist(), val_df["fname"].tolist(),
                                   val_df["label"].map(index).tolist(), augs, self.t.val_crop, desc="validation")
         for path, reason in self.val.skipped:
@@ -169,11 +212,35 @@ class Trainer:
         stage_log("train", f"validation: {len(self.val.images)} centre crops of {self.t.val_crop} px "
                            f"({len(augs)} variants per image)")
 
+    def input_size_at(self, epoch: int) -> int:
+        """Progressive resizing: ``warmup_input_size`` for the first ``warmup_epochs`` epochs."""
+        if self.t.warmup_input_size and epoch < self.t.warmup_epochs:
+            return self.t.warmup_input_size
+        return self.input_size
+
+    def _report_small(self, paths: pd.Series, crop: int) -> None:
+        """Photos smaller than the first crop are reflect-padded; say how many (header reads only)."""
+        small = []
+        for path in tqdm(paths, desc="image sizes", leave=False):
+            try:
+                with Image.open(path) as im:
+                    if min(im.size) < crop:
+                        small.append(path)
+            except (OSError, ValueError) as exc:
+                self.state.skipped[path] = f"unreadable header: {exc}"
+        if small:
+            stage_log("train", f"{len(small)} of {len(paths)} training images are smaller than the {crop} px "
+                               f"crop and will be reflect-padded, e.g. {small[0]}")
+
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         self.train_set.set_epoch(epoch)
+        self.train_set.spec = replace(self.train_set.spec, input_size=self.input_size_at(epoch))
         workers = min(self.t.num_workers, os.cpu_count() or 1)
+        # Each rank takes every world-th sample of the same seeded epoch plan: disjoint, same total.
+        data = (self.train_set if self.dist.world == 1 else
+                torch.utils.data.Subset(self.train_set, range(self.dist.rank, len(self.train_set), self.dist.world)))
         return torch.utils.data.DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+            data, batch_size=self.batch_size, shuffle=False, num_workers=workers,
             collate_fn=collate, pin_memory=self.device.type == "cuda", drop_last=False,
             persistent_workers=False)
 
@@ -227,7 +294,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch["label"].to(self.device)
         with autocast(self.device, self.t.amp):
-            logits = self.model(x, batch["manip"].to(self.device))
+            logits = self.net(x, batch["manip"].to(self.device))
             loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss in {self.dir}; lower train.lr")
@@ -301,7 +368,8 @@ class Trainer:
 
     def run(self, resume: bool = False) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.dir / "config.yaml", dump_config(self.cfg))
+        if self.dist.main:
+            write_text(self.dir / "config.yaml", dump_config(self.cfg))
         self._build()
         self._datasets()
         start = self._resume() if resume else 0
@@ -309,15 +377,18 @@ class Trainer:
                            f"{self.t.steps_per_epoch} steps x batch {self.batch_size}, input {self.input_size}")
         for epoch in range(start, self.total_epochs):
             stats = self._train_epoch(epoch)
-            val = evaluate(self.model, self.val, self.device, self.batch_size, self.t.amp, self.t.val_manip_weight)
+            val = evaluate(self.model, self.val, self.device, self.batch_size, self.t.amp,
+                           self.t.val_manip_weight, self.dist)
             if self._cycle_position(epoch) is None:
                 self.plateau.step(val.loss)
-            self._log(epoch, stats, val)
-            self._keep(epoch, val)
             self.state.epoch = epoch
-            save_checkpoint(self.dir / "last.pt", self._payload(epoch, val, with_optimizer=True))
-            self._write_skips()
-        self._finish()
+            if self.dist.main:  # one writer; the other ranks hold identical weights
+                self._log(epoch, stats, val)
+                self._keep(epoch, val)
+                save_checkpoint(self.dir / "last.pt", self._payload(epoch, val, with_optimizer=True))
+                self._write_skips()
+        if self.dist.main:
+            self._finish()
         return self.dir
 
     def _write_skips(self) -> None:
@@ -356,8 +427,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
     mcfg = cfg.model(args.model) if args.model else cfg.models[0]
-    device = pick_device(args.device or cfg.device)
+    dist = init_distributed(args.device or cfg.device)
+    device = pick_device(f"cuda:{dist.local_rank}" if dist.world > 1 and (args.device or cfg.device) != "cpu"
+                         and torch.cuda.is_available() else (args.device or cfg.device))
     if device.type == "cpu":  # leave a core to each DataLoader worker: oversubscribing is several times slower
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.train.num_workers))
-    Trainer(cfg, ws, mcfg, args.fold, device).run(resume=args.resume)
+        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - cfg.train.num_workers) // dist.world))
+    try:
+        Trainer(cfg, ws, mcfg, args.fold, device, dist).run(resume=args.resume)
+    finally:
+        if dist.world > 1:
+            import torch.distributed as tdist
+            tdist.destroy_process_group()
     return 0

@@ -26,10 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
     parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
+    parser.add_argument("--ddp", action="store_true",
+                        help="train each job on all --gpus at once with torch DDP (torchrun), one job at a time")
 
 
-def _job_cmd(args: argparse.Namespace, run: str, fold: int, device: str) -> list[str]:
-    cmd = [sys.executable, "-m", "camid.cli", "train", "--config", args.config, "--workdir", args.workdir,
+def _job_cmd(args: argparse.Namespace, run: str, fold: int, device: str, nproc: int = 1) -> list[str]:
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = launcher + ["-m", "camid.cli", "train", "--config", args.config, "--workdir", args.workdir,
            "--model", run, "--fold", str(fold), "--device", device, "--resume"]
     return cmd + (["--data", args.data] if args.data else [])
 
@@ -42,6 +47,8 @@ def main(args: argparse.Namespace) -> int:
     todo = [(r, k) for r, k in jobs if not is_done(ws, cfg, r, k)]
     stage_log("train-all", f"{len(jobs)} job(s), {len(jobs) - len(todo)} already finished, {len(todo)} to run")
     slots = [g for g in args.gpus.split(",") if g != ""] or ["cpu"]
+    if args.ddp and len(slots) > 1:
+        slots = [",".join(slots)]  # one slot holding every GPU: a DDP job per turn
     running: dict[str, tuple[subprocess.Popen, tuple[str, int], object]] = {}
     failed: list[tuple[str, int, int]] = []
     queue = list(todo)
@@ -75,10 +82,12 @@ def _launch(args: argparse.Namespace, ws, slot: str, job: tuple[str, int], strea
     if slot != "cpu":
         env["CUDA_VISIBLE_DEVICES"] = slot
         device = "cuda"
+    nproc = len(slot.split(","))
     out_dir = ws.run_dir(run, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage_log("train-all", f"start {run} fold {fold} on {slot}")
     if stream:  # a single slot: show the job's own progress bars
-        return subprocess.Popen(_job_cmd(args, run, fold, device), env=env), job, None
+        return subprocess.Popen(_job_cmd(args, run, fold, device, nproc), env=env), job, None
     log = open(Path(out_dir) / "train.out", "a")
-    return subprocess.Popen(_job_cmd(args, run, fold, device), env=env, stdout=log, stderr=subprocess.STDOUT), job, log
+    cmd = _job_cmd(args, run, fold, device, nproc)
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), job, log
