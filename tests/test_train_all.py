@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import pytest
 
-from camid import cli, train_all
+from camid import cli, jobs
 from camid.config import load_config
 from camid.data import make_folds, write_folds
 from camid.train import train_digest
@@ -55,7 +55,7 @@ class _Proc:
 
 @pytest.fixture
 def workdir(tmp_path, kaggle_layout, monkeypatch):
-    monkeypatch.setattr(train_all, "POLL_S", 0.02)
+    monkeypatch.setattr(jobs, "POLL_S", 0.02)
     (tmp_path / "c.yaml").write_text(CFG.format(data=kaggle_layout))
     rows = pd.DataFrame({"fname": [f"train/x/{i}.jpg" for i in range(9)], "path": "p",
                          "label": ["cam-a", "cam-b", "cam-c"] * 3, "source": "train"})
@@ -69,7 +69,7 @@ def _run(workdir, gpus):
 
 def test_jobs_spread_over_two_gpus_one_at_a_time(workdir, monkeypatch):
     fake = FakeJobs(workdir)
-    monkeypatch.setattr(train_all.subprocess, "Popen", fake)
+    monkeypatch.setattr(jobs.subprocess, "Popen", fake)
     assert _run(workdir, "0,1") == 0
     assert sorted((r, f) for r, f, _, _ in fake.started) == [(r, f) for r in "ab" for f in range(3)]
     assert fake.peak == 2  # both GPUs busy, never more than one job per GPU
@@ -79,20 +79,20 @@ def test_jobs_spread_over_two_gpus_one_at_a_time(workdir, monkeypatch):
 
 def test_a_failed_job_is_reported_and_the_others_finish_then_rerun_skips_done(workdir, monkeypatch, capsys):
     fake = FakeJobs(workdir, fail={("a", 1)})
-    monkeypatch.setattr(train_all.subprocess, "Popen", fake)
+    monkeypatch.setattr(jobs.subprocess, "Popen", fake)
     assert _run(workdir, "0,1") == 2
     err = capsys.readouterr()
     assert "FAILED a fold 1" in err.out and "1 job(s) failed" in err.err
     assert len(fake.started) == 6
     again = FakeJobs(workdir)
-    monkeypatch.setattr(train_all.subprocess, "Popen", again)
+    monkeypatch.setattr(jobs.subprocess, "Popen", again)
     assert _run(workdir, "0,1") == 0
     assert [(r, f) for r, f, _, _ in again.started] == [("a", 1)]  # only the failed job reruns
 
 
 def test_without_gpus_jobs_run_one_by_one_on_cpu(workdir, monkeypatch):
     fake = FakeJobs(workdir)
-    monkeypatch.setattr(train_all.subprocess, "Popen", fake)
+    monkeypatch.setattr(jobs.subprocess, "Popen", fake)
     assert _run(workdir, "") == 0
     assert fake.peak == 1 and {d for *_, d in fake.started} == {"cpu"}
 
@@ -100,8 +100,23 @@ def test_without_gpus_jobs_run_one_by_one_on_cpu(workdir, monkeypatch):
 def test_ddp_runs_one_job_over_all_gpus_through_torchrun(workdir, monkeypatch):
     fake = FakeJobs(workdir)
     cmds = []
-    monkeypatch.setattr(train_all.subprocess, "Popen", lambda cmd, **kw: (cmds.append(cmd), fake(cmd, **kw))[1])
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda cmd, **kw: (cmds.append(cmd), fake(cmd, **kw))[1])
     assert cli.main(["train-all", "--config", str(workdir / "c.yaml"), "--workdir", str(workdir),
                      "--gpus", "0,1,2", "--ddp"]) == 0
     assert fake.peak == 1 and {g for _, _, g, _ in fake.started} == {"0,1,2"}
     assert all("torch.distributed.run" in c and "--nproc_per_node=3" in c for c in cmds)
+
+
+def test_predict_queues_one_run_per_gpu(workdir, monkeypatch):
+    cmds = []
+    fake = FakeJobs(workdir)
+
+    def popen(cmd, env=None, **kw):
+        cmds.append((cmd, env["CUDA_VISIBLE_DEVICES"]))
+        return fake(cmd[:-4] + ["--model", cmd[cmd.index("--models") + 1], "--fold", "0", "--device", "cuda"], env)
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", popen)
+    assert cli.main(["predict", "--config", str(workdir / "c.yaml"), "--workdir", str(workdir), "--gpus", "0,1"]) == 0
+    assert sorted(c[c.index("--models") + 1] for c, _ in cmds) == ["a", "b"]
+    assert {g for _, g in cmds} == {"0", "1"} and fake.peak == 2
+    assert all(c[c.index("--gpus") + 1] == "0" for c, _ in cmds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,6 +26,7 @@ from . import manipulations, models
 from .config import Config, ModelConfig, section_digest
 from .data import ImageReadError, DataError, read_folds, read_image, resolve_classes, scan_test
 from .io_utils import stage_log
+from .jobs import Job, run_queue
 from .samples import build_variants
 from .tables import write_table
 from .train import autocast, load_checkpoint, pick_device
@@ -201,19 +203,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
-    parser.add_argument("--gpus", default="", help="GPU ids; the first is used (multi-GPU prediction queues runs)")
+    parser.add_argument("--gpus", default="", help="GPU ids: with several, one run per GPU at a time (like train-all)")
     parser.add_argument("--force", action="store_true", help="recompute tables even when up to date")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
     gpus = [g for g in args.gpus.split(",") if g]
-    device = pick_device(args.device or (f"cuda:{gpus[0]}" if gpus else cfg.device))
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
     wanted = [m for m in args.models.split(",") if m]
     runs = [cfg.model(m) for m in wanted] if wanted else cfg.models
+    if len(gpus) > 1 and len(runs) > 1:
+        return _queue_runs(args, ws, runs, gpus)
+    device = pick_device(args.device or ("cuda:0" if gpus else cfg.device))
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     written = [p for m in runs if (p := predict_run(cfg, ws, m, device, args.force)) is not None]
     if not written:
         raise DataError(f"no trained runs to predict under {ws.models} (run `make train-all` first)")
+    return 0
+
+
+def _queue_runs(args: argparse.Namespace, ws: Workspace, runs: Sequence[ModelConfig], gpus: list[str]) -> int:
+    """Several GPUs: one `camid predict --models RUN` process per GPU at a time, as in train-all."""
+    def command(run: str):
+        def build(slot: str) -> list[str]:
+            cmd = [sys.executable, "-m", "camid.cli", "predict", "--config", args.config, "--workdir", args.workdir,
+                   "--models", run, "--gpus", "0"]  # the job sees only its own GPU, as device 0
+            return cmd + (["--data", args.data] if args.data else []) + (["--force"] if args.force else [])
+        return build
+
+    jobs = [Job(f"predict {m.run_name}", command(m.run_name), ws.oof / f"{m.run_name}.predict.out") for m in runs]
+    failed = run_queue(jobs, gpus, "predict")
+    if failed:
+        raise DataError(f"{len(failed)} prediction job(s) failed: {failed}")
     return 0
