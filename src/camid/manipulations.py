@@ -67,7 +67,7 @@ def gamma(img: np.ndarray, g: float) -> np.ndarray:
     _check_image(img)
     if not g > 0:
         raise ValueError(f"gamma must be positive, got {g}")
-    return gamma_table(g)[img]
+    return cv2.LUT(img, gamma_table(g))  # same values as table[img], several times faster
 
 
 # Order is the competition's; names are the `aug` values of the probability tables.

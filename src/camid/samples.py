@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import manipulations
+from . import fastjpeg, manipulations
 from .crops import manipulated_centre_crop, random_crop
 from .data import ImageReadError, read_image
 from .tta import ORIENTATION_POLICIES
@@ -30,8 +30,14 @@ class SampleSpec:
     orientation: str = "d4"
 
 
-def training_sample(img: np.ndarray, rng: np.random.Generator, spec: SampleSpec) -> tuple[torch.Tensor, int]:
-    """One augmented crop (uint8 CHW tensor) and its manip flag."""
+def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generator,
+                    spec: SampleSpec) -> tuple[torch.Tensor, int]:
+    """One augmented crop (uint8 CHW tensor) and its manip flag.
+
+    ``img`` may be a ``fastjpeg.LazyCrop``: the crops below then stay undecoded until
+    numpy needs pixels, so only the 2x crop (manipulated samples) or only the final
+    crop (the others) is decoded. Same draws, same pixels as with the decoded array.
+    """
     big = random_crop(img, spec.input_size * spec.crop_factor, rng)
     flag = int(rng.random() < spec.manip_prob)
     if flag:
@@ -69,10 +75,11 @@ class TrainSamples(torch.utils.data.Dataset):
         members = self.by_class[self.class_order[i]]
         idx = int(members[rng.integers(len(members))])
         try:
-            img = read_image(self.paths[idx])
+            # Region decoding when the photo allows it (fastjpeg), else a full decode.
+            img = fastjpeg.open_image(self.paths[idx])
+            x, flag = training_sample(img, rng, self.spec)
         except ImageReadError as exc:
             return {"skip": self.paths[idx], "reason": exc.reason}
-        x, flag = training_sample(img, rng, self.spec)
         return {"image": x, "manip": float(flag), "label": int(self.labels[idx])}
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from . import manipulations, models
+from . import fastjpeg, manipulations, models
 from .config import Config, ModelConfig, dump_config, section_digest
 from .data import DataError, read_folds, resolve_classes
 from .io_utils import atomic_path, stage_log, write_csv, write_json, write_text
@@ -193,6 +193,8 @@ class Trainer:
             self.opt, mode="min", factor=self.t.plateau_factor, patience=self.t.plateau_patience)
 
     def _datasets(self) -> None:
+        if self.t.decode_cache:  # else $CAMID_DECODE_CACHE, if set, decides
+            fastjpeg.set_default_cache(self.t.decode_cache)  # inherited by the DataLoader workers
         train_df, val_df = self._split()
         index = {c: i for i, c in enumerate(self.classes)}
         spec = SampleSpec(self.input_size, self.t.crop_factor, self.t.manip_prob, self.t.manip_mode,
