@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("camid.metrics", "score a submission against a solution file"),
     "filter-external": ("camid.filter_external", "filter external photos by EXIF, size, quality"),
     "identify": ("camid.identify", "identify the camera model of arbitrary photos"),
+    "robustness": ("camid.robustness", "accuracy vs JPEG quality, gamma, resize and crop size (PNG + CSV)"),
+    "prnu": ("camid.prnu", "PRNU sensor-fingerprint baseline: device verification ROC/AUC/EER"),
     "bench": ("camid.bench", "benchmarks: sample pipeline, equalisation, stackers, GPU"),
 }
 
