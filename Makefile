@@ -12,7 +12,7 @@ SIM_ARGS ?=
 CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo data folds train-all predict blend submission score bench filter-external clean-outputs
+.PHONY: venv test demo data folds train-all predict blend submission score bench filter-external robustness prnu clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench: venv
 
 filter-external: venv
 	$(CAMID) filter-external $(SRC) --rules $(or $(RULES),configs/external_rules.yaml) --out $(OUT)
+
+robustness: venv
+	$(CAMID) robustness --config $(CONFIG) --data $(DATA)
+
+prnu: venv
+	$(CAMID) prnu --config $(CONFIG) --data $(DATA)
 
 # The whole chain on the simulated competition with the CPU profile.
 demo: venv
