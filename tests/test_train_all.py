@@ -26,7 +26,7 @@ class FakeJobs:
         self.root, self.fail, self.lock = root, set(fail), threading.Lock()
         self.running, self.peak, self.started = 0, 0, []
 
-    def __call__(self, cmd, env=None, stdout=None, stderr=None):
+    def __call__(self, cmd, env=None, stdout=None, stderr=None, **popen_kwargs):
         run, fold = cmd[cmd.index("--model") + 1], int(cmd[cmd.index("--fold") + 1])
         gpu = env.get("CUDA_VISIBLE_DEVICES", "cpu")
         with self.lock:

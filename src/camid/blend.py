@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import equalise
 from .errors import CamidError
-from .io_utils import sha256_file, stage_log
+from .io_utils import remove_stale_temps, sha256_file, stage_log
 from .metrics import score_table
 from .tables import KEY_COLUMNS, TableError, class_columns, read_table, sort_table, write_table
 from .workspace import Workspace, add_common_arguments, resolve
@@ -204,6 +204,8 @@ def main(args: argparse.Namespace) -> int:
     for m, p in paths.items():
         stage_log("blend", f"read {p} ({len(tables[m])} rows)")
     align_tables(tables)  # refuse mismatched inputs before writing anything
+    remove_stale_temps(ws.oof / "blend")  # left by a killed earlier run; never read, only clutter
+    remove_stale_temps(ws.models / "level2", recursive=True)
     inputs = [{"model": m, "path": str(p), "sha256": sha256_file(p)} for m, p in paths.items()]
     read_seconds = round(time.perf_counter() - t0, 3)
     cache: dict[str, tuple[pd.DataFrame, dict]] = {}  # gmean and gmean+flow share one average

@@ -86,6 +86,9 @@ class TrainConfig:
     channels_last: bool = True
     weights_dir: str = "weights"
     max_val_images: Optional[int] = None
+    # A run stops with an error once more than this fraction of its training files
+    # are unusable (listed with reasons in models/<run>/fold<k>/skipped.csv).
+    max_skip_fraction: float = 0.05
     # Folder for one-time lossless restart-marker copies of training JPEGs, so each sample
     # decodes only its crop (fastjpeg.py, ~18x faster on 12 MP photos); None: full decodes.
     decode_cache: Optional[str] = None
@@ -232,6 +235,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("folds.n_folds must be >= 2 for kfold")
     if not 0.0 < cfg.folds.holdout_fraction < 1.0:
         raise ConfigError("folds.holdout_fraction must be in (0, 1)")
+    if not 0.0 <= cfg.train.max_skip_fraction <= 1.0:
+        raise ConfigError("train.max_skip_fraction must be in [0, 1]")
     if not 0.0 <= cfg.train.manip_prob <= 1.0:
         raise ConfigError("train.manip_prob must be in [0, 1]")
     if cfg.train.input_size % 2 or cfg.train.input_size < 8:

@@ -62,6 +62,38 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
     return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
 
 
+def _read_error(path: Path, exc: Exception) -> ImageReadError:
+    if isinstance(exc, ImageReadError):
+        return exc
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageReadError(path, f"decompression bomb refused: {exc}")
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return ImageReadError(path, "not a recognised image format")
+    if isinstance(exc, (OSError, SyntaxError, ValueError)):
+        return ImageReadError(path, f"corrupt or truncated image: {exc}")
+    return ImageReadError(path, f"corrupt image: {type(exc).__name__}: {exc}")
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header alone, or ImageReadError with a reason.
+
+    Catches what a header pass can: empty files, non-images, corrupt headers and
+    decompression-bomb sizes (not truncated pixel data: that needs ``read_image``).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageReadError(path, f"too large ({im.width}x{im.height} pixels)")
+                return int(im.width), int(im.height)
+    except Exception as exc:  # see read_image
+        raise _read_error(path, exc) from exc
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read any common image as a uint8 HxWx3 RGB array, or raise ImageReadError with a reason.
 
@@ -83,17 +115,15 @@ def read_image(path: str | Path) -> np.ndarray:
                     raise ImageReadError(path, f"too large ({im.width}x{im.height} pixels)")
                 im.load()
                 arr = _to_rgb_uint8(im)
-    except ImageReadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(path, f"decompression bomb refused: {exc}") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise ImageReadError(path, "not a recognised image format") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated image: {exc}") from exc
+    except Exception as exc:  # hostile files raise anything (OSError, SyntaxError, struct.error...)
+        raise _read_error(path, exc) from exc
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageReadError(path, f"unusable shape {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
 
 
 def discover_classes(train_dir: str | Path) -> list[str]:
@@ -126,8 +156,8 @@ def _scan_root(root: Path, prefix: str, classes: Sequence[str], strict: bool) ->
                 raise DataError(f"{root}: missing class folder {cls!r}")
             continue
         for path in sorted(folder.rglob("*")):
-            if path.is_dir():
-                continue
+            if path.is_dir() or _hidden(path.relative_to(folder)):
+                continue  # hidden: temp files of interrupted writes, .DS_Store, .ipynb_checkpoints
             if not is_image_file(path):
                 skipped.append((str(path), "not an image file extension"))
                 continue
@@ -178,7 +208,7 @@ def scan_test(data_dir: str | Path) -> pd.DataFrame:
     for path in sorted(test_dir.iterdir()):
         if is_image_file(path):
             rows.append({"fname": path.name, "path": str(path), "manip": manip_flag(path.name)})
-        elif path.is_file():
+        elif path.is_file() and not path.name.startswith("."):
             others.append(path.name)
     if others:
         stage_log("data", f"{test_dir}: ignoring {len(others)} non-image file(s): {others[:5]}")
@@ -252,17 +282,61 @@ def read_folds(path: str | Path, classes: Sequence[str] | None = None) -> pd.Dat
     path = Path(path)
     if not path.is_file():
         raise DataError(f"folds file not found: {path} (run `camid folds` / `make folds` first)")
-    df = pd.read_csv(path, dtype={"fname": str, "path": str, "label": str, "source": str})
+    try:
+        df = pd.read_csv(path, dtype={"fname": str, "path": str, "label": str, "source": str},
+                         keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:  # EmptyDataError is a ValueError
+        raise DataError(f"{path}: cannot parse folds CSV ({exc})") from exc
     missing = set(FOLDS_COLUMNS) - set(df.columns)
     if missing:
         raise DataError(f"{path}: missing columns {sorted(missing)}")
+    if df.empty:
+        raise DataError(f"{path}: no images listed (run `camid folds` again)")
     if df["fname"].duplicated().any():
-        raise DataError(f"{path}: an image appears more than once")
+        raise DataError(f"{path}: an image appears more than once, e.g. "
+                        f"{df.loc[df['fname'].duplicated(), 'fname'].head(3).tolist()}")
+    empty = (df[["fname", "path", "label"]] == "").any(axis=1)
+    if empty.any():
+        raise DataError(f"{path}: {int(empty.sum())} row(s) with an empty fname, path or label")
+    folds = pd.to_numeric(df["fold"], errors="coerce")
+    if folds.isna().any() or (folds != folds.round()).any() or (folds < -1).any():
+        bad = df.loc[folds.isna() | (folds != folds.round()) | (folds < -1), "fold"].head(3).tolist()
+        raise DataError(f"{path}: fold must be an integer >= -1, got {bad}")
+    df["fold"] = folds.astype(np.int64)
     if classes is not None:
         unknown = sorted(set(df["label"]) - set(classes))
         if unknown:
             raise DataError(f"{path}: labels not in the class list: {unknown}")
     return df
+
+
+def check_folds_cover(folds: pd.DataFrame, table: pd.DataFrame, name: str = "folds.csv") -> None:
+    """The folds must describe the training data as it is now: same images, same labels.
+
+    ``table`` is ``scan_train(...)[1].table`` (what is on disk now). An image added
+    since ``camid folds`` would be silently left out of every run; one listed but gone
+    would be skipped as unreadable; a changed label would train the wrong class.
+    """
+    listed, present = set(folds["fname"]), set(table["fname"])
+    new = sorted(present - listed)
+    gone = sorted(listed - present)
+    hint = ("re-run `camid folds` (this reassigns folds, so finished runs must be retrained) "
+            "or restore the data the folds were made from")
+    if new:
+        raise DataError(f"{name}: {len(new)} training image(s) on disk are not in any fold, "
+                        f"e.g. {new[:3]}; {hint}")
+    if gone:
+        raise DataError(f"{name}: {len(gone)} image(s) listed no longer exist under the data folder, "
+                        f"e.g. {gone[:3]}; {hint}")
+    merged = folds[["fname", "label", "path"]].merge(table[["fname", "label"]], on="fname", suffixes=("", "_now"))
+    relabelled = merged[merged["label"] != merged["label_now"]]
+    if len(relabelled):
+        raise DataError(f"{name}: {len(relabelled)} image(s) changed class since the folds were made, "
+                        f"e.g. {relabelled['fname'].head(3).tolist()}; {hint}")
+    missing_paths = [p for p in merged["path"] if not Path(p).is_file()]
+    if missing_paths:
+        raise DataError(f"{name}: {len(missing_paths)} listed path(s) do not exist, e.g. {missing_paths[:3]} "
+                        "(data folder moved, or camid run from another directory?); re-run `camid folds`")
 
 
 def resolve_classes(cfg, data_dir: str | Path) -> list[str]:

@@ -41,7 +41,7 @@ from .data import MAX_PIXELS, scan_train
 from .errors import CamidError
 from .exif import (DEFAULT_EDITOR_PATTERNS, glob_match, inspect_image, is_jpeg,
                    normalise_model, resave_evidence)
-from .io_utils import stage_log, write_csv
+from .io_utils import remove_stale_temps, stage_log, temp_prefix, write_csv
 
 STAGE = "filter-external"
 # Bump when analyse_file/decode_file output changes, so resumed runs re-read every file.
@@ -714,7 +714,7 @@ def _place(src: Path, dest: Path, copy: bool) -> tuple[bool, bool]:
         if copy and s.st_size == d.st_size and s.st_mtime_ns == d.st_mtime_ns:
             return False, False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = dest.with_name(f"{temp_prefix(dest)}tmp")  # hidden: never read as an image
     fell_back = False
     try:
         if copy:
@@ -819,6 +819,9 @@ def main(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules)
     report = Path(args.report) if args.report else out / DEFAULT_REPORT_NAME
     cache = report.with_name(report.stem + ".train_hashes.csv")
+    remove_stale_temps(out, recursive=True)  # links/reports a killed earlier run left half-made
+    if report.parent != out:
+        remove_stale_temps(report.parent)
     previous = read_previous(report)
     paths = list_inputs(src, exclude=[out, report, cache])
     stage_log(STAGE, f"rules {args.rules}: {len(rules.classes)} classes; {len(paths)} files under {src}")

@@ -6,7 +6,9 @@ Used by ``train-all`` and ``predict``. Jobs are separate processes so a crash in
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +57,25 @@ def run_queue(jobs: Sequence[Job], slots: Sequence[str], stage: str) -> list[tup
     return failed
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec (Linux): SIGKILL it when the queue process dies, so a
+    killed `train-all` never leaves a trainer running that a re-run would race on the same folder."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+_PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
+
+
 def _launch(job: Job, slot: str, stream: bool, stage: str):
     stage_log(stage, f"start {job.name} on {'GPU ' + slot if slot != 'cpu' else 'cpu'}")
     cmd, env = job.command(slot), slot_env(slot)
     if stream or job.log is None:
-        return subprocess.Popen(cmd, env=env), job, None
+        return subprocess.Popen(cmd, env=env, preexec_fn=_PREEXEC), job, None
     job.log.parent.mkdir(parents=True, exist_ok=True)
     log = open(job.log, "a")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), job, log
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_PREEXEC), job, log

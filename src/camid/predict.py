@@ -25,7 +25,7 @@ from tqdm import tqdm
 from . import manipulations, models
 from .config import Config, ModelConfig, section_digest
 from .data import ImageReadError, DataError, read_folds, read_image, resolve_classes, scan_test
-from .io_utils import stage_log
+from .io_utils import remove_stale_temps, sha256_file, stage_log
 from .jobs import Job, run_queue
 from .samples import build_variants
 from .tables import write_table
@@ -103,17 +103,27 @@ def _chunks(df: pd.DataFrame, size: int = CHUNK) -> Iterator[pd.DataFrame]:
         yield df.iloc[i:i + size]
 
 
-def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int) -> pd.DataFrame:
+def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
+                skipped: dict[str, str] | None = None) -> pd.DataFrame:
+    """OOF rows of one fold. Training images that cannot be read were skipped by training
+    too: they get no rows and are recorded in ``skipped`` (path -> reason) for the sidecar."""
     index = {c: i for i, c in enumerate(ens.classes)}
     rows = []
+    skipped = {} if skipped is None else skipped
     for chunk in tqdm(list(_chunks(fold_df)), desc=f"{ens.tta} oof fold {fold}", leave=False):
-        var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(), chunk["label"].map(index).tolist(),
-                             lambda f: oof_augs(cfg, f), cfg.predict.crop, desc=None)
-        if var.skipped:  # OOF must cover every training image exactly once per variant
-            raise DataError(f"OOF image(s) unreadable: {var.skipped}")
+        try:
+            var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(),
+                                 chunk["label"].map(index).tolist(), lambda f: oof_augs(cfg, f),
+                                 cfg.predict.crop, desc=None)
+        except ImageReadError:  # not one image of the chunk is readable
+            skipped.update({p: "unreadable" for p in chunk["path"] if p not in skipped})
+            continue
+        skipped.update(dict(var.skipped))
         probs = ens.predict(var.images, var.manip, cfg.predict.batch_size)
         labels = [ens.classes[i] for i in var.labels.tolist()]
         rows.append(_frame(var.fnames, "oof", fold, var.manip.int().tolist(), var.aug, labels, probs, ens.classes))
+    if not rows:
+        raise DataError(f"fold {fold}: none of its {len(fold_df)} images can be read")
     return pd.concat(rows, ignore_index=True)
 
 
@@ -165,6 +175,13 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     per_fold = {int(k): checkpoint_files(ws.run_dir(mcfg.run_name, int(k)), cfg.predict.top_n)
                 for k in sorted(folds["fold"].unique()) if k >= 0}
     per_fold = {k: v for k, v in per_fold.items() if v}
+    folds_sha256 = sha256_file(ws.folds_csv)
+    for k in per_fold:  # OOF rows from a model that trained on other folds would leak labels
+        done = ws.run_dir(mcfg.run_name, k) / "done.json"
+        trained_on = json.loads(done.read_text()).get("folds_sha256") if done.is_file() else None
+        if trained_on not in (None, folds_sha256):
+            raise DataError(f"{ws.run_dir(mcfg.run_name, k)} was trained on other folds than {ws.folds_csv} "
+                            "(re-made since); retrain it (`camid train-all`) before predicting")
     if not per_fold:
         stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.models / mcfg.run_name}; skipped")
         return None
@@ -178,20 +195,24 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     test = scan_test(ws.data_dir)
     test_images = load_test_images(test)
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
-    frames, test_probs = [], []
+    frames, test_probs, skipped = [], [], {}
     for k, files in per_fold.items():
         ens = Ensemble(files, device, tta, cfg.predict.reduce, cfg.train.amp)
         if ens.classes != classes:
             raise DataError(f"{files[0]}: trained on classes {ens.classes}, data has {classes}")
         stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s), TTA {tta}")
-        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k))
+        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped))
         test_probs.append(predict_test(ens, test_images, cfg.predict.batch_size))
     fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
     frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
                          "unknown", [""] * len(test_images), fold_avg, classes))
     table = pd.concat(frames, ignore_index=True)
     meta = {**stamp, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta, "reduce": cfg.predict.reduce,
-            "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device)}
+            "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device),
+            "skipped": dict(sorted(skipped.items()))}
+    if skipped:
+        stage_log("predict", f"{mcfg.run_name}: {len(skipped)} unreadable training image(s) have no OOF rows "
+                             f"(listed under 'skipped' in {out.with_suffix('.json')})")
     write_table(table, out, classes, meta)
     n_oof = int((table["split"] == "oof").sum())
     stage_log("predict", f"wrote {out}: {n_oof} OOF rows, {len(test_images)} test rows "
@@ -209,6 +230,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
+    remove_stale_temps(ws.oof)  # half-written tables of a killed earlier run (live writers' are kept)
     gpus = [g for g in args.gpus.split(",") if g]
     wanted = [m for m in args.models.split(",") if m]
     runs = [cfg.model(m) for m in wanted] if wanted else cfg.models

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CamidError
-from .io_utils import stage_log, write_csv
+from .io_utils import remove_stale_temps, stage_log, write_csv
 from .metrics import (SubmissionError, read_csv_strict, score_submission, score_table,
                       validate_submission)
 from .tables import class_columns, read_table
@@ -112,6 +112,8 @@ def main(args: argparse.Namespace) -> int:
         out = None if args.score_only else ws.submissions / f"{name}.csv"
         built.append((table_path, sub, out))
         rows.append(score_row(name, table, classes, sub, solution, out))
+    if not args.score_only:
+        remove_stale_temps(ws.submissions)  # left by a killed earlier run
     for table_path, sub, out in built:
         if out is not None:
             write_csv(out, sub)

@@ -49,6 +49,11 @@ def validate_table(df: pd.DataFrame, classes: Sequence[str] | None = None, name:
         raise TableError(f"{name}: duplicate (fname, aug) rows, e.g. {dup}")
     if not set(df["split"].unique()) <= {"oof", "test"}:
         raise TableError(f"{name}: split must be oof or test, got {sorted(df['split'].unique())}")
+    not_numeric = [c for c in cls if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])]
+    if not_numeric:
+        raise TableError(f"{name}: class columns must hold numbers; not numeric: {not_numeric}")
+    if len(df) and not df["manip"].isin([0, 1]).all():
+        raise TableError(f"{name}: manip must be 0 or 1, got {sorted(set(df['manip']) - {0, 1})[:5]}")
     probs = df[cls].to_numpy(dtype=np.float64)
     if not np.isfinite(probs).all():
         bad = df.loc[~np.isfinite(probs).all(axis=1), "fname"].head(3).tolist()
@@ -60,6 +65,9 @@ def validate_table(df: pd.DataFrame, classes: Sequence[str] | None = None, name:
         worst = int(np.abs(sums - 1.0).argmax())
         raise TableError(f"{name}: rows must sum to 1 (row {df['fname'].iloc[worst]!r} sums to {sums[worst]:.6f})")
     oof = df["split"] == "oof"
+    unlabelled = oof & (df["label"].isna() | (df["label"].astype(str) == ""))
+    if unlabelled.any():
+        raise TableError(f"{name}: OOF rows without a label, e.g. {df.loc[unlabelled, 'fname'].head(3).tolist()}")
     if oof.any() and classes is not None:
         bad_labels = sorted(set(df.loc[oof, "label"]) - set(classes))
         if bad_labels:
@@ -93,7 +101,8 @@ def read_table(path: str | Path, classes: Sequence[str] | None = None) -> pd.Dat
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
         raise TableError(f"{path}: cannot read parquet ({exc})") from exc
-    df["label"] = df["label"].fillna("").astype(str)
+    if "label" in df.columns:  # a missing column is reported by validate_table
+        df["label"] = df["label"].fillna("").astype(str)
     validate_table(df, classes, name=str(path))
     return df
 

@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from . import fastjpeg, manipulations, models
 from .config import Config, ModelConfig, dump_config, section_digest
-from .data import DataError, read_folds, resolve_classes
-from .io_utils import atomic_path, stage_log, write_csv, write_json, write_text
+from .data import DataError, ImageReadError, check_folds_cover, probe_image, read_folds, resolve_classes, scan_train
+from .io_utils import (load_torch, remove_stale_temps, sha256_file, stage_log, write_csv, write_json, write_text,
+                       write_torch)
 from .samples import SampleSpec, TrainSamples, VariantSet, build_variants, collate
 from .workspace import Workspace, add_common_arguments, resolve
 
@@ -74,14 +74,14 @@ def seed_everything(seed: int) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    """Atomic, and byte-identical for identical payloads (io_utils.write_torch)."""
+    return write_torch(path, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Checkpoints are loaded with ``weights_only=True``: a crafted pickle cannot run code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``weights_only=True``: a crafted pickle cannot run code; a refused or damaged
+    file is a CheckpointError (one line from the CLI), never torch's advice to retry unsafely."""
+    return load_torch(path)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -171,7 +171,11 @@ class Trainer:
 
     # -- setup -------------------------------------------------------------------------------
     def _split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        self.folds_sha256 = sha256_file(self.ws.folds_csv) if self.ws.folds_csv.is_file() else None
         folds = read_folds(self.ws.folds_csv, self.classes)
+        # Images added, removed or moved since `camid folds` would silently change the run.
+        _, scan = scan_train(self.ws.data_dir, self.classes, self.cfg.extra_train_dirs)
+        check_folds_cover(folds, scan.table, str(self.ws.folds_csv))
         train_df, val_df = folds[folds["fold"] != self.fold], folds[folds["fold"] == self.fold]
         if val_df.empty:
             raise DataError(f"fold {self.fold} has no images in {self.ws.folds_csv}")
@@ -225,11 +229,10 @@ class Trainer:
         small = []
         for path in tqdm(paths, desc="image sizes", leave=False):
             try:
-                with Image.open(path) as im:
-                    if min(im.size) < crop:
-                        small.append(path)
-            except (OSError, ValueError) as exc:
-                self.state.skipped[path] = f"unreadable header: {exc}"
+                if min(probe_image(path)) < crop:
+                    small.append(path)
+            except ImageReadError as exc:  # empty, not an image, corrupt header, decompression bomb
+                self.state.skipped[path] = exc.reason
         if small:
             stage_log("train", f"{len(small)} of {len(paths)} training images are smaller than the {crop} px "
                                f"crop and will be reflect-padded, e.g. {small[0]}")
@@ -306,10 +309,12 @@ class Trainer:
         return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
     def _check_skips(self) -> None:
-        n_files = len(self.train_set.paths)
-        if self.state.skipped and len(self.state.skipped) > 0.05 * n_files:
+        n_files, limit = len(self.train_set.paths), self.t.max_skip_fraction
+        if self.state.skipped and len(self.state.skipped) > limit * n_files:
+            if self.dist.main:
+                self._write_skips()  # the error points at this report: it must exist
             raise DataError(f"{len(self.state.skipped)} of {n_files} training files are unreadable "
-                            f"(more than 5%); see {self.dir / 'skipped.csv'}")
+                            f"(more than train.max_skip_fraction = {limit:g}); see {self.dir / 'skipped.csv'}")
 
     def _payload(self, epoch: int, val: ValResult, with_optimizer: bool) -> dict:
         payload = {
@@ -322,7 +327,7 @@ class Trainer:
             payload["optimizer"] = self.opt.state_dict()
             payload["plateau"] = self.plateau.state_dict()
             payload["state"] = {"epoch": epoch, "best": self.state.best, "history": self.state.history,
-                                "skipped": self.state.skipped}
+                                "skipped": self.state.skipped, "folds_sha256": self.folds_sha256}
         return payload
 
     def _keep(self, epoch: int, val: ValResult) -> None:
@@ -364,13 +369,20 @@ class Trainer:
         self.opt.load_state_dict(ck["optimizer"])
         self.plateau.load_state_dict(ck["plateau"])
         st = ck["state"]
-        self.state = RunState(st["epoch"] + 1, st["best"], st["history"], st["skipped"])
+        if st.get("folds_sha256", self.folds_sha256) != self.folds_sha256:
+            raise DataError(f"{last}: this run was trained on other folds than {self.ws.folds_csv} (re-made "
+                            f"since); remove {self.dir} to train this fold again")
+        # A kill between saving a new top-N checkpoint (and deleting the one it replaced)
+        # and saving last.pt leaves last.pt listing a deleted file: forget it.
+        best = [e for e in st["best"] if (self.dir / e["file"]).is_file()]
+        self.state = RunState(st["epoch"] + 1, best, st["history"], st["skipped"])
         stage_log("train", f"resuming {self.dir} after epoch {st['epoch'] + 1}")
         return self.state.epoch
 
     def run(self, resume: bool = False) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
+            remove_stale_temps(self.dir)  # half-written files of a killed earlier run
             write_text(self.dir / "config.yaml", dump_config(self.cfg))
         self._build()
         self._datasets()
@@ -402,7 +414,7 @@ class Trainer:
         best = sorted(self.state.best, key=lambda e: (-e["score"], e["loss"]))
         write_json(self.dir / "checkpoints.json", {"checkpoints": best, "classes": list(self.classes)})
         write_json(self.dir / "done.json", {"train_digest": train_digest(self.cfg, self.mcfg), "epochs": self.total_epochs,
-                                            "best": best[0] if best else None})
+                                            "best": best[0] if best else None, "folds_sha256": self.folds_sha256})
         stage_log("train", f"wrote {len(best)} checkpoint(s), log.csv and done.json to {self.dir}")
 
 
@@ -415,7 +427,13 @@ def is_done(ws: Workspace, cfg: Config, run_name: str, fold: int) -> bool:
     done = ws.run_dir(run_name, fold) / "done.json"
     if not done.is_file():
         return False
-    return json.loads(done.read_text()).get("train_digest") == train_digest(cfg, cfg.model(run_name))
+    meta = json.loads(done.read_text())
+    if meta.get("train_digest") != train_digest(cfg, cfg.model(run_name)):
+        return False
+    # Folds re-made since (new data) move images between folds: the run must not count as done.
+    # Runs from before this check have no hash and are taken as they are.
+    return "folds_sha256" not in meta or not ws.folds_csv.is_file() or \
+        meta["folds_sha256"] == sha256_file(ws.folds_csv)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
