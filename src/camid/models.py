@@ -22,6 +22,7 @@ import copy
 import re
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -275,7 +276,33 @@ def _camid_specs() -> list[BackboneSpec]:
 
 
 # --------------------------------------------------------------------------- registry
-BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _pm_specs() + _camid_specs()}
+class _Registry(Mapping):
+    """Name -> BackboneSpec, built on first use: the pretrainedmodels entries import that
+    library (and torchvision), a few seconds that camid_tiny runs and `--help` should not pay."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, BackboneSpec] | None = None
+
+    def _all(self) -> dict[str, BackboneSpec]:
+        if self._specs is None:
+            self._specs = {spec.name: spec for spec in _pm_specs() + list(_CAMID.values())}
+        return self._specs
+
+    def __getitem__(self, name: str) -> BackboneSpec:
+        return _CAMID[name] if name in _CAMID else self._all()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in _CAMID or name in self._all()
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+_CAMID: dict[str, BackboneSpec] = {spec.name: spec for spec in _camid_specs()}
+BACKBONES: Mapping[str, BackboneSpec] = _Registry()
 
 
 def list_backbones() -> list[str]:
@@ -285,10 +312,10 @@ def list_backbones() -> list[str]:
 
 def get_spec(backbone: str) -> BackboneSpec:
     """Look a backbone up by name (registered, or `timm/<model>`)."""
-    if backbone in BACKBONES:
-        return BACKBONES[backbone]
     if backbone.startswith(TIMM_PREFIX):
         return _timm_spec(backbone)
+    if backbone in BACKBONES:
+        return BACKBONES[backbone]
     raise CamidError(
         f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)} or timm/<model>"
     )
