@@ -236,6 +236,7 @@ def bench_equalise(quick: bool) -> list[Row]:
 
 def bench_stack(quick: bool) -> list[Row]:
     from . import stack
+    from .equalise import synthetic_probs
     from .config import StackConfig
 
     n_img, n_test, variants, n_models, k = (120, 60, 3, 2, 10) if quick else (800, 400, 3, 4, 10)
@@ -247,12 +248,8 @@ def bench_stack(quick: bool) -> list[Row]:
     n = len(truth)
     is_test = np.arange(n) >= n - n_test
     y = np.where(is_test, 0, truth)  # test labels are unknown to the stacker (dummy 0, as stack.run)
-    arrays = []
-    for _ in range(n_models):  # each model: noisy logits with a bonus on the true class
-        logits = rng.normal(size=(n, k))
-        logits[np.arange(n), truth] += 2.0
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        arrays.append(p / p.sum(axis=1, keepdims=True))
+    # each model: noisy logits with a bonus on the true class
+    arrays = [synthetic_probs(n, k, seed=m + 1, strength=2.0, labels=truth) for m in range(n_models)]
     manip = np.tile(np.r_[0, np.ones(variants - 1)], n_img)
     X = stack.features(arrays, np.r_[manip, np.zeros(n_test)], log=True)
     w = np.ones(n)

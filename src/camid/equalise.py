@@ -298,10 +298,12 @@ def equalise_table(df: pd.DataFrame, classes: list[str], method: str,
     return out, info
 
 
-def synthetic_probs(n: int, k: int = 10, seed: int = 0, strength: float = 3.0) -> np.ndarray:
-    """A balanced n x k problem shaped like a good classifier's softmax output."""
+def synthetic_probs(n: int, k: int = 10, seed: int = 0, strength: float = 3.0,
+                    labels: np.ndarray | None = None) -> np.ndarray:
+    """An n x k problem shaped like a good classifier's softmax output (balanced unless
+    ``labels`` gives the true classes)."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(n) % k
+    labels = np.arange(n) % k if labels is None else np.asarray(labels)
     logits = rng.normal(size=(n, k))
     logits[np.arange(n), labels] += strength
     p = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -39,7 +39,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from .crops import centre_crop
-from .data import DataError, ImageReadError, read_image, resolve_classes, scan_train
+from .data import DataError, ImageReadError, probe_image, read_image, resolve_classes, scan_train
 from .io_utils import stage_log, write_atomic, write_csv, write_json
 from .workspace import add_common_arguments, resolve
 
@@ -319,7 +319,7 @@ def _test_crop_size(queries: pd.DataFrame) -> int:
     tests = queries[queries["kind"] == KIND_B]
     if tests.empty:
         raise DataError("no device-B _unalt test crops found; pass --crop")
-    h, w = read_image(tests["path"].iloc[0]).shape[:2]
+    w, h = probe_image(tests["path"].iloc[0])  # header only
     if h != w:
         raise DataError(f"{tests['path'].iloc[0]}: test crops are not square ({w}x{h}); pass --crop")
     return int(h)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import models
 from .config import Config
 from .crops import manipulated_centre_crop
-from .data import DataError, ImageReadError, read_folds, read_image
+from .data import DataError, ImageReadError, probe_image, read_folds, read_image
 from .io_utils import stage_log, write_atomic, write_csv, write_json
 from .manipulations import CONTINUOUS_RANGES, MANIPULATION_NAMES
 from .predict import checkpoint_files
@@ -196,13 +196,11 @@ def held_out(ws: Workspace, fold: int, classes: Sequence[str], max_images: int |
 
 
 def _max_side(photos: pd.DataFrame) -> int:
-    from PIL import Image
     sides = []
     for path in photos["path"]:
         try:
-            with Image.open(path) as im:
-                sides.append(min(im.size))
-        except OSError:
+            sides.append(min(probe_image(path)))
+        except ImageReadError:
             continue
     if not sides:
         raise DataError("no readable held-out image")
