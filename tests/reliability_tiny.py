@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from camid import cli
-from camid.tables import KEY_COLUMNS
+from camid.infer.table import KEY_COLUMNS
 
 SIM_ARGS = ["--n-classes", "3", "--train-per-class", "3", "--test-per-class", "2",
             "--width", "128", "--height", "96", "--test-crop", "32", "--workers", "1"]
@@ -196,7 +196,7 @@ def check_outputs_intact(root: Path) -> dict[str, int]:
     """
     import json
 
-    from camid.io_utils import load_torch
+    from camid.util.io import load_torch
 
     counts: dict[str, int] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

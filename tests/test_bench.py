@@ -39,7 +39,7 @@ def test_gpu_rows_code_path_on_cpu():
 
 
 def test_forward_flops_counts_convolutions():
-    from camid.models import build_model
+    from camid.models.classifier import build_model
 
     model = build_model("camid_tiny", num_classes=10, pretrained=False, weights_dir=None)
     f64, f128 = bench.forward_flops(model, 64, "cpu"), bench.forward_flops(model, 128, "cpu")

@@ -2,9 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camid.blend import (StrategyError, align_tables, blend_tables, discover_models, parse_strategy,
-                         power_mean)
-from camid.tables import TableError
+from camid.errors import StrategyError
+from camid.level2.align import align_tables
+from camid.level2.average import power_mean
+from camid.level2.strategies import blend_tables, parse_strategy
+from camid.workspace import Workspace
+from camid.errors import TableError
 
 CLASSES = ["a", "b"]
 
@@ -97,16 +100,17 @@ def test_blend_with_equaliser_is_one_hot():
 
 
 def test_discover_models(tmp_path):
-    (tmp_path / "blend").mkdir()
+    ws = Workspace(tmp_path, tmp_path / "data")
+    ws.blend_dir.mkdir(parents=True)
     for name in ("r1.tta10.parquet", "r2.tta10.parquet", "r3.tta40.parquet", "blend/x.tta10.parquet"):
-        (tmp_path / name).write_bytes(b"")
-    assert discover_models(tmp_path, "tta10") == ["r1", "r2"]
+        (ws.oof / name).write_bytes(b"")
+    assert ws.table_runs("tta10") == ["r1", "r2"]
 
 
 # ---------------------------------------------------------------- stackers (camid.stack)
 
 def test_stack_folds_grouped_stratified_deterministic():
-    from camid.stack import stack_folds
+    from camid.level2.stack import stack_folds
     fnames = [f"img{i}" for i in range(30) for _ in range(3)]  # 3 variants per image
     labels = [i % 3 for i in range(30) for _ in range(3)]
     folds = stack_folds(fnames, labels, 5, seed=1)
@@ -118,7 +122,7 @@ def test_stack_folds_grouped_stratified_deterministic():
 
 
 def test_stack_features_layout():
-    from camid.stack import features
+    from camid.level2.stack import features
     a, b = np.full((4, 3), 1 / 3), np.full((4, 3), 1 / 3)
     X = features([a, b], np.array([0, 1, 0, 1]), log=True)
     assert X.shape == (4, 3 * 2 * 2 + 1) and X[:, -1].tolist() == [0, 1, 0, 1]
@@ -126,7 +130,7 @@ def test_stack_features_layout():
 
 
 def test_stack_class_weights_checked():
-    from camid.stack import StackError, class_weights
+    from camid.level2.stack import StackError, class_weights
     np.testing.assert_allclose(class_weights(np.array([0, 1, 1]), CLASSES, [2.0, 0.5]), [2.0, 0.5, 0.5])
     with pytest.raises(StackError, match="one per class"):
         class_weights(np.array([0]), CLASSES, [1.0])
@@ -135,7 +139,7 @@ def test_stack_class_weights_checked():
 @pytest.mark.parametrize("kind", ["xgb", "lgb", "mlp"])
 def test_stackers_learn_and_save_native(kind, tmp_path):
     from camid.config import StackConfig
-    from camid.stack import LEARNERS, bag
+    from camid.level2.stack import LEARNERS, bag
     rng = np.random.default_rng(0)
     n, k = 120, 3
     y = np.arange(n) % k

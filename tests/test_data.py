@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from camid import data as D
+from camid import errors
+from camid.data import folds, images, layout
 from conftest import write_jpeg
 
 
@@ -18,7 +19,7 @@ def table(n_per_class=(10, 7, 13)):
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_kfold_no_image_in_two_folds_and_every_image_validated_once(k):
     t = table()
-    f = D.make_folds(t, "kfold", k, seed=1)
+    f = folds.make_folds(t, "kfold", k, seed=1)
     assert len(f) == len(t) and f["fname"].is_unique
     assert set(f["fname"]) == set(t["fname"])
     assert set(f["fold"]) == set(range(k))
@@ -29,7 +30,7 @@ def test_kfold_no_image_in_two_folds_and_every_image_validated_once(k):
 
 
 def test_kfold_is_stratified_and_balanced():
-    f = D.make_folds(table(), "kfold", 3, seed=7)
+    f = folds.make_folds(table(), "kfold", 3, seed=7)
     per = f.groupby(["label", "fold"]).size().unstack()
     assert (per.max(axis=1) - per.min(axis=1)).max() <= 1
     sizes = f.groupby("fold").size()
@@ -38,28 +39,28 @@ def test_kfold_is_stratified_and_balanced():
 
 def test_folds_are_deterministic_for_a_seed_and_change_with_it(tmp_path):
     t = table()
-    a = D.make_folds(t.sample(frac=1, random_state=0), "kfold", 4, seed=3)
-    b = D.make_folds(t, "kfold", 4, seed=3)
-    c = D.make_folds(t, "kfold", 4, seed=4)
+    a = folds.make_folds(t.sample(frac=1, random_state=0), "kfold", 4, seed=3)
+    b = folds.make_folds(t, "kfold", 4, seed=3)
+    c = folds.make_folds(t, "kfold", 4, seed=4)
     assert a.equals(b)  # input order does not matter
     assert not a["fold"].equals(c["fold"])
-    D.write_folds(a.assign(source="train"), tmp_path / "a.csv")
-    D.write_folds(b.assign(source="train"), tmp_path / "b.csv")
+    folds.write_folds(a.assign(source="train"), tmp_path / "a.csv")
+    folds.write_folds(b.assign(source="train"), tmp_path / "b.csv")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
 def test_groups_stay_together():
     t = table((12, 12))
     t["group"] = [f"g{i // 3}" for i in range(len(t))]  # near-duplicate clusters of 3
-    f = D.make_folds(t, "kfold", 3, seed=0, group_col="group")
+    f = folds.make_folds(t, "kfold", 3, seed=0, group_col="group")
     assert (f.groupby("group")["fold"].nunique() == 1).all()
 
 
 def test_holdout_mode():
-    f = D.make_folds(table((10, 10, 10)), "holdout", holdout_fraction=0.2, seed=0)
+    f = folds.make_folds(table((10, 10, 10)), "holdout", holdout_fraction=0.2, seed=0)
     assert sorted(f["fold"].unique()) == [-1, 0]
     assert (f[f.fold == 0].groupby("label").size() == 2).all()
-    assert D.fold_ids(f) == [0]
+    assert folds.fold_ids(f) == [0]
 
 
 def test_scan_train_layout(kaggle_layout):
@@ -67,7 +68,7 @@ def test_scan_train_layout(kaggle_layout):
     (kaggle_layout / "train" / "cam-a" / ".DS_Store").write_text("x")
     (kaggle_layout / "train" / "cam-b" / "sub").mkdir()
     write_jpeg(kaggle_layout / "train" / "cam-b" / "sub" / "deep.JPEG")
-    classes, scan = D.scan_train(kaggle_layout)
+    classes, scan = layout.scan_train(kaggle_layout)
     assert classes == ["cam-a", "cam-b", "cam-c"]
     assert len(scan.table) == 22
     assert "train/cam-b/sub/deep.JPEG" in set(scan.table["fname"])
@@ -78,39 +79,39 @@ def test_scan_train_layout(kaggle_layout):
 def test_scan_train_with_extra_folder(kaggle_layout, tmp_path):
     write_jpeg(tmp_path / "ext" / "cam-c" / "cam-c_0.jpg")  # same file name as a Kaggle one
     write_jpeg(tmp_path / "ext" / "unknown-cam" / "z.jpg")
-    classes, scan = D.scan_train(kaggle_layout, extra_dirs=[tmp_path / "ext"])
+    classes, scan = layout.scan_train(kaggle_layout, extra_dirs=[tmp_path / "ext"])
     assert "ext0/cam-c/cam-c_0.jpg" in set(scan.table["fname"])
     assert scan.table["fname"].is_unique
     assert any("not a known class" in r for _, r in scan.skipped)
 
 
 def test_scan_errors(tmp_path):
-    with pytest.raises(D.DataError, match="training folder not found"):
-        D.scan_train(tmp_path)
+    with pytest.raises(errors.DataError, match="training folder not found"):
+        layout.scan_train(tmp_path)
     (tmp_path / "train" / "only").mkdir(parents=True)
-    with pytest.raises(D.DataError, match="at least 2"):
-        D.scan_train(tmp_path)
+    with pytest.raises(errors.DataError, match="at least 2"):
+        layout.scan_train(tmp_path)
 
 
 def test_scan_test_flags(kaggle_layout):
-    t = D.scan_test(kaggle_layout)
+    t = layout.scan_test(kaggle_layout)
     assert t["fname"].tolist() == sorted(t["fname"])
     assert t["manip"].tolist() == [0, 1, 0, 1]
     Image.new("RGB", (8, 8)).save(kaggle_layout / "test" / "holiday.tif")
-    with pytest.raises(D.DataError, match="neither"):
-        D.scan_test(kaggle_layout)
+    with pytest.raises(errors.DataError, match="neither"):
+        layout.scan_test(kaggle_layout)
 
 
 def test_read_folds_checks(tmp_path):
-    f = D.make_folds(table(), "kfold", 2).assign(source="train")
-    D.write_folds(pd.concat([f, f.head(1)]), tmp_path / "dup.csv")
-    with pytest.raises(D.DataError, match="more than once"):
-        D.read_folds(tmp_path / "dup.csv")
-    D.write_folds(f, tmp_path / "ok.csv")
-    with pytest.raises(D.DataError, match="not in the class list"):
-        D.read_folds(tmp_path / "ok.csv", ["c0", "c1"])
-    with pytest.raises(D.DataError, match="not found"):
-        D.read_folds(tmp_path / "missing.csv")
+    f = folds.make_folds(table(), "kfold", 2).assign(source="train")
+    folds.write_folds(pd.concat([f, f.head(1)]), tmp_path / "dup.csv")
+    with pytest.raises(errors.DataError, match="more than once"):
+        folds.read_folds(tmp_path / "dup.csv")
+    folds.write_folds(f, tmp_path / "ok.csv")
+    with pytest.raises(errors.DataError, match="not in the class list"):
+        folds.read_folds(tmp_path / "ok.csv", ["c0", "c1"])
+    with pytest.raises(errors.DataError, match="not found"):
+        folds.read_folds(tmp_path / "missing.csv")
 
 
 # --- robust image reading -------------------------------------------------------------------
@@ -131,12 +132,12 @@ def test_read_image_converts_modes(tmp_path):
         "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
     }
     for name, img in cases.items():
-        out = D.read_image(_save(tmp_path / name, img))
+        out = images.read_image(_save(tmp_path / name, img))
         assert out.dtype == np.uint8 and out.shape == (9, 11, 3), name
-    assert np.array_equal(D.read_image(tmp_path / "rgb.png"), rgb)
-    assert np.array_equal(D.read_image(tmp_path / "rgba.png"), rgb)  # alpha dropped, colour kept
+    assert np.array_equal(images.read_image(tmp_path / "rgb.png"), rgb)
+    assert np.array_equal(images.read_image(tmp_path / "rgba.png"), rgb)  # alpha dropped, colour kept
     sixteen = (np.arange(9 * 11, dtype=np.uint16).reshape(9, 11) * 600)
-    out = D.read_image(_save(tmp_path / "16bit.tif", Image.fromarray(sixteen)))
+    out = images.read_image(_save(tmp_path / "16bit.tif", Image.fromarray(sixteen)))
     assert out.shape == (9, 11, 3) and out.max() > 200  # scaled from 16 bits, not clipped
 
 
@@ -149,13 +150,13 @@ def test_read_image_converts_modes(tmp_path):
 def test_read_image_refuses_bad_files_with_a_reason(tmp_path, maker, reason):
     p = tmp_path / "bad.jpg"
     maker(p)
-    with pytest.raises(D.ImageReadError, match=reason) as exc:
-        D.read_image(p)
+    with pytest.raises(errors.ImageReadError, match=reason) as exc:
+        images.read_image(p)
     assert exc.value.path == str(p)
 
 
 def test_read_image_refuses_decompression_bombs(tmp_path, monkeypatch):
     p = _save(tmp_path / "big.png", np.zeros((64, 64, 3), np.uint8))
-    monkeypatch.setattr(D, "MAX_PIXELS", 1000)
-    with pytest.raises(D.ImageReadError, match="too large"):
-        D.read_image(p)
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    with pytest.raises(errors.ImageReadError, match="too large"):
+        images.read_image(p)

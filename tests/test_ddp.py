@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from camid.train import load_checkpoint
+from camid.train.trainer import load_checkpoint
 
 CFG = """
 name: ddp
@@ -42,7 +42,8 @@ def test_train_under_torchrun_with_two_ranks(tmp_path, kaggle_layout):
 def test_progressive_resizing_changes_the_sample_size(tmp_path, kaggle_layout):
     from camid import cli
     from camid.config import load_config
-    from camid.train import Trainer, pick_device
+    from camid.train.runtime import pick_device
+    from camid.train.trainer import Trainer
     from camid.workspace import Workspace
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(CFG.format(data=kaggle_layout))

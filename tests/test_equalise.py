@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from camid import equalise as eq
+from camid.level2 import equalise as eq
 
 EXACT = ("hungarian", "flow")
 

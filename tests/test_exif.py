@@ -10,7 +10,7 @@ import piexif
 import pytest
 from PIL import Image
 
-from camid.exif import (STD_CHROMINANCE, STD_LUMINANCE, clean_tag, estimate_quality, glob_match,
+from camid.forensics.exif import (STD_CHROMINANCE, STD_LUMINANCE, clean_tag, estimate_quality, glob_match,
                         ijg_quality, imagemagick_quality, inspect_image, normalise_model,
                         read_exif_tags, resave_evidence, scaled_table, xmp_creator_tool)
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from camid import fastjpeg
-from camid.crops import random_crop
-from camid.data import ImageReadError, read_image
-from camid.samples import SampleSpec, TrainSamples, training_sample
+from camid.data import fastjpeg
+from camid.data.crops import random_crop
+from camid.data.images import read_image
+from camid.errors import ImageReadError
+from camid.data.samples import SampleSpec, TrainSamples, training_sample
 
 needs_libjpeg = pytest.mark.skipif(fastjpeg.libjpeg() is None, reason="no libjpeg v6.2 ABI library found")
 

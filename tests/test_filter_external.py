@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 
 from camid import cli
-from camid import filter_external as fe
-from camid.exif import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
+from camid.forensics import filter_external as fe
+from camid.forensics.exif import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
 
 REPO = Path(__file__).parents[1]
 REAL = Path(__file__).parents[2] / "shared" / "data"

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from camid import cli, identify
-from camid.predict import Ensemble, checkpoint_files
+from camid import cli
+from camid.forensics import identify
+from camid.infer.ensemble import Ensemble
+from camid.infer.predict import checkpoint_files
 from trained_tiny import CLASSES, photo, train_tiny
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camid import manipulations as M
+from camid.data import manipulations as M
 
 # IJG standard luminance table (JPEG Annex K), in natural (row-major) order.
 STD_LUMA = np.array([

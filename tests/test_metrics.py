@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from camid import cli
-from camid.metrics import (SubmissionError, confusion_matrix, score_predictions, score_submission,
+from camid.level2.metrics import (SubmissionError, confusion_matrix, score_predictions, score_submission,
                            score_table, validate_submission, weighted_score)
 
 CLASSES = ["a", "b", "c"]

@@ -9,18 +9,16 @@ import torch
 from torch import nn
 
 from camid.errors import CamidError
-from camid.models import (
+from camid.models.classifier import CamidNet, build_model, rebuild
+from camid.models.registry import (
     BACKBONES,
-    CamidNet,
-    ResidualConv2d,
-    build_model,
     get_spec,
     list_backbones,
     load_pretrained,
-    rebuild,
     remap_densenet_keys,
     weights_table,
 )
+from camid.models.residual import ResidualConv2d
 
 RECIPE = ["densenet201", "densenet161", "resnext101_32x4d", "resnext101_64x4d",
           "se_resnext50_32x4d", "se_resnet50", "dpn92", "dpn98"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from camid import cli
-from camid.data import read_folds
-from camid.tables import read_table
-from camid.train import load_checkpoint
+from camid.data.folds import read_folds
+from camid.infer.table import read_table
+from camid.train.trainer import load_checkpoint
 
 TINY = """
 name: tiny

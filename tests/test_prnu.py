@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camid import cli, prnu
-from camid import simulate as sim
+from camid import cli
+from camid.data import simulate as sim
+from camid.forensics import prnu
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = sim.SimOptions(n_classes=4, train_per_class=10, test_per_class=3, width=256, height=256,
@@ -175,7 +176,7 @@ def test_prnu_command_separates_devices_on_simulated_data(simulated, tmp_path, c
 
 
 def test_cnn_comparison_reads_the_oof_table_on_the_same_crops(simulated, tmp_path):
-    from camid.tables import write_table
+    from camid.infer.table import write_table
     classes = sim.class_names(SMALL.n_classes)
     sol = pd.read_csv(simulated / "solution.csv")
     probs = np.full((len(sol), len(classes)), 0.1)
@@ -185,7 +186,7 @@ def test_cnn_comparison_reads_the_oof_table_on_the_same_crops(simulated, tmp_pat
                                      "aug": "unknown", "label": ""}), table], axis=1)
     write_table(table, tmp_path / "oof" / "cnn.tta10.parquet", classes)
     plan = prnu.make_plan(simulated, classes, 7, 3, None)
-    res, curves = prnu.cnn_comparison(tmp_path, plan)
+    res, curves = prnu.cnn_comparison(tmp_path / "oof", plan)
     assert res["cnn.tta10"]["auc"] == 1.0 and res["cnn.tta10"]["accuracy"] == 1.0
     assert res["cnn.tta10"]["positives"] == 4 * 3 and res["cnn.tta10"]["negatives"] == 4 * 3 * 3
     assert curves[0]["statistic"].iloc[0] == "cnn:cnn.tta10"

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from camid import blend
-from camid.io_utils import load_torch, remove_stale_temps
-from camid.tables import read_table
+from camid.util.io import load_torch, remove_stale_temps
+from camid.infer.table import read_table
+from camid.workspace import Workspace
 
 from reliability_tiny import (camid, check_outputs_intact, jpeg_bytes, kill_when_file, simulate, start,
                               temp_files, write_config)
@@ -76,7 +76,7 @@ def test_predict_killed_mid_write_keeps_finished_tables_and_redoes_only_the_miss
     stale = temp_files(oof)
     assert [p.name.startswith(".b.none.parquet.") for p in stale] == [True]
     assert stale[0].stat().st_size > 0  # the half-written table exists only as a hidden temp file...
-    assert blend.discover_models(oof, "none") == ["a"]  # ...that no glob of a later stage picks up
+    assert Workspace(oof.parent, root).table_runs("none") == ["a"]  # ...that no glob of a later stage picks up
     assert sorted(p.name for p in oof.glob("*.parquet")) == ["a.none.parquet"]
 
     a_mtime = (oof / "a.none.parquet").stat().st_mtime_ns
@@ -130,7 +130,7 @@ def test_filter_external_killed_mid_report_resumes_from_its_last_checkpoint(worl
     out = tmp_path / "out"
     # Checkpoint the report after every file; die in the middle of writing the third one.
     proc = start(*args, "--out", out, torch_stage=False, kill_at="filter_report.csv:3",
-                 set_attrs="camid.filter_external:CHECKPOINT_SECONDS=-1")
+                 set_attrs="camid.forensics.filter_external:CHECKPOINT_SECONDS=-1")
     text = proc.communicate(timeout=300)[0]
     assert proc.returncode == -9, text
     check_outputs_intact(out)
@@ -152,8 +152,8 @@ def test_filter_external_killed_mid_report_resumes_from_its_last_checkpoint(worl
 
 def test_temporary_files_are_invisible_to_every_stage_glob(tmp_path):
     """Names of interrupted writes never match what stages list (tables, CSVs, images)."""
-    from camid.data import is_image_file
-    from camid.io_utils import temp_prefix, write_parquet
+    from camid.data.images import is_image_file
+    from camid.util.io import temp_prefix, write_parquet
 
     target = tmp_path / "oof" / "x.tta10.parquet"
     write_parquet(target, pd.DataFrame({"a": np.arange(3)}))
@@ -163,7 +163,7 @@ def test_temporary_files_are_invisible_to_every_stage_glob(tmp_path):
         assert not is_image_file(tmp)
         assert tmp not in set((tmp_path / "oof").glob(f"*{Path(name).suffix}"))
         assert tmp not in set((tmp_path / "oof").glob("*.tta10.parquet"))
-    assert blend.discover_models(tmp_path / "oof", "tta10") == ["x"]
+    assert Workspace(tmp_path, tmp_path).table_runs("tta10") == ["x"]
     # A killed writer's temp file is stale; live writers' (pid 1, and this process, whose
     # five files above could be in flight in another thread) are kept.
     dead = tmp_path / "oof" / f".y.tta10.parquet.pid{2 ** 22 + 12345}.abcdefgh.tmp"

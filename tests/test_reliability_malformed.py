@@ -20,11 +20,14 @@ import torch
 import yaml
 from PIL import Image
 
-from camid import data as data_mod
-from camid import fastjpeg, filter_external
-from camid.data import ImageReadError, probe_image, read_image
-from camid.samples import SampleSpec, TrainSamples, build_variants
-from camid.tables import read_table
+from camid.data import fastjpeg
+from camid.data import folds as folds_csv
+from camid.data import images as data_mod
+from camid.forensics import filter_external
+from camid.data.images import probe_image, read_image
+from camid.errors import ImageReadError
+from camid.data.samples import SampleSpec, TrainSamples, build_variants
+from camid.infer.table import read_table
 
 from reliability_tiny import camid, jpeg_bytes, one_error
 
@@ -276,10 +279,10 @@ def unusable_data(tmp_path_factory):
 def _folds(root: Path, cfg: Path) -> None:
     """``camid folds``, then every unusable file and g000-g004 of each class into fold 0."""
     assert camid("folds", "--config", cfg, "--workdir", root) == 0
-    folds = data_mod.read_folds(root / "models" / "folds.csv")
+    folds = folds_csv.read_folds(root / "models" / "folds.csv")
     val = folds["fname"].str.startswith("ext0/") | folds["fname"].str.contains(r"/g00[0-4]\.jpg$")
     folds["fold"] = np.where(val, 0, 1)
-    data_mod.write_folds(folds, root / "models" / "folds.csv")
+    folds_csv.write_folds(folds, root / "models" / "folds.csv")
 
 
 def test_unusable_files_are_skipped_with_reasons_and_the_run_finishes(unusable_data, tmp_path):

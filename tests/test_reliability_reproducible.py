@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from camid.io_utils import load_torch
+from camid.util.io import load_torch
 
 from reliability_tiny import camid, write_config, SIM_ARGS
 
@@ -129,7 +129,7 @@ def test_checkpoints_without_timings_are_byte_identical(twice):
 
 
 def test_write_torch_bytes_do_not_depend_on_the_file_name(tmp_path):
-    from camid.io_utils import write_torch
+    from camid.util.io import write_torch
 
     obj = {"w": torch.arange(6.0).reshape(2, 3), "meta": {"epoch": 3}}
     write_torch(tmp_path / "a.pt", obj)

@@ -20,9 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from camid import models
+from camid.models import registry as models
 from camid.errors import CamidError
-from camid.io_utils import CheckpointError, load_torch, write_json
+from camid.errors import CheckpointError
+from camid.util.io import load_torch, write_json
 
 from reliability_tiny import camid, make_table, one_error, write_config
 
@@ -65,7 +66,7 @@ def write_malicious(path: Path, payload: Payload, how: str) -> Path:
 @pytest.mark.parametrize("how", ["checkpoint", "state_dict", "raw_pickle"])
 @pytest.mark.parametrize("kind", ["os.system", "exec", "eval"])
 def test_crafted_checkpoints_are_refused_without_running_code(tmp_path, kind, how):
-    from camid.train import load_checkpoint
+    from camid.train.trainer import load_checkpoint
 
     marker = tmp_path / "PWNED"
     path = write_malicious(tmp_path / "epoch001.pt", payloads(marker)[kind], how)
@@ -78,7 +79,7 @@ def test_crafted_checkpoints_are_refused_without_running_code(tmp_path, kind, ho
 
 
 def test_train_load_checkpoint_raises_a_camid_error(tmp_path):
-    from camid.train import load_checkpoint
+    from camid.train.trainer import load_checkpoint
 
     marker = tmp_path / "PWNED"
     with pytest.raises(CamidError):
@@ -193,7 +194,7 @@ def test_stackers_are_saved_in_native_non_pickle_formats(tmp_path):
     stackers = _stackers()
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "data", models=["a", "b"])
     cfg.write_text(cfg.read_text().split("blend:")[0] + STACK_CONFIG.format(strategies=", ".join(stackers)))
-    from camid.tables import write_table
+    from camid.infer.table import write_table
 
     for i, run in enumerate(["a", "b"]):
         write_table(make_table(n_train=24, seed=i), tmp_path / "oof" / f"{run}.none.parquet",

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camid.data import DataError, check_folds_cover, read_folds, scan_train
-from camid.io_utils import write_csv, write_parquet
-from camid.tables import KEY_COLUMNS, write_table
+from camid.data.folds import check_folds_cover, read_folds
+from camid.data.layout import scan_train
+from camid.errors import DataError
+from camid.util.io import write_csv, write_parquet
+from camid.infer.table import KEY_COLUMNS, write_table
 
 from reliability_tiny import CLASSES, TEST_FILES, camid, jpeg_bytes, make_table, one_error, write_config
 
@@ -302,7 +304,7 @@ def test_training_refuses_folds_that_do_not_cover_the_data(foldsws, capsys):
 
 def test_runs_trained_on_other_folds_are_not_considered_done(foldsws):
     from camid.config import load_config
-    from camid.train import is_done
+    from camid.train.trainer import is_done
     from camid.workspace import Workspace
 
     root, data, common = foldsws

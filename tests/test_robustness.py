@@ -6,11 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from camid import cli, models, robustness
-from camid.data import read_folds
-from camid.predict import checkpoint_files
-from camid.samples import build_variants
-from camid.train import evaluate, load_checkpoint
+from camid import cli
+from camid.forensics import robustness
+from camid.models import classifier as models
+from camid.data.folds import read_folds
+from camid.infer.predict import checkpoint_files
+from camid.data.samples import build_variants
+from camid.train.trainer import evaluate, load_checkpoint
 from trained_tiny import CLASSES, train_tiny
 
 
@@ -68,7 +70,7 @@ def test_names_match_the_harness_spelling():
     assert robustness._name("resize", 2.0) == "resize2.0" and robustness._name("resize", 0.75) == "resize0.75"
     assert robustness._name("gamma", 0.8) == "gamma0.8" and robustness._name("gamma", 1.0) == "none"
     names = {p.aug for p in robustness.grid(512, 480, 4000)}
-    from camid.manipulations import MANIPULATION_NAMES
+    from camid.data.manipulations import MANIPULATION_NAMES
     assert set(MANIPULATION_NAMES) <= names
 
 

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from camid import cli, crops
-from camid import simulate as sim
-from camid.manipulations import MANIPULATION_NAMES, apply
+from camid import cli
+from camid.data import crops
+from camid.data import simulate as sim
+from camid.data.manipulations import MANIPULATION_NAMES, apply
 
 TINY = sim.SimOptions(n_classes=4, train_per_class=3, test_per_class=4, width=256, height=192,
                       test_crop=64, seed=7)

@@ -6,10 +6,11 @@ import time
 import pandas as pd
 import pytest
 
-from camid import cli, jobs
+from camid import cli
+from camid.train import jobs
 from camid.config import load_config
-from camid.data import make_folds, write_folds
-from camid.train import train_digest
+from camid.data.folds import make_folds, write_folds
+from camid.train.trainer import train_digest
 
 CFG = """
 name: sched

@@ -3,10 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from camid import crops, manipulations as M, tta
+from camid.data import crops
+from camid.data import manipulations as M
+from camid.data import orientation
+from camid.infer import tta
 
 
-@pytest.mark.parametrize("el", tta.D4_ELEMENTS, ids=lambda e: e.name)
+@pytest.mark.parametrize("el", orientation.D4_ELEMENTS, ids=lambda e: e.name)
 def test_d4_round_trip_is_exact(el):
     x = torch.randn(2, 3, 6, 6)
     assert torch.equal(el.deaugment(el.augment(x)), x)
@@ -15,7 +18,7 @@ def test_d4_round_trip_is_exact(el):
 
 def test_d4_has_eight_distinct_elements():
     x = torch.randn(1, 3, 5, 5)
-    outs = [el.augment(x) for el in tta.D4_ELEMENTS]
+    outs = [el.augment(x) for el in orientation.D4_ELEMENTS]
     assert len({o.numpy().tobytes() for o in outs}) == 8
 
 

@@ -1,4 +1,4 @@
-"""`camid bench`: speed-ups measured against their baselines, side by side in one run.
+"""Benchmarks (``camid bench``): speed-ups measured against their baselines, side by side in one run.
 
 Sections (each row: baseline, faster variant, ratio):
 
@@ -20,7 +20,6 @@ Writes ``bench.csv`` and ``bench.json`` (rows plus machine facts) under ``--out`
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import os
@@ -34,7 +33,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .io_utils import write_csv, write_json
+from .util.io import write_csv, write_json
 
 SECTIONS = ("sample", "equalise", "stack", "gpu")
 
@@ -132,9 +131,9 @@ def machine_info() -> dict:
 def bench_samples(quick: bool, workdir: Path) -> list[Row]:
     from PIL import Image
 
-    from . import fastjpeg
-    from .data import read_image
-    from .samples import SampleSpec, training_sample
+    from .data import fastjpeg
+    from .data.images import read_image
+    from .data.samples import SampleSpec, training_sample
 
     if quick:
         h, w, size, n_images, rounds, per_round = 600, 800, 96, 2, 2, 4
@@ -206,7 +205,7 @@ def bench_samples(quick: bool, workdir: Path) -> list[Row]:
 # ---------------------------------------------------------------- equalisation
 
 def bench_equalise(quick: bool) -> list[Row]:
-    from . import equalise
+    from .level2 import equalise
 
     rows = []
     probs = equalise.synthetic_probs(2640, 10, seed=0)
@@ -235,9 +234,9 @@ def bench_equalise(quick: bool) -> list[Row]:
 # ---------------------------------------------------------------- stackers
 
 def bench_stack(quick: bool) -> list[Row]:
-    from . import stack
-    from .equalise import synthetic_probs
     from .config import StackConfig
+    from .level2 import stack
+    from .level2.equalise import synthetic_probs
 
     n_img, n_test, variants, n_models, k = (120, 60, 3, 2, 10) if quick else (800, 400, 3, 4, 10)
     rng = np.random.default_rng(0)
@@ -330,7 +329,7 @@ def infer_rate(model, tta: str, images: int, reps: int, device, crop: int = 512,
     """Inference images/s on ``crop`` test images with a TTA policy (bf16 + channels-last)."""
     import torch
 
-    from .tta import make_views, predict_views
+    from .infer.tta import make_views, predict_views
 
     model.eval().to(memory_format=torch.channels_last)
     views = make_views(tta, crop, crop, size)
@@ -365,7 +364,7 @@ def bench_gpu(device, backbones: Sequence[str], size: int = 480, batch: int = 32
     """Training and inference rows per backbone on ``device`` (tests run it on the CPU, tiny)."""
     import torch
 
-    from .models import build_model
+    from .models.classifier import build_model
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops if peak_tflops is not None else peak_bf16_tflops(name)
@@ -415,7 +414,7 @@ def bench_gpu(device, backbones: Sequence[str], size: int = 480, batch: int = 32
 def gpu_rows(quick: bool, backbones: Sequence[str] | None, peak_tflops: float | None) -> list[Row]:
     import torch
 
-    from .models import get_spec, list_backbones
+    from .models.registry import get_spec, list_backbones
 
     if not torch.cuda.is_available():
         return [Row("gpu", what, "-", None, None, "", None, "skipped (no CUDA)") for what in
@@ -452,18 +451,6 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes for a smoke test (seconds); ratios are then not meaningful")
-    parser.add_argument("--out", default="bench_out", help="folder for bench.csv and bench.json (default: bench_out)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="run only these sections (default: all)")
-    parser.add_argument("--backbones", nargs="+", default=None,
-                        help="GPU section: backbones to time (default: the recipe's eight; --quick: the first)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="GPU section: dense bf16 peak of this GPU, when it is not in the built-in table")
-
-
 def run(quick: bool, only: Sequence[str] = SECTIONS, backbones: Sequence[str] | None = None,
         peak_tflops: float | None = None) -> list[Row]:
     rows: list[Row] = []
@@ -484,20 +471,9 @@ def run(quick: bool, only: Sequence[str] = SECTIONS, backbones: Sequence[str] | 
     return rows
 
 
-def main(args: argparse.Namespace) -> int:
-    info = machine_info()
-    info["command"] = "camid bench" + (" --quick" if args.quick else "") + (
-        f" --only {' '.join(args.only)}" if list(args.only) != list(SECTIONS) else "")
-    start = time.perf_counter()
-    rows = run(args.quick, args.only, args.backbones, args.peak_tflops)
-    info["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"camid bench ({info['date']}; {info['cpu']}, {info['cores']} cores; GPU: {info['gpu']}; "
-          f"{info['seconds']} s{'; --quick: sizes too small for meaningful ratios' if args.quick else ''})")
-    print(format_table(rows))
-    out = Path(args.out)
+def write_results(out: Path, info: dict, rows: Sequence[Row]) -> None:
+    """``bench.csv`` (one row per measurement) and ``bench.json`` (the rows plus machine facts)."""
     import pandas as pd
 
     write_csv(out / "bench.csv", pd.DataFrame([asdict(r) for r in rows]))
     write_json(out / "bench.json", {"machine": info, "rows": [asdict(r) for r in rows]})
-    print(f"[camid bench] wrote {out / 'bench.csv'} and {out / 'bench.json'}")
-    return 0

@@ -16,11 +16,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .errors import CamidError
-
-
-class ConfigError(CamidError, ValueError):
-    """A configuration file or value is invalid."""
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)

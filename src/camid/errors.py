@@ -1,12 +1,71 @@
-"""User-facing errors: reported as one clear line, never a traceback."""
+"""Errors a user can act on, by what failed; the CLI reports each as one line, never a traceback.
+
+Every class derives from ``CamidError`` (and ``ValueError``, so callers that validate
+input with ``except ValueError`` keep working). ``run_guarded`` is the one place that
+turns them into ``camid <command>: error: ...`` and exit code 2.
+"""
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 
 class CamidError(Exception):
     """Base for errors caused by the user's input (data, config, tables), not by a bug."""
+
+
+class ConfigError(CamidError, ValueError):
+    """A configuration file or value is invalid."""
+
+
+class UsageError(CamidError, ValueError):
+    """Command-line arguments or settings that cannot work (including on this machine)."""
+
+
+class DataError(CamidError, ValueError):
+    """The data folder, its layout or the folds file is not usable."""
+
+
+class ImageReadError(CamidError, ValueError):
+    """An image file cannot be used; ``reason`` says why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class JobError(CamidError, RuntimeError):
+    """Queued jobs (training or prediction subprocesses) failed."""
+
+
+class CheckpointError(CamidError, ValueError):
+    """A checkpoint or weights file that cannot be (safely) loaded."""
+
+
+class TableError(CamidError, ValueError):
+    """A probability table is malformed or does not match its peers."""
+
+
+class SubmissionError(CamidError, ValueError):
+    """A submission (or solution) CSV is not usable."""
+
+
+class StrategyError(CamidError, ValueError):
+    """A level-2 strategy name or blend setting that cannot be used."""
+
+
+class StackError(CamidError, ValueError):
+    """Stacker settings that cannot be used with these tables."""
+
+
+class SimulateError(CamidError, ValueError):
+    """Invalid simulate options, or an output folder that must not be touched."""
+
+
+class RulesError(CamidError, ValueError):
+    """The external-data rules file is invalid."""
 
 
 def run_guarded(command: str, fn: Callable[[], int | None]) -> int:

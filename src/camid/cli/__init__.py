@@ -1,0 +1,82 @@
+"""The ``camid`` console command: one thin module per subcommand under ``camid.cli``.
+
+Each command module provides ``add_arguments(parser)`` and ``main(args) -> int`` and is
+imported only when its subcommand runs, so ``camid score`` does not pay for importing
+torch. A ``Group`` holds nested subcommands (``camid <group> <command>``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # provides add_arguments(parser) and main(args) -> int
+    help: str
+
+
+@dataclass(frozen=True)
+class Group:
+    help: str
+    commands: dict[str, Command | Group] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Command | Group] = {
+    "simulate": Command("camid.cli.simulate", "write a simulated competition in the Kaggle layout"),
+    "folds": Command("camid.cli.folds", "build deterministic stratified folds (CSV)"),
+    "train": Command("camid.cli.train", "train one backbone on one fold"),
+    "train-all": Command("camid.cli.train_all", "train every (backbone, fold) job of a config"),
+    "predict": Command("camid.cli.predict", "out-of-fold and test probability tables with TTA"),
+    "blend": Command("camid.cli.blend", "average / equalise / stack probability tables"),
+    "submission": Command("camid.cli.submission", "write validated submission CSVs and the score table"),
+    "score": Command("camid.cli.score", "score a submission against a solution file"),
+    "filter-external": Command("camid.cli.filter_external", "filter external photos by EXIF, size, quality"),
+    "identify": Command("camid.cli.identify", "identify the camera model of arbitrary photos"),
+    "robustness": Command("camid.cli.robustness",
+                          "accuracy vs JPEG quality, gamma, resize and crop size (PNG + CSV)"),
+    "prnu": Command("camid.cli.prnu", "PRNU sensor-fingerprint baseline: device verification ROC/AUC/EER"),
+    "bench": Command("camid.cli.bench", "benchmarks: sample pipeline, equalisation, stackers, GPU"),
+}
+
+
+def _group_parser(prog: str, description: str, commands: dict[str, Command | Group]) -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<16} {entry.help}" for name, entry in commands.items())
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=f"subcommands:\n{lines}\n\nRun `{prog} <subcommand> --help` for its options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from .. import __version__
+        print(__version__)
+        return 0
+    node: Command | Group = Group("Source camera model identification harness.", COMMANDS)
+    path: list[str] = []
+    while isinstance(node, Group):
+        prog = " ".join(["camid", *path])
+        parser = _group_parser(prog, node.help, node.commands)
+        if not argv or argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        if argv[0] not in node.commands:
+            parser.print_usage(sys.stderr)
+            print(f"{prog}: unknown subcommand {argv[0]!r}; choose from {', '.join(node.commands)}", file=sys.stderr)
+            return 2
+        path.append(argv.pop(0))
+        node = node.commands[path[-1]]
+    name = " ".join(path)
+    module = importlib.import_module(node.module)
+    parser = argparse.ArgumentParser(prog=f"camid {name}", description=node.help)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    from ..errors import run_guarded
+    return run_guarded(name, lambda: module.main(args))

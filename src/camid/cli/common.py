@@ -1,0 +1,28 @@
+"""Options shared by the subcommands that work on a config and a work dir."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import Config, load_config
+from ..workspace import Workspace
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_config: str | None = "configs/demo.yaml") -> None:
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML profile (default: {default_config})")
+    parser.add_argument("--data", default=None, help="data folder (default: the config's data_dir)")
+    parser.add_argument("--workdir", default=".", help="folder holding models/, oof/, submissions/ (default: .)")
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, Workspace]:
+    cfg = load_config(args.config)
+    data_dir = Path(args.data or cfg.data_dir)
+    if args.data:
+        cfg.data_dir = str(args.data)
+    return cfg, Workspace(Path(args.workdir), data_dir)
+
+
+def names(csv: str) -> list[str]:
+    """``"a,b,,c"`` -> ``["a", "b", "c"]``: comma-separated option values."""
+    return [n for n in csv.split(",") if n]

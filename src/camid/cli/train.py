@@ -1,0 +1,36 @@
+"""`camid train`: one backbone on one fold."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from ..train.runtime import init_distributed, pick_device
+from ..train.trainer import Trainer
+from .common import add_common_arguments, resolve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("--model", default=None, help="run name from the config's models (default: the first)")
+    parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
+    parser.add_argument("--resume", action="store_true", help="continue from last.pt of this run")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg, ws = resolve(args)
+    mcfg = cfg.model(args.model) if args.model else cfg.models[0]
+    dist = init_distributed(args.device or cfg.device)
+    device = pick_device(f"cuda:{dist.local_rank}" if dist.world > 1 and (args.device or cfg.device) != "cpu"
+                         and torch.cuda.is_available() else (args.device or cfg.device))
+    if device.type == "cpu":  # leave a core to each DataLoader worker: oversubscribing is several times slower
+        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - cfg.train.num_workers) // dist.world))
+    try:
+        Trainer(cfg, ws, mcfg, args.fold, device, dist).run(resume=args.resume)
+    finally:
+        if dist.world > 1:
+            import torch.distributed as tdist
+            tdist.destroy_process_group()
+    return 0

@@ -1,0 +1,125 @@
+"""The data folder: the Kaggle layout, its classes and its test files.
+
+Layout (a user points ``DATA`` at the unpacked Kaggle folder or at ``camid simulate``'s output)::
+
+    DATA/train/<class>/*.{jpg,jpeg,png,tif,tiff,bmp,webp}   one folder per camera model
+    DATA/test/*_{unalt,manip}.<ext>                         centre crops to classify
+    DATA/sample_submission.csv, DATA/solution.csv (optional, simulated data only)
+
+Extra training folders (external data) have the same ``<class>/*`` shape.
+Training images are keyed by ``fname`` = their path relative to ``DATA``
+(``train/HTC-1-M7/x.jpg``) or ``ext<i>/<class>/<file>`` for the i-th extra folder;
+test images by their bare file name, as in the submission.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from ..config import Config
+from ..errors import DataError
+from ..util.log import stage_log
+from .images import is_image_file
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def discover_classes(train_dir: str | Path) -> list[str]:
+    """Class names are the sub-folders of ``train/`` (sorted, hidden folders ignored)."""
+    train_dir = Path(train_dir)
+    if not train_dir.is_dir():
+        raise DataError(f"training folder not found: {train_dir} (expected DATA/train/<class>/*.jpg)")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{train_dir}: need at least 2 class folders, found {classes}")
+    return classes
+
+
+@dataclass
+class Scan:
+    table: pd.DataFrame  # fname, path, label, source
+    skipped: list[tuple[str, str]]  # (path, reason) for files not used
+
+
+def _scan_root(root: Path, prefix: str, classes: Sequence[str], strict: bool) -> Scan:
+    rows, skipped = [], []
+    present = {p.name for p in root.iterdir() if p.is_dir()}
+    unknown = sorted(present - set(classes) - {n for n in present if n.startswith(".")})
+    for name in unknown:
+        skipped.append((str(root / name), "folder is not a known class"))
+    for cls in classes:
+        folder = root / cls
+        if not folder.is_dir():
+            if strict:
+                raise DataError(f"{root}: missing class folder {cls!r}")
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.is_dir() or _hidden(path.relative_to(folder)):
+                continue  # hidden: temp files of interrupted writes, .DS_Store, .ipynb_checkpoints
+            if not is_image_file(path):
+                skipped.append((str(path), "not an image file extension"))
+                continue
+            rel = path.relative_to(root).as_posix()
+            rows.append({"fname": f"{prefix}/{rel}", "path": str(path), "label": cls})
+    return Scan(pd.DataFrame(rows, columns=["fname", "path", "label"]), skipped)
+
+
+def scan_train(data_dir: str | Path, classes: Sequence[str] | None = None,
+               extra_dirs: Iterable[str | Path] = ()) -> tuple[list[str], Scan]:
+    """List every training image (Kaggle ``train/`` plus extra folders) with its class."""
+    data_dir = Path(data_dir)
+    classes = list(classes) if classes else discover_classes(data_dir / "train")
+    scans = [_scan_root(data_dir / "train", "train", classes, strict=True)]
+    for i, extra in enumerate(extra_dirs):
+        extra = Path(extra)
+        if not extra.is_dir():
+            raise DataError(f"extra training folder not found: {extra}")
+        scans.append(_scan_root(extra, f"ext{i}", classes, strict=False))
+    table = pd.concat([s.table for s in scans], ignore_index=True)
+    table["source"] = table["fname"].str.split("/").str[0]
+    skipped = [item for s in scans for item in s.skipped]
+    if table.empty:
+        raise DataError(f"{data_dir / 'train'}: no training images found")
+    empty = sorted(set(classes) - set(table["label"]))
+    if empty:
+        raise DataError(f"classes without any training image: {empty}")
+    return classes, Scan(table.sort_values("fname", ignore_index=True), skipped)
+
+
+def manip_flag(fname: str) -> int:
+    """1 for ``*_manip.*``, 0 for ``*_unalt.*`` (the competition's test naming)."""
+    stem = Path(fname).stem
+    if stem.endswith("_manip"):
+        return 1
+    if stem.endswith("_unalt"):
+        return 0
+    raise DataError(f"test file {fname!r} is neither *_unalt nor *_manip; "
+                    "rename it or use `camid identify` for arbitrary photos")
+
+
+def scan_test(data_dir: str | Path) -> pd.DataFrame:
+    """Every test image: fname (bare name), path, manip flag; sorted by fname."""
+    test_dir = Path(data_dir) / "test"
+    if not test_dir.is_dir():
+        raise DataError(f"test folder not found: {test_dir}")
+    rows, others = [], []
+    for path in sorted(test_dir.iterdir()):
+        if is_image_file(path):
+            rows.append({"fname": path.name, "path": str(path), "manip": manip_flag(path.name)})
+        elif path.is_file() and not path.name.startswith("."):
+            others.append(path.name)
+    if others:
+        stage_log("data", f"{test_dir}: ignoring {len(others)} non-image file(s): {others[:5]}")
+    if not rows:
+        raise DataError(f"{test_dir}: no test images found")
+    return pd.DataFrame(rows)
+
+
+def resolve_classes(cfg: Config, data_dir: str | Path) -> list[str]:
+    """The class list of a run: the config's ``classes`` or the folder names under ``train/``."""
+    return list(cfg.classes) if cfg.classes else discover_classes(Path(data_dir) / "train")

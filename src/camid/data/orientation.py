@@ -1,0 +1,44 @@
+"""The dihedral group D4 on the last two dims of image tensors: training orientation policies and TTA.
+
+The 8 elements are ``rot90^k`` optionally followed by a horizontal flip; each has an
+exact inverse. Training draws its orientation from a policy (``none``, ``flips``, ``d4``)
+and test-time augmentation de-augments with the same objects, so both share one
+implementation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class D4:
+    """Element ``rot90^k`` then (optionally) horizontal flip, acting on the last two dims."""
+
+    k: int
+    flip: bool
+
+    @property
+    def name(self) -> str:
+        return f"rot{90 * self.k}" + ("_flip" if self.flip else "")
+
+    def augment(self, x: Tensor) -> Tensor:
+        y = torch.rot90(x, self.k, dims=(-2, -1)) if self.k else x
+        return torch.flip(y, dims=(-1,)) if self.flip else y
+
+    def deaugment(self, y: Tensor) -> Tensor:
+        x = torch.flip(y, dims=(-1,)) if self.flip else y
+        return torch.rot90(x, -self.k, dims=(-2, -1)) if self.k else x
+
+
+D4_ELEMENTS: tuple[D4, ...] = tuple(D4(k, f) for f in (False, True) for k in range(4))
+IDENTITY = D4_ELEMENTS[0]
+HFLIP = D4(0, True)
+ORIENTATION_POLICIES: dict[str, tuple[D4, ...]] = {
+    "none": (IDENTITY,),
+    "flips": (IDENTITY, HFLIP, D4(2, False), D4(2, True)),  # mirror, flip and both
+    "d4": D4_ELEMENTS,
+}

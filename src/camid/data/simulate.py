@@ -1,0 +1,750 @@
+"""The simulated competition (``camid simulate``) written in the exact Kaggle layout.
+
+No real competition data can be downloaded here, so this module renders photos
+from simulated cameras::
+
+    OUT/train/<class>/<class>_<nnnn>.jpg       full-size JPEGs from device A of each model
+    OUT/test/img_<7 hex>_{unalt,manip}.tif      centre crops of device-B photos (uint8 RGB TIFF)
+    OUT/sample_submission.csv                   fname,camera (camera = first class)
+    OUT/solution.csv                            fname,camera,manipulation (`none` for _unalt)
+    OUT/simulate.json                           options, camera models, completion marker
+
+A camera MODEL is a processing pipeline (colour-filter pattern, demosaicing,
+white balance and colour matrix, tone curve, denoise/sharpening, JPEG quality and
+chroma subsampling). A DEVICE of a model adds its own PRNU fixed pattern and noise
+levels; train photos come from device A and test photos from device B, as in the
+competition. No single discrete setting identifies a class: every CFA pattern,
+demosaicing algorithm, JPEG quality and subsampling mode is shared by at least two
+models (when there are >= 4), so only the combination (plus the continuous colour,
+tone and sharpening settings) tells them apart.
+
+Every image is seeded from (seed, class, device, index), never from worker order,
+so the same options give byte-identical files for any number of workers.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from ..config import SimulateConfig
+from ..errors import SimulateError
+from ..util.io import atomic_path, write_csv, write_json
+from ..util.log import stage_log
+from .crops import centre_crop
+from .manipulations import MANIPULATION_NAMES, apply
+
+# Bump when the generator changes, so an old dataset is not mistaken for a current one.
+FORMAT_VERSION = 1
+
+KAGGLE_CLASSES: tuple[str, ...] = (
+    "HTC-1-M7", "iPhone-4s", "iPhone-6", "LG-Nexus-5x", "Motorola-Droid-Maxx",
+    "Motorola-Nexus-6", "Motorola-X", "Samsung-Galaxy-Note3", "Samsung-Galaxy-S4", "Sony-NEX-7",
+)
+DEVICES: tuple[str, ...] = ("A", "B")  # A shoots the training photos, B the test photos
+
+# The discrete pipeline choices; each used value is shared by >= 2 models.
+CFA_PATTERNS: tuple[str, ...] = ("RGGB", "BGGR", "GRBG", "GBRG")  # 2x2 tile, row-major
+DEMOSAIC_ALGORITHMS: tuple[str, ...] = ("bilinear", "malvar", "hamilton_adams", "smooth_hue")
+JPEG_QUALITIES: tuple[int, ...] = (90, 92, 93, 95, 96, 97)
+SUBSAMPLINGS: tuple[str, ...] = ("4:4:4", "4:2:2", "4:2:0")
+_PIL_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+JPEG_QUALITY_JITTER = 1  # per-photo quality is the model's +- this
+DISCRETE_CHOICES: dict[str, tuple[Any, ...]] = {
+    "cfa": CFA_PATTERNS,
+    "demosaic": DEMOSAIC_ALGORITHMS,
+    "jpeg_quality": JPEG_QUALITIES,
+    "subsampling": SUBSAMPLINGS,
+}
+
+# Independent random streams: the second seed word says what a generator is for.
+_S_ASSIGN, _S_MODEL, _S_DEVICE, _S_PRNU, _S_SCENE, _S_SENSOR, _S_NAMES = range(1, 8)
+_DEVICE_CODE = {"A": 0, "B": 1}
+_TONE_LUT_SIZE = 4096  # the sensor's 12-bit ADC resolution
+_BT601 = np.array([[0.299, 0.587, 0.114],
+                   [-0.168736, -0.331264, 0.5],
+                   [0.5, -0.418688, -0.081312]], dtype=np.float32)
+_BT601_INV = np.linalg.inv(_BT601).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class SimOptions(SimulateConfig):
+    """Everything that determines the generated files (the worker count does not).
+
+    The fields and defaults are the config's ``simulate`` section; this adds validation.
+    """
+
+    @classmethod
+    def from_config(cls, cfg: SimulateConfig, **overrides: Any) -> "SimOptions":
+        values = {f.name: getattr(cfg, f.name) for f in fields(cls)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise SimulateError with a one-line reason for options that cannot work."""
+        if self.n_classes < 2:
+            raise SimulateError(f"n_classes must be >= 2, got {self.n_classes}")
+        if self.train_per_class < 1 or self.test_per_class < 1:
+            raise SimulateError("train_per_class and test_per_class must be >= 1, got "
+                                f"{self.train_per_class} and {self.test_per_class}")
+        if self.width % 2 or self.height % 2:
+            raise SimulateError(f"width and height must be even (2x2 colour-filter grid), "
+                                f"got {self.width}x{self.height}")
+        if self.test_crop < 16:
+            raise SimulateError(f"test_crop must be >= 16, got {self.test_crop}")
+        if min(self.width, self.height) < 2 * self.test_crop:
+            # resize0.5 halves the full photo before the centre crop is taken.
+            raise SimulateError(
+                f"photos of {self.width}x{self.height} are too small for test_crop {self.test_crop}: "
+                f"the resize0.5 manipulation needs both sides >= 2*test_crop = {2 * self.test_crop}")
+        if self.seed < 0:
+            raise SimulateError(f"seed must be >= 0, got {self.seed}")
+        if self.n_classes * self.test_per_class * 2 > 16 ** 7 // 4:
+            raise SimulateError("too many test images for unique 7-hex-digit names")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def class_names(n_classes: int) -> list[str]:
+    """The Kaggle folder names for the first 10 classes, then Camera-11, Camera-12, ..."""
+    return [KAGGLE_CLASSES[i] if i < len(KAGGLE_CLASSES) else f"Camera-{i + 1}" for i in range(n_classes)]
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(w) for w in words]))
+
+
+# --------------------------------------------------------------------------- cameras
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """One camera model: a fixed processing pipeline (tuples keep it hashable and JSON-able)."""
+
+    index: int
+    name: str
+    cfa: str
+    demosaic: str
+    jpeg_quality: int
+    subsampling: str
+    sensor_matrix: tuple[float, ...]  # 3x3 row-major: scene RGB -> raw channel responses
+    ccm: tuple[float, ...]  # 3x3 row-major: white-balanced raw -> output RGB
+    wb_bias: tuple[float, float, float]  # the auto white balance's systematic cast
+    gamma: float
+    toe: float
+    s_curve: float
+    denoise_luma: float  # blend weight of a Gaussian-smoothed luma
+    denoise_chroma: float  # Gaussian sigma on the chroma planes
+    sharpen_amount: float
+    sharpen_radius: float
+
+
+@dataclass(frozen=True)
+class Device:
+    """One physical unit of a model: its own sensor fixed pattern and noise levels."""
+
+    class_index: int
+    device: str
+    prnu_std: float
+    read_noise: float  # std in units of full scale, at base ISO
+    shot_noise: float  # variance per unit signal, at base ISO
+
+
+def _balanced_column(pool: Sequence[Any], n: int, rng: np.random.Generator) -> list[Any]:
+    # Use at most n // 2 distinct values so that each one is used by >= 2 models.
+    k = max(1, min(len(pool), n // 2))
+    chosen = [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
+    return [chosen[i % k] for i in range(n)]
+
+
+def _assign_discrete(n_classes: int, seed: int) -> list[dict[str, Any]]:
+    """Joint draw of the discrete settings: balanced, shared, and unique in combination."""
+    rng = _rng(seed, _S_ASSIGN, n_classes)
+    columns = {key: _balanced_column(pool, n_classes, rng) for key, pool in DISCRETE_CHOICES.items()}
+    for _ in range(1000):  # reshuffle until no two models share every discrete setting
+        for column in columns.values():
+            rng.shuffle(column)
+        combos = list(zip(*columns.values()))
+        if len(set(combos)) == n_classes:
+            break
+    return [dict(zip(columns, combo)) for combo in combos]
+
+
+def _flat(m: np.ndarray) -> tuple[float, ...]:
+    return tuple(round(float(v), 6) for v in m.ravel())
+
+
+def _draw_model(index: int, name: str, seed: int, discrete: dict[str, Any]) -> CameraModel:
+    # Continuous settings come from (seed, class) only, and every model draws from the
+    # same ranges, so none of them is a class label on its own.
+    rng = _rng(seed, _S_MODEL, index)
+    crosstalk = rng.uniform(0.05, 0.10, size=(3, 3))
+    np.fill_diagonal(crosstalk, 0.0)
+    sensor = np.eye(3) + crosstalk
+    sensor /= sensor.sum(axis=1, keepdims=True)  # white in, equal responses out
+    saturation = rng.uniform(0.95, 1.1)
+    luma = np.array([[0.299, 0.587, 0.114]])
+    boost = saturation * np.eye(3) + (1.0 - saturation) * np.repeat(luma, 3, axis=0)
+    ccm = boost @ np.linalg.inv(sensor)  # rows still sum to 1: grey stays grey
+    return CameraModel(
+        index=index, name=name,
+        cfa=discrete["cfa"], demosaic=discrete["demosaic"],
+        jpeg_quality=int(discrete["jpeg_quality"]), subsampling=discrete["subsampling"],
+        sensor_matrix=_flat(sensor), ccm=_flat(ccm),
+        wb_bias=_flat(np.exp(rng.normal(0.0, 0.015, size=3))),  # type: ignore[arg-type]
+        gamma=round(float(rng.uniform(2.1, 2.4)), 6),
+        toe=round(float(rng.uniform(0.005, 0.02)), 6),
+        s_curve=round(float(rng.uniform(0.05, 0.25)), 6),
+        denoise_luma=round(float(rng.uniform(0.1, 0.4)), 6),
+        denoise_chroma=round(float(rng.uniform(0.6, 1.4)), 6),
+        sharpen_amount=round(float(rng.uniform(0.2, 0.8)), 6),
+        sharpen_radius=round(float(rng.uniform(0.7, 1.4)), 6),
+    )
+
+
+def make_models(n_classes: int, seed: int) -> list[CameraModel]:
+    """The camera models of a simulated competition (class i is ``class_names(n)[i]``)."""
+    names = class_names(n_classes)
+    discrete = _assign_discrete(n_classes, seed)
+    return [_draw_model(i, names[i], seed, discrete[i]) for i in range(n_classes)]
+
+
+def make_device(class_index: int, device: str, seed: int) -> Device:
+    """Device ``A`` or ``B`` of model ``class_index``."""
+    rng = _rng(seed, _S_DEVICE, class_index, _DEVICE_CODE[device])
+    return Device(class_index=class_index, device=device,
+                  prnu_std=float(rng.uniform(0.007, 0.013)),
+                  read_noise=float(rng.uniform(0.0005, 0.002)),
+                  shot_noise=float(rng.uniform(2e-5, 8e-5)))
+
+
+@functools.lru_cache(maxsize=4)
+def prnu(seed: int, class_index: int, device: str, height: int, width: int, std: float) -> np.ndarray:
+    """The device's multiplicative fixed pattern K (zero mean, ``std``), made lazily at the
+    photo size; all photos of one device share it. Read-only: it is cached."""
+    rng = _rng(seed, _S_PRNU, class_index, _DEVICE_CODE[device], height, width)
+    k = rng.standard_normal((height, width), dtype=np.float32)
+    k = cv2.GaussianBlur(k, (0, 0), 0.5)  # real PRNU is slightly low-pass (pixel crosstalk)
+    k *= np.float32(std) / max(float(k.std()), 1e-12)
+    k.setflags(write=False)
+    return k
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+def _pink_noise(rng: np.random.Generator, h: int, w: int, beta: float) -> np.ndarray:
+    """Zero-mean unit-std noise with a 1/f**beta power spectrum (natural-image statistics).
+    Made at half size and upsampled: the finest scales come from the grain texture."""
+    hh, ww = max(h // 2, 8), max(w // 2, 8)
+    spec = np.fft.rfft2(rng.standard_normal((hh, ww), dtype=np.float32))
+    f = np.hypot(np.fft.fftfreq(hh)[:, None], np.fft.rfftfreq(ww)[None, :]).astype(np.float32)
+    f[0, 0] = 1.0
+    spec *= f ** np.float32(-beta / 2)
+    spec[0, 0] = 0.0
+    noise = np.fft.irfft2(spec, s=(hh, ww)).astype(np.float32)
+    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (noise - noise.mean()) / max(float(noise.std()), 1e-8)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Broadcastable float32 row (Hx1) and column (1xW) coordinates."""
+    return np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+
+
+def _grain(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    g = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), rng.uniform(0.5, 1.0))
+    return g / max(float(g.std()), 1e-8)
+
+
+def _colours(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Surface reflectances: log-uniform brightness, mostly muted hues."""
+    lum = np.exp(rng.uniform(np.log(0.03), np.log(0.9), size=(n, 1)))
+    tint = np.exp(rng.normal(0.0, rng.uniform(0.15, 0.5), size=(n, 3)))
+    return np.clip(lum * tint / tint.mean(axis=1, keepdims=True), 0.005, 1.0).astype(np.float32)
+
+
+def _draw_shape(rng: np.random.Generator, labels: np.ndarray, label: int, radius: float) -> None:
+    h, w = labels.shape
+    cx, cy = rng.uniform(-0.1 * w, 1.1 * w), rng.uniform(-0.1 * h, 1.1 * h)
+    kind = rng.random()
+    if kind < 0.6:
+        cv2.circle(labels, (int(cx), int(cy)), max(1, int(radius)), (label,), -1, lineType=cv2.LINE_8)
+        return
+    if kind < 0.85:  # rotated rectangle
+        box = ((float(cx), float(cy)), (float(2 * radius * rng.uniform(0.3, 1.5)),
+               float(2 * radius * rng.uniform(0.3, 1.5))), float(rng.uniform(0, 180)))
+        pts = cv2.boxPoints(box)
+    else:  # random polygon
+        k = int(rng.integers(3, 8))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, size=k))
+        rad = radius * rng.uniform(0.4, 1.2, size=k)
+        pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], axis=1)
+    cv2.fillPoly(labels, [np.round(pts).astype(np.int32)], (label,))
+
+
+def _dead_leaves(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Occluding shapes with power-law sizes; each has a colour and a textured interior."""
+    n = int(rng.integers(200, 600))
+    side = min(h, w)
+    rmin, rmax = 0.005 * side + 1.0, 0.25 * side
+    a = rng.uniform(1.0, 2.0)  # p(r) ~ r^-(a+1); a = 2 is the scale-invariant dead-leaves law
+    u = rng.random(n)
+    radii = (rmin ** -a - u * (rmin ** -a - rmax ** -a)) ** (-1 / a)
+    # A covering layer of big leaves first, so no background shows, then smaller ones on top.
+    n_big = int(rng.integers(12, 30))
+    radii = np.concatenate([rng.uniform(0.15, 0.5, n_big) * side, np.sort(radii)[::-1]])
+    n = len(radii)
+    labels = np.zeros((h, w), np.int32)
+    for i, r in enumerate(radii, start=1):
+        _draw_shape(rng, labels, i, float(r))
+    fields_ = np.stack([_pink_noise(rng, h, w, rng.uniform(1.5, 2.5)), _grating(rng, h, w),
+                        _grain(rng, h, w)])
+    amp = rng.uniform(0.0, 1.0, size=(n + 1, 3)) * (rng.random((n + 1, 3)) < (0.7, 0.25, 0.5))
+    amp *= np.array([0.5, 0.35, 0.3])
+    modulation = np.ones((h, w), np.float32)
+    for j in range(3):
+        modulation += amp[:, j].astype(np.float32)[labels] * fields_[j]
+    img = _colours(rng, n + 1)[labels] * np.maximum(modulation, 0.05)[..., None]
+    return img
+
+
+def _grating(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Oriented stripes with a wandering phase: fabric, fences, tiles."""
+    theta, period = rng.uniform(0, np.pi), rng.uniform(3.0, 30.0)
+    yy, xx = _grid(h, w)
+    phase = (xx * np.float32(np.cos(theta)) + yy * np.float32(np.sin(theta))) * np.float32(2 * np.pi / period)
+    return np.sin(phase + 2.0 * _pink_noise(rng, h, w, 3.0)).astype(np.float32)
+
+
+def _landscape(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Natural-ish texture: 1/f ground, optional sky gradient above a tilted horizon, a few edges."""
+    mix = 1.0 / (1.0 + np.exp(-3.0 * _pink_noise(rng, h, w, 3.0)))
+    c1, c2 = _colours(rng, 2)
+    img = c1 * (1 - mix[..., None]) + c2 * mix[..., None]
+    img *= np.exp(rng.uniform(0.2, 0.6) * _pink_noise(rng, h, w, rng.uniform(1.6, 2.4)))[..., None]
+    img *= (1.0 + rng.uniform(0.0, 0.3) * _grain(rng, h, w))[..., None]
+    yy, xx = _grid(h, w)
+    if rng.random() < 0.6:
+        horizon = rng.uniform(0.2, 0.6) * h + np.tan(rng.uniform(-0.2, 0.2)) * (xx - w / 2)
+        sky_top, sky_low = _colours(rng, 2) * np.float32(1.5)
+        t = np.clip(yy / max(h * 0.6, 1.0), 0, 1)[..., None]
+        sky = sky_top * (1 - t) + sky_low * t
+        img = np.where((yy < horizon)[..., None], sky, img)
+    for _ in range(int(rng.integers(0, 6))):  # man-made flat objects with sharp edges
+        x0, y0 = int(rng.uniform(0, w)), int(rng.uniform(0, h))
+        x1, y1 = x0 + int(rng.uniform(0.05, 0.4) * w), y0 + int(rng.uniform(0.05, 0.4) * h)
+        cv2.rectangle(img, (x0, y0), (x1, y1), tuple(float(c) for c in _colours(rng, 1)[0]), -1)
+    return img.astype(np.float32)
+
+
+def _illumination(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth light falloff across the frame (HxW)."""
+    yy, xx = _grid(h, w)
+    yn, xn = yy / np.float32(h) - 0.5, xx / np.float32(w) - 0.5
+    gx, gy, v = (np.float32(x) for x in (rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4), rng.uniform(0, 0.8)))
+    field = (1.0 + gx * xn + gy * yn) * (1.0 - v * (xn ** 2 + yn ** 2))
+    return np.maximum(field, 0.05)
+
+
+def _illuminant(rng: np.random.Generator) -> np.ndarray:
+    """Light colour from warm to cool, with a slight green-magenta tint."""
+    temp, tint = rng.uniform(-1, 1), rng.normal(0, 0.05)
+    return np.exp(np.array([0.3 * temp, tint, -0.3 * temp], dtype=np.float32))
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random scene in linear light (float32 HxWx3, highlights may exceed 1 and clip)."""
+    img = _dead_leaves(rng, height, width) if rng.random() < 0.6 else _landscape(rng, height, width)
+    if rng.random() < 0.5:  # defocus of some scene parts: not every photo is sharp everywhere
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 2.0))
+    img *= _illumination(rng, height, width)[..., None]
+    img *= _illuminant(rng)
+    lum = img[::8, ::8].mean(axis=2)
+    exposure = rng.uniform(0.55, 1.05) / max(float(np.percentile(lum, 98)), 1e-4)
+    img *= np.float32(exposure)
+    return img.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- sensor
+
+
+@functools.lru_cache(maxsize=4)
+def cfa_masks(pattern: str, height: int, width: int) -> dict[str, np.ndarray]:
+    """Boolean masks of the R, G, B sites, plus G sites on R rows (``Gr``) and on B rows (``Gb``)."""
+    pos = (np.arange(height)[:, None] % 2) * 2 + (np.arange(width)[None, :] % 2)
+    masks = {c: np.isin(pos, [i for i, p in enumerate(pattern) if p == c]) for c in "RGB"}
+    r_row = pattern.index("R") // 2
+    rows = (np.arange(height)[:, None] % 2 == r_row)
+    masks["Gr"] = masks["G"] & rows
+    masks["Gb"] = masks["G"] & ~rows
+    for m in masks.values():
+        m.setflags(write=False)
+    return masks
+
+
+def mosaic(raw: np.ndarray, pattern: str) -> np.ndarray:
+    """Keep one colour per pixel, as the colour-filter array does."""
+    out = np.empty(raw.shape[:2], np.float32)
+    for i, c in enumerate(pattern):
+        dy, dx = divmod(i, 2)
+        out[dy::2, dx::2] = raw[dy::2, dx::2, "RGB".index(c)]
+    return out
+
+
+def _filt(img: np.ndarray, kernel: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    # Reflect-101 borders keep the CFA parity at the image edge.
+    return cv2.filter2D(img, -1, np.asarray(kernel, np.float32), borderType=cv2.BORDER_REFLECT_101)
+
+
+_K_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32) / 4
+_K_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 4
+# Malvar, He & Cutler (2004) gradient-corrected linear interpolation, in units of 1/8.
+_M_G = np.array([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1],
+                 [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]], np.float32) / 8
+_M_ROW = np.array([[0, 0, .5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1],
+                   [0, -1, 0, -1, 0], [0, 0, .5, 0, 0]], np.float32) / 8  # colour left/right
+_M_COL = _M_ROW.T.copy()  # colour above/below
+_M_DIAG = np.array([[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5],
+                    [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]], np.float32) / 8
+
+
+def _bilinear(m: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
+    return np.stack([_filt(m * masks["R"], _K_RB), _filt(m * masks["G"], _K_G),
+                     _filt(m * masks["B"], _K_RB)], axis=2)
+
+
+def _malvar(m: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
+    g = np.where(masks["G"], m, _filt(m, _M_G))
+    row, col, diag = _filt(m, _M_ROW), _filt(m, _M_COL), _filt(m, _M_DIAG)
+    # On a G site of an R row, R is left/right and B above/below (and vice versa).
+    r = np.where(masks["R"], m, np.where(masks["Gr"], row, np.where(masks["Gb"], col, diag)))
+    b = np.where(masks["B"], m, np.where(masks["Gb"], row, np.where(masks["Gr"], col, diag)))
+    return np.stack([r, g, b], axis=2)
+
+
+def _hamilton_adams(m: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Edge-directed green (interpolate along the smaller gradient), then bilinear colour differences."""
+    ka, kd = [[-0.25, 0.5, 0.5, 0.5, -0.25]], [[1, 0, -1]]
+    kl = [[-1, 0, 2, 0, -1]]
+    gh, gv = _filt(m, ka), _filt(m, np.transpose(ka))
+    dh = np.abs(_filt(m, kd)) + np.abs(_filt(m, kl))
+    dv = np.abs(_filt(m, np.transpose(kd))) + np.abs(_filt(m, np.transpose(kl)))
+    g_est = np.where(dh < dv, gh, np.where(dv < dh, gv, 0.5 * (gh + gv)))
+    g = np.where(masks["G"], m, g_est)
+    r = g + _filt((m - g) * masks["R"], _K_RB)
+    b = g + _filt((m - g) * masks["B"], _K_RB)
+    return np.stack([r, g, b], axis=2)
+
+
+def _smooth_hue(m: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Cok's smooth-hue transition: bilinear green, then interpolate the R/G and B/G ratios."""
+    g = _filt(m * masks["G"], _K_G)
+    gs = np.maximum(g, 1e-3)
+    r = gs * _filt(np.clip(m / gs, 0, 8) * masks["R"], _K_RB)
+    b = gs * _filt(np.clip(m / gs, 0, 8) * masks["B"], _K_RB)
+    return np.stack([r, g, b], axis=2)
+
+
+_DEMOSAIC = {"bilinear": _bilinear, "malvar": _malvar, "hamilton_adams": _hamilton_adams,
+             "smooth_hue": _smooth_hue}
+
+
+def demosaic(m: np.ndarray, pattern: str, algorithm: str) -> np.ndarray:
+    """Reconstruct float32 HxWx3 RGB from a single-channel mosaic."""
+    return _DEMOSAIC[algorithm](m, cfa_masks(pattern, *m.shape)).astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _tone_lut(gamma: float, toe: float, s_curve: float) -> np.ndarray:
+    x = np.linspace(0.0, 1.0, _TONE_LUT_SIZE)
+    # Power law with a linear-ish toe (finite slope at black, like sRGB), then an S-curve
+    # whose slope is 1 + s at mid-grey and 1 - s at the ends.
+    y = ((x + toe) ** (1 / gamma) - toe ** (1 / gamma)) / ((1 + toe) ** (1 / gamma) - toe ** (1 / gamma))
+    y = y - s_curve * np.sin(2 * np.pi * y) / (2 * np.pi)
+    lut = np.clip(y, 0, 1).astype(np.float32)
+    lut.setflags(write=False)
+    return lut
+
+
+def _matrix(values: tuple[float, ...]) -> np.ndarray:
+    return np.asarray(values, np.float32).reshape(3, 3)
+
+
+@dataclass(frozen=True)
+class Shot:
+    """Per-photo settings: the gain, and the processing the camera adapts to it."""
+
+    iso: float  # analogue gain, 1 = base ISO
+    denoise_luma: float
+    denoise_chroma: float
+    sharpen_amount: float
+    jpeg_quality: int
+
+
+def draw_shot(model: CameraModel, rng: np.random.Generator) -> Shot:
+    """Like real firmware, denoising follows the gain, sharpening is backed off on noisy shots,
+    and the JPEG quality moves by one step around the model's setting (some phones pick
+    tables per image); this spreads each model's traces so they overlap other models'."""
+    iso = float(rng.uniform(1.0, 4.0))
+    noisy = (iso - 1.0) / 3.0
+    return Shot(iso=iso,
+                denoise_luma=float(np.clip(model.denoise_luma + 0.2 * noisy + rng.normal(0, 0.03), 0, 0.9)),
+                denoise_chroma=float(model.denoise_chroma * (1.0 + 0.4 * noisy)),
+                sharpen_amount=float(model.sharpen_amount * (1.0 - 0.3 * noisy) * rng.uniform(0.85, 1.15)),
+                jpeg_quality=int(np.clip(model.jpeg_quality + rng.integers(-JPEG_QUALITY_JITTER,
+                                                                           JPEG_QUALITY_JITTER + 1), 1, 98)))
+
+
+def develop(raw_mosaic: np.ndarray, model: CameraModel, shot: Shot) -> np.ndarray:
+    """The model's image processor: demosaic -> white balance and colour matrix -> tone curve
+    -> denoise/sharpen -> 8-bit RGB."""
+    rgb = demosaic(raw_mosaic, model.cfa, model.demosaic)
+    # Grey-world auto white balance on unclipped pixels, with the model's own cast.
+    sample = rgb[::4, ::4].reshape(-1, 3)
+    sample = sample[sample.max(axis=1) < 0.95]
+    means = sample.mean(axis=0) if len(sample) else np.ones(3)
+    gains = (means[1] / np.maximum(means, 1e-6)) * np.asarray(model.wb_bias)
+    rgb = cv2.transform(rgb, _matrix(model.ccm) * gains.astype(np.float32)[None, :])
+    idx = np.clip(rgb * (_TONE_LUT_SIZE - 1) + 0.5, 0, _TONE_LUT_SIZE - 1).astype(np.uint16)
+    rgb = _tone_lut(model.gamma, model.toe, model.s_curve)[idx]
+    y, cb, cr = cv2.split(cv2.transform(rgb, _BT601))
+    y = y + np.float32(shot.denoise_luma) * (cv2.GaussianBlur(y, (0, 0), 1.0) - y)
+    y = y + np.float32(shot.sharpen_amount) * (y - cv2.GaussianBlur(y, (0, 0), model.sharpen_radius))
+    cb = cv2.GaussianBlur(cb, (0, 0), shot.denoise_chroma)
+    cr = cv2.GaussianBlur(cr, (0, 0), shot.denoise_chroma)
+    rgb = cv2.transform(cv2.merge([y, cb, cr]), _BT601_INV)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def expose(scene: np.ndarray, model: CameraModel, device: Device, shot: Shot, rng: np.random.Generator,
+           seed: int) -> np.ndarray:
+    """The sensor: ``scene`` (linear float RGB) -> PRNU, shot and read noise -> 12-bit mosaic."""
+    h, w = scene.shape[:2]
+    raw = cv2.transform(scene, _matrix(model.sensor_matrix))
+    # Mosaicking first is equivalent to per-channel PRNU and noise followed by the CFA
+    # (only one channel per pixel survives) and three times cheaper.
+    m = mosaic(raw, model.cfa)
+    m *= 1.0 + prnu(seed, device.class_index, device.device, h, w, device.prnu_std)
+    var = shot.iso * device.shot_noise * np.maximum(m, 0) + (shot.iso * device.read_noise) ** 2
+    m += np.sqrt(var) * rng.standard_normal((h, w), dtype=np.float32)
+    return (np.round(np.clip(m, 0, 1) * 4095) / np.float32(4095)).astype(np.float32)
+
+
+def encode_jpeg(img: np.ndarray, model: CameraModel, quality: int | None = None) -> bytes:
+    """The model's JPEG encoder: standard tables scaled to ``quality`` (default: the model's)."""
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality or model.jpeg_quality),
+                              subsampling=_PIL_SUBSAMPLING[model.subsampling], optimize=False)
+    return buf.getvalue()
+
+
+def shoot(model: CameraModel, device: str, index: int, width: int, height: int, seed: int) -> bytes:
+    """Photo number ``index`` of ``device`` of ``model``: the camera's JPEG file bytes."""
+    scene = render_scene(_rng(seed, _S_SCENE, model.index, _DEVICE_CODE[device], index), height, width)
+    rng = _rng(seed, _S_SENSOR, model.index, _DEVICE_CODE[device], index)
+    shot = draw_shot(model, rng)
+    raw = expose(scene, model, make_device(model.index, device, seed), shot, rng, seed)
+    return encode_jpeg(develop(raw, model, shot), model, shot.jpeg_quality)
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    fname: str
+    class_index: int
+    photo_index: int  # index among device B's photos of this class
+    manipulation: str  # "none" for _unalt
+
+
+def make_test_plan(opts: SimOptions) -> list[PlanItem]:
+    """Every test file: per class ``test_per_class`` unaltered and as many manipulated,
+    the manipulations rotating over one global sequence so they are balanced overall and
+    within each class; names are seeded random hex, unique."""
+    n, t = opts.n_classes, opts.test_per_class
+    rng = _rng(opts.seed, _S_NAMES)
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < 2 * n * t:
+        for v in rng.integers(0, 16 ** 7, size=2 * n * t - len(names)):
+            name = f"{int(v):07x}"
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+    items = []
+    for c in range(n):
+        for j in range(t):
+            k = 2 * (c * t + j)
+            items.append(PlanItem(f"img_{names[k]}_unalt.tif", c, j, "none"))
+            manip = MANIPULATION_NAMES[(c * t + j) % len(MANIPULATION_NAMES)]
+            items.append(PlanItem(f"img_{names[k + 1]}_manip.tif", c, t + j, manip))
+    return items
+
+
+def train_fname(name: str, index: int) -> str:
+    return f"train/{name}/{name}_{index:04d}.jpg"
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _keep_heap() -> None:
+    """Stop glibc from returning every large numpy temporary to the OS after each photo:
+    re-faulting those pages cost ~15% of the run in kernel time. No-op elsewhere."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_trim_threshold, 1 << 30)
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+def _init_worker(opts: SimOptions, models: list[CameraModel], out: str) -> None:
+    cv2.setNumThreads(1)  # one process per core already
+    _keep_heap()
+    _WORKER.update(opts=opts, models=models, out=Path(out))
+
+
+def _run_job(job: tuple[str, Any]) -> str:
+    kind, payload = job
+    opts: SimOptions = _WORKER["opts"]
+    out: Path = _WORKER["out"]
+    if kind == "train":
+        c, i = payload
+        model = _WORKER["models"][c]
+        data = shoot(model, "A", i, opts.width, opts.height, opts.seed)
+        rel = train_fname(model.name, i)
+        with atomic_path(out / rel) as tmp:
+            tmp.write_bytes(data)
+        return rel
+    item: PlanItem = payload
+    data = shoot(_WORKER["models"][item.class_index], "B", item.photo_index, opts.width, opts.height,
+                 opts.seed)
+    with Image.open(io.BytesIO(data)) as im:
+        img = np.asarray(im.convert("RGB"))
+    # Like the organisers: manipulate the full photo, then take the centre crop.
+    crop = np.ascontiguousarray(centre_crop(apply(img, item.manipulation), opts.test_crop))
+    rel = f"test/{item.fname}"
+    with atomic_path(out / rel) as tmp:
+        Image.fromarray(crop).save(tmp, format="TIFF")
+    return rel
+
+
+def _jobs(opts: SimOptions, plan: list[PlanItem]) -> list[tuple[str, Any]]:
+    train = [("train", (c, i)) for c in range(opts.n_classes) for i in range(opts.train_per_class)]
+    return train + [("test", item) for item in plan]
+
+
+def _run_all(jobs: list[tuple[str, Any]], opts: SimOptions, models: list[CameraModel], out: Path,
+             workers: int) -> None:
+    init = (opts, models, str(out))
+    if workers <= 1:
+        _init_worker(*init)
+        for job in tqdm(jobs, desc="camid simulate", unit="img", disable=None):
+            _run_job(job)
+        return
+    import multiprocessing as mp
+    # The pool is started before the progress bar so no monitor thread exists when forking.
+    with mp.get_context().Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        done = pool.imap_unordered(_run_job, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
+        for _ in tqdm(done, total=len(jobs), desc="camid simulate", unit="img", disable=None):
+            pass
+
+
+MARKER = "simulate.json"
+_OWNED = ("train", "test", "sample_submission.csv", "solution.csv", MARKER)
+
+
+def _marker_payload(opts: SimOptions, models: list[CameraModel], complete: bool) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "options": opts.to_dict(), "complete": complete,
+            "classes": [m.name for m in models], "models": [asdict(m) for m in models]}
+
+
+def _prepare_out(out: Path, opts: SimOptions, overwrite: bool) -> bool:
+    """Decide what to do with an existing OUT. Returns True when it is already complete."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise SimulateError(f"{out} exists and is not a folder")
+    if not marker.is_file():
+        if out.exists() and any(out.iterdir()):
+            raise SimulateError(f"{out} is not empty and was not written by `camid simulate`; "
+                                "choose an empty or new folder (nothing there was touched)")
+        return False
+    try:
+        state = json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise SimulateError(f"{marker}: unreadable ({exc}); delete the folder and re-run") from exc
+    same = state.get("options") == opts.to_dict() and state.get("format_version") == FORMAT_VERSION
+    if same and state.get("complete") and not overwrite:
+        return True
+    if not same and not overwrite:
+        raise SimulateError(f"{out} holds a simulated dataset with different options "
+                            f"{state.get('options')} (format {state.get('format_version')}); "
+                            "pass --overwrite to replace it, or choose another folder")
+    # Ours (an interrupted run, or --overwrite): remove only what this command writes.
+    for name in _OWNED:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return False
+
+
+def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Write the simulated competition into ``out``; returns a summary (``skipped`` when
+    ``out`` already holds a complete dataset for the same options)."""
+    opts.validate()
+    out = Path(out)
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    if _prepare_out(out, opts, overwrite):
+        stage_log("simulate", f"{out} already holds a complete simulated dataset for these options; "
+                              "skipped (pass --overwrite to regenerate)")
+        return {"skipped": True, "out": str(out)}
+    start = time.perf_counter()
+    models = make_models(opts.n_classes, opts.seed)
+    write_json(out / MARKER, _marker_payload(opts, models, complete=False))
+    plan = make_test_plan(opts)
+    stage_log("simulate", f"writing {opts.n_classes} classes x {opts.train_per_class} train photos "
+                          f"({opts.width}x{opts.height}) and {len(plan)} test crops "
+                          f"({opts.test_crop}x{opts.test_crop}) to {out} with {workers} worker(s)")
+    _run_all(_jobs(opts, plan), opts, models, out, workers)
+    _write_tables(out, plan, models)
+    write_json(out / MARKER, _marker_payload(opts, models, complete=True))
+    wall = time.perf_counter() - start
+    n_train = opts.n_classes * opts.train_per_class
+    stage_log("simulate", f"wrote {n_train} train JPEGs to {out / 'train'}, {len(plan)} test TIFFs "
+                          f"({len(plan) // 2} unalt + {len(plan) // 2} manip) to {out / 'test'}, "
+                          f"sample_submission.csv, solution.csv and {MARKER} in {wall:.1f}s")
+    return {"skipped": False, "out": str(out), "n_train": n_train, "n_test": len(plan),
+            "classes": [m.name for m in models], "wall_s": wall}
+
+
+def _write_tables(out: Path, plan: list[PlanItem], models: list[CameraModel]) -> None:
+    solution = pd.DataFrame({"fname": [p.fname for p in plan],
+                             "camera": [models[p.class_index].name for p in plan],
+                             "manipulation": [p.manipulation for p in plan]})
+    solution = solution.sort_values("fname", kind="mergesort").reset_index(drop=True)
+    write_csv(out / "solution.csv", solution)
+    write_csv(out / "sample_submission.csv", solution[["fname"]].assign(camera=models[0].name))

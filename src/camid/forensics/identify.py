@@ -1,0 +1,146 @@
+"""The camera model of arbitrary photos (``camid identify``), with the trained ensemble.
+
+For each photo (any size; JPEG, TIFF, PNG, ...) the network sees what it saw at test
+time: crops of ``predict.crop`` pixels (the centre crop, plus up to ``--tiles``
+non-overlapping tiles of a grid, nearest the centre first), each with the config's TTA.
+Probabilities are geometric means over TTA views and top-N checkpoints (inside each
+fold's ``Ensemble``), then over folds, runs and crops. ``agree`` is the share of crops
+whose own top-1 is the photo's top-1: a low value says the evidence is mixed.
+
+No pixel is resampled: a photo is never resized or rotated (EXIF orientation is
+ignored on purpose), because the traces live on the sensor grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import Config
+from ..data.crops import GRID, centre_crop, pad_to
+from ..data.images import read_image
+from ..errors import DataError, ImageReadError
+from ..infer.ensemble import Ensemble
+from ..infer.predict import checkpoint_files
+from ..infer.tta import reduce_probs
+from ..util.log import stage_log
+from ..workspace import Workspace
+
+
+@dataclass
+class Photo:
+    path: str
+    width: int = 0
+    height: int = 0
+    crops: int = 0
+    probs: np.ndarray | None = None
+    agree: float = float("nan")
+    error: str = ""
+
+
+@dataclass
+class Models:
+    """Every (run, fold) ensemble of the config that has checkpoints; all share one class list."""
+
+    runs: dict[str, list[Ensemble]] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def n_networks(self) -> int:
+        return sum(len(e.nets) for ens in self.runs.values() for e in ens)
+
+
+def load_models(cfg: Config, ws: Workspace, names: Sequence[str], device: torch.device) -> Models:
+    """All folds' top-N checkpoints of each run; a run without checkpoints is skipped."""
+    runs = [cfg.model(n) for n in names] if names else cfg.models
+    models = Models()
+    for mcfg in runs:
+        ens = [Ensemble(files, device, cfg.predict.tta, cfg.predict.reduce, cfg.train.amp)
+               for d in ws.fold_dirs(mcfg.run_name).values() if (files := checkpoint_files(d, cfg.predict.top_n))]
+        if not ens:
+            stage_log("identify", f"{mcfg.run_name}: no checkpoints under {ws.models / mcfg.run_name}; skipped")
+            continue
+        for e in ens:
+            if models.classes and e.classes != models.classes:
+                raise DataError(f"{e.files[0]} was trained on classes {e.classes}, other runs on {models.classes}")
+            models.classes = list(e.classes)
+        models.runs[mcfg.run_name] = ens
+    if not models.runs:
+        raise DataError(f"no trained models under {ws.models} for config {cfg.name!r} "
+                        f"(runs {[m.run_name for m in runs]}); train first: `make train-all` or `camid train`")
+    return models
+
+
+def tile_boxes(height: int, width: int, size: int, max_tiles: int) -> list[tuple[int, int]]:
+    """Top-left corners of a centred grid of non-overlapping ``size`` tiles on even offsets,
+    the ``max_tiles`` nearest the photo's centre (ties in row-major order)."""
+    ny, nx = height // size, width // size
+    if max_tiles <= 0 or not ny or not nx:
+        return []
+    y0 = (height - ny * size) // 2 // GRID * GRID
+    x0 = (width - nx * size) // 2 // GRID * GRID
+    boxes = [(y0 + i * size, x0 + j * size) for i in range(ny) for j in range(nx)]
+    cy, cx = (height - size) / 2, (width - size) / 2
+    boxes.sort(key=lambda b: (b[0] - cy) ** 2 + (b[1] - cx) ** 2)
+    return boxes[:max_tiles]
+
+
+def photo_crops(img: np.ndarray, size: int, max_tiles: int) -> torch.Tensor:
+    """(K, 3, size, size) uint8: the centre crop, then the tiles (a tile equal to it is dropped)."""
+    centre = centre_crop(img, size)
+    crops = [centre]
+    for y, x in tile_boxes(img.shape[0], img.shape[1], size, max_tiles):
+        tile = img[y:y + size, x:x + size]
+        if not np.array_equal(tile, centre):
+            crops.append(tile)
+    return torch.from_numpy(np.stack([np.ascontiguousarray(pad_to(c, size)) for c in crops])).permute(0, 3, 1, 2)
+
+
+def predict_crops(models: Models, crops: torch.Tensor, manip: bool, batch_size: int) -> np.ndarray:
+    """(K, classes): gmean over each run's folds, then over runs (each run counts once)."""
+    flags = torch.full((len(crops),), float(manip))
+    per_run = []
+    for ens in models.runs.values():
+        folds = torch.stack([torch.from_numpy(e.predict(crops, flags, batch_size)) for e in ens])
+        per_run.append(reduce_probs(folds, "gmean", dim=0))
+    return reduce_probs(torch.stack(per_run), "gmean", dim=0).numpy()
+
+
+def identify_photo(path: str, models: Models, size: int, max_tiles: int, manip: bool, batch_size: int) -> Photo:
+    try:
+        img = read_image(path)
+    except ImageReadError as exc:
+        return Photo(path, error=exc.reason)
+    crops = photo_crops(img, size, max_tiles)
+    per_crop = predict_crops(models, crops, manip, batch_size)
+    probs = reduce_probs(torch.from_numpy(per_crop), "gmean", dim=0).numpy()
+    agree = float((per_crop.argmax(1) == probs.argmax()).mean())
+    return Photo(path, img.shape[1], img.shape[0], len(crops), probs, agree)
+
+
+def format_photo(p: Photo, classes: Sequence[str], top_k: int, size: int) -> str:
+    if p.error:
+        return f"{p.path}: cannot read ({p.error}); skipped"
+    small = " (smaller than the crop: padded)" if min(p.width, p.height) < size else ""
+    lines = [f"{p.path}  {p.width}x{p.height}, {p.crops} crop(s) of {size} px{small}, "
+             f"top-1 agreement {p.agree:.2f}"]
+    for rank, i in enumerate(np.argsort(-p.probs)[:top_k], start=1):
+        lines.append(f"  {rank}. {classes[i]:<28} {p.probs[i]:.4f}")
+    return "\n".join(lines)
+
+
+def results_frame(photos: Sequence[Photo], classes: Sequence[str]) -> pd.DataFrame:
+    """One row per photo (unreadable ones too, with ``error``) and one column per class."""
+    rows = []
+    for p in photos:
+        row = {"photo": p.path, "width": p.width, "height": p.height, "crops": p.crops,
+               "prediction": "", "probability": np.nan, "agree": p.agree, "error": p.error}
+        if p.probs is not None:
+            best = int(p.probs.argmax())
+            row.update(prediction=classes[best], probability=float(p.probs[best]))
+        row.update({c: (float(p.probs[i]) if p.probs is not None else np.nan) for i, c in enumerate(classes)})
+        rows.append(row)
+    return pd.DataFrame(rows)

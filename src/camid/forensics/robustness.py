@@ -1,0 +1,233 @@
+"""Accuracy of a trained run (``camid robustness``) against manipulation strength and crop size.
+
+The held-out images of one fold (never seen in training) are evaluated exactly like
+validation does it: ``manipulated_centre_crop`` (manipulate the photo, then take the
+centre crop of ``train.val_crop`` px, the one implementation shared with validation and
+out-of-fold prediction), the whole crop through the network (no TTA), flag 1 for a
+manipulated variant, 0 for the unaltered one. Probabilities are averaged (geometric
+mean) over the run's top-N checkpoints, so with one checkpoint the accuracy at a
+competition point (``jpeg70``, ``none``...) is the validation accuracy of that
+checkpoint on that variant. Curves (seed 000's figures): JPEG quality 5..95, gamma
+0.25..1.75, resize 0.5..2.0 and crop size 64..512 (unaltered), with the training ranges
+shaded. Identity points (gamma 1, resize 1) are the unaltered images, flag 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.crops import manipulated_centre_crop
+from ..data.folds import read_folds
+from ..data.images import probe_image, read_image
+from ..data.manipulations import CONTINUOUS_RANGES, MANIPULATION_NAMES
+from ..errors import DataError, ImageReadError
+from ..infer.predict import checkpoint_files
+from ..infer.tta import reduce_probs
+from ..models.classifier import CamidNet, rebuild
+from ..train.runtime import forward_batches
+from ..train.trainer import load_checkpoint
+from ..util.io import write_atomic, write_csv, write_json
+from ..util.log import stage_log
+from ..workspace import Workspace
+
+JPEG_QUALITIES = (*range(5, 100, 10), 70, 90)  # seed 000's grid plus the competition's qualities
+GAMMAS = (0.25, 0.5, 0.75, 0.8, 1.0, 1.2, 1.25, 1.5, 1.75)
+SCALES = (0.5, 0.75, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0)
+CROP_SIZES = (64, 128, 256, 384, 448, 512)
+COMPETITION_ONLY = {"jpeg": (70, 90), "gamma": (0.8, 1.2), "resize": (0.8,)}  # not on seed 000's grid
+CHUNK = 16  # photos decoded at a time
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of a curve: ``kind`` (jpeg, gamma, resize, crop, none) at ``value``."""
+
+    kind: str
+    value: float
+    aug: str  # manipulation name given to manipulated_centre_crop ("none": unaltered)
+    crop: int
+
+    @property
+    def manip(self) -> int:
+        return int(self.aug != "none")
+
+
+def _name(kind: str, value: float) -> str:
+    """Manipulation names as the rest of the harness spells them (``jpeg70``, ``resize2.0``)."""
+    if kind == "jpeg":
+        return f"jpeg{int(value)}"
+    name = f"{kind}{value:g}" if kind == "gamma" else f"{kind}{value}"
+    return name if name not in ("gamma1", "resize1.0") else "none"
+
+
+def grid(val_crop: int, input_size: int, max_side: int) -> list[Point]:
+    """Every point of the four curves, plus the unaltered baseline; crop sizes are
+    limited by the smallest held-out photo and include the validation and input sizes."""
+    pts = [Point("none", 0, "none", val_crop)]
+    pts += [Point("jpeg", q, _name("jpeg", q), val_crop) for q in sorted(JPEG_QUALITIES)]
+    pts += [Point("gamma", g, _name("gamma", g), val_crop) for g in GAMMAS]
+    pts += [Point("resize", s, _name("resize", s), val_crop) for s in SCALES]
+    sizes = sorted({c for c in (*CROP_SIZES, val_crop, input_size) if c <= max_side})
+    pts += [Point("crop", c, "none", c) for c in sizes]
+    return pts
+
+
+def training_range(kind: str, value: float, input_size: int) -> bool:
+    if kind == "crop":
+        return value == input_size
+    if kind == "none":
+        return True
+    lo, hi = CONTINUOUS_RANGES[kind]
+    return lo <= value <= hi
+
+
+@dataclass
+class Run:
+    nets: list[CamidNet]
+    files: list[Path]
+    classes: list[str]
+    input_size: int
+
+
+def load_run(files: Sequence[Path], device: torch.device) -> Run:
+    nets, classes, size = [], None, None
+    for f in files:
+        ck = load_checkpoint(f)
+        net = rebuild(ck["model_args"])
+        net.load_state_dict(ck["state_dict"])
+        nets.append(net.to(device).eval())
+        classes, size = ck["classes"], ck["input_size"]
+    return Run(nets, list(files), list(classes), int(size))
+
+
+def predict(run: Run, images: torch.Tensor, manip: torch.Tensor, device: torch.device,
+            batch_size: int, amp: bool) -> np.ndarray:
+    """Class indices: softmax of each checkpoint as in ``evaluate``, geometric mean over checkpoints."""
+    probs = torch.stack([torch.softmax(forward_batches(net, images, manip, device, batch_size, amp), dim=1)
+                         for net in run.nets])
+    return reduce_probs(probs, "gmean", dim=0).argmax(1).numpy()
+
+
+def evaluate_points(run: Run, photos: pd.DataFrame, points: Sequence[Point], device: torch.device,
+                    batch_size: int, amp: bool) -> dict[tuple[str, int], list[int]]:
+    """(aug, crop) -> [correct, total] over the photos; each photo is decoded once."""
+    variants = sorted({(p.aug, p.crop) for p in points})
+    index = {c: i for i, c in enumerate(run.classes)}
+    counts = {v: [0, 0] for v in variants}
+    for start in tqdm(range(0, len(photos), CHUNK), desc="robustness", leave=False):
+        chunk = photos.iloc[start:start + CHUNK]
+        imgs, labels = [], []
+        for row in chunk.itertuples():
+            try:
+                imgs.append(read_image(row.path))
+                labels.append(index[row.label])
+            except ImageReadError as exc:
+                stage_log("robustness", f"skipped unreadable {row.path}: {exc.reason}")
+        if not imgs:
+            continue
+        y = np.asarray(labels)
+        for aug, crop in variants:
+            x = torch.stack([torch.from_numpy(manipulated_centre_crop(im, aug, crop)).permute(2, 0, 1) for im in imgs])
+            flags = torch.full((len(imgs),), float(aug != "none"))
+            pred = predict(run, x, flags, device, batch_size, amp)
+            counts[(aug, crop)][0] += int((pred == y).sum())
+            counts[(aug, crop)][1] += len(y)
+    return counts
+
+
+def results_frame(points: Sequence[Point], counts: dict, input_size: int, run: str, fold: int) -> pd.DataFrame:
+    rows = []
+    for p in points:
+        correct, total = counts[(p.aug, p.crop)]
+        rows.append({"run": run, "fold": fold, "kind": p.kind, "value": p.value, "aug": p.aug, "crop": p.crop,
+                     "manip": p.manip, "n": total, "correct": correct,
+                     "accuracy": correct / total if total else float("nan"),
+                     "in_training_range": training_range(p.kind, p.value, input_size),
+                     "competition_point": p.aug in MANIPULATION_NAMES})
+    return pd.DataFrame(rows)
+
+
+PANELS = {"jpeg": "JPEG quality", "gamma": "gamma", "resize": "resize factor", "crop": "crop size (px, unaltered)"}
+
+
+def plot(df: pd.DataFrame, path: Path, title: str, input_size: int) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    base = float(df.loc[df["kind"] == "none", "accuracy"].iloc[0])
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+    for ax, (kind, label) in zip(axes.ravel(), PANELS.items()):
+        d = df[df["kind"] == kind].sort_values("value")
+        if kind == "crop":
+            ax.axvline(input_size, color="tab:green", alpha=0.4, lw=6, label=f"train input {input_size}")
+            ax.set_xscale("log", base=2)
+        else:
+            lo, hi = CONTINUOUS_RANGES[kind]
+            ax.axvspan(lo, hi, color="tab:green", alpha=0.15, label=f"training range {lo:g}-{hi:g}")
+        ax.plot(d["value"], d["accuracy"], "o-", color="tab:blue", ms=4)
+        comp = d[d["competition_point"]]
+        ax.plot(comp["value"], comp["accuracy"], "s", color="tab:orange", ms=6, label="competition manipulations")
+        ax.axhline(base, color="grey", ls="--", lw=0.8, label=f"unaltered {base:.3f}")
+        ticks = [v for v in d["value"].unique() if not (kind != "crop" and v in COMPETITION_ONLY.get(kind, ()))]
+        ax.set_xticks(ticks)  # the seed's grid; the competition points are the orange squares
+        ax.set_xticklabels([f"{v:g}" for v in ticks], rotation=45 if len(ticks) > 8 else 0, fontsize=7)
+        ax.set(xlabel=label, ylabel="accuracy", ylim=(0, 1.02))
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def held_out(ws: Workspace, fold: int, classes: Sequence[str], max_images: int | None, seed: int) -> pd.DataFrame:
+    folds = read_folds(ws.folds_csv, classes)
+    photos = folds[folds["fold"] == fold]
+    if photos.empty:
+        raise DataError(f"fold {fold} has no held-out images in {ws.folds_csv}")
+    if max_images and len(photos) > max_images:  # the same draw as train.max_val_images
+        photos = photos.sample(max_images, random_state=seed).sort_values("fname")
+    return photos
+
+
+def _max_side(photos: pd.DataFrame) -> int:
+    sides = []
+    for path in photos["path"]:
+        try:
+            sides.append(min(probe_image(path)))
+        except ImageReadError:
+            continue
+    if not sides:
+        raise DataError("no readable held-out image")
+    return min(sides)
+
+
+def run_report(cfg: Config, ws: Workspace, run_name: str, fold: int, out: Path, device: torch.device,
+               max_images: int | None = None) -> pd.DataFrame:
+    files = checkpoint_files(ws.run_dir(run_name, fold), cfg.predict.top_n)
+    if not files:
+        raise DataError(f"no trained checkpoints in {ws.run_dir(run_name, fold)}; train it first "
+                        f"(`camid train --model {run_name} --fold {fold}`)")
+    run = load_run(files, device)
+    photos = held_out(ws, fold, run.classes, max_images, cfg.seed)
+    points = grid(cfg.train.val_crop, run.input_size, _max_side(photos))
+    stage_log("robustness", f"{run_name} fold {fold}: {len(files)} checkpoint(s), {len(photos)} held-out photos "
+                            f"from {ws.folds_csv}, {len({(p.aug, p.crop) for p in points})} variants")
+    counts = evaluate_points(run, photos, points, device, cfg.predict.batch_size, cfg.train.amp)
+    df = results_frame(points, counts, run.input_size, run_name, fold)
+    write_csv(out / "robustness.csv", df)
+    write_json(out / "robustness.json", {"run": run_name, "fold": fold, "checkpoints": [str(f) for f in files],
+                                         "val_crop": cfg.train.val_crop, "input_size": run.input_size,
+                                         "images": len(photos), "training_ranges": CONTINUOUS_RANGES})
+    plot(df, out / "robustness.png", f"{run_name} fold {fold}: {len(photos)} held-out photos, "
+                                     f"{len(files)} checkpoint(s), centre crops of {cfg.train.val_crop} px",
+         run.input_size)
+    stage_log("robustness", f"wrote robustness.csv, robustness.json and robustness.png to {out}")
+    return df

@@ -1,0 +1,193 @@
+"""Out-of-fold and test probability tables (recipe items 5-6; ``camid predict``).
+
+Every training image is predicted by the model of the fold that held it out,
+exactly like a test image: the centre crop unaltered (``manip=0, aug=none``) and
+manipulated variants (``manip=1, aug=<name>``). Test images are predicted by
+every fold's model and averaged. Within a run, predictions are the geometric mean
+over TTA views and over the top-N snapshot checkpoints. Output:
+``oof/<run>.<tta>.parquet`` (schema in ``camid.infer.table``) plus a JSON sidecar.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..config import Config, ModelConfig, section_digest
+from ..data import manipulations
+from ..data.folds import read_folds
+from ..data.images import read_image
+from ..data.layout import resolve_classes, scan_test
+from ..data.samples import build_variants
+from ..errors import DataError, ImageReadError
+from ..util.io import sha256_file
+from ..util.log import stage_log
+from ..workspace import Workspace
+from .ensemble import Ensemble
+from .table import write_table
+from .tta import reduce_probs
+
+CHUNK = 32  # images decoded and cropped at a time: bounds memory on 12 MP photos
+
+
+def checkpoint_files(run_dir: Path, top_n: int) -> list[Path]:
+    meta = run_dir / "checkpoints.json"
+    if not meta.is_file():
+        return []
+    entries = json.loads(meta.read_text())["checkpoints"][:top_n]
+    files = [run_dir / e["file"] for e in entries]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"checkpoints listed in {meta} are missing: {missing}")
+    return files
+
+
+def oof_augs(cfg: Config, fname: str) -> list[str]:
+    """Variants predicted for one OOF image: ``none`` plus all 8, a listed subset, or a seeded draw."""
+    names = cfg.predict.oof_augs
+    manips = list(manipulations.MANIPULATION_NAMES) if names == ["all"] else list(names)
+    unknown = [m for m in manips if m not in manipulations.MANIPULATIONS]
+    if unknown:
+        raise DataError(f"predict.oof_augs: unknown manipulation(s) {unknown}")
+    k = cfg.predict.oof_manip_per_image
+    if k is not None and k < len(manips):
+        rng = np.random.default_rng([cfg.seed, int.from_bytes(fname.encode()[-8:].rjust(8, b"\0"), "little")])
+        manips = sorted(rng.choice(manips, size=k, replace=False).tolist(), key=manips.index)
+    return ["none", *manips]
+
+
+def _chunks(df: pd.DataFrame, size: int = CHUNK) -> Iterator[pd.DataFrame]:
+    for i in range(0, len(df), size):
+        yield df.iloc[i:i + size]
+
+
+def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
+                skipped: dict[str, str] | None = None) -> pd.DataFrame:
+    """OOF rows of one fold. Training images that cannot be read were skipped by training
+    too: they get no rows and are recorded in ``skipped`` (path -> reason) for the sidecar."""
+    index = {c: i for i, c in enumerate(ens.classes)}
+    rows = []
+    skipped = {} if skipped is None else skipped
+    for chunk in tqdm(list(_chunks(fold_df)), desc=f"{ens.tta} oof fold {fold}", leave=False):
+        try:
+            var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(),
+                                 chunk["label"].map(index).tolist(), lambda f: oof_augs(cfg, f),
+                                 cfg.predict.crop, desc=None)
+        except ImageReadError:  # not one image of the chunk is readable
+            skipped.update({p: "unreadable" for p in chunk["path"] if p not in skipped})
+            continue
+        skipped.update(dict(var.skipped))
+        probs = ens.predict(var.images, var.manip, cfg.predict.batch_size)
+        labels = [ens.classes[i] for i in var.labels.tolist()]
+        rows.append(_frame(var.fnames, "oof", fold, var.manip.int().tolist(), var.aug, labels, probs, ens.classes))
+    if not rows:
+        raise DataError(f"fold {fold}: none of its {len(fold_df)} images can be read")
+    return pd.concat(rows, ignore_index=True)
+
+
+def _frame(fnames, split, fold, manip, aug, labels, probs, classes) -> pd.DataFrame:
+    df = pd.DataFrame(probs, columns=classes)
+    df.insert(0, "fname", list(fnames))
+    df.insert(1, "split", split)
+    df.insert(2, "fold", fold)
+    df.insert(3, "manip", manip)
+    df.insert(4, "aug", aug)
+    df.insert(5, "label", labels)
+    return df
+
+
+def load_test_images(test: pd.DataFrame) -> list[tuple[str, int, np.ndarray]]:
+    """Every test file must be usable: a submission has to cover all of them."""
+    out = []
+    for row in tqdm(test.itertuples(), total=len(test), desc="read test", leave=False):
+        try:
+            out.append((row.fname, int(row.manip), read_image(row.path)))
+        except ImageReadError as exc:
+            raise DataError(f"test file {row.fname} cannot be used: {exc.reason}") from exc
+    return out
+
+
+def predict_test(ens: Ensemble, images: list[tuple[str, int, np.ndarray]], batch_size: int) -> np.ndarray:
+    """Probabilities in the order of ``images``; same-shape images are batched together."""
+    probs = np.zeros((len(images), len(ens.classes)))
+    by_shape: dict[tuple, list[int]] = {}
+    for i, (_, _, img) in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for idx in by_shape.values():
+        for j in range(0, len(idx), CHUNK):
+            part = idx[j:j + CHUNK]
+            x = torch.stack([torch.from_numpy(images[i][2]).permute(2, 0, 1) for i in part])
+            m = torch.tensor([float(images[i][1]) for i in part])
+            probs[part] = ens.predict(x, m, batch_size)
+    return probs
+
+
+def _fingerprint(files: Sequence[Path]) -> list[dict]:
+    return [{"file": str(f), "size": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
+
+
+def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.device, force: bool = False) -> Path | None:
+    classes = resolve_classes(cfg, ws.data_dir)
+    folds = read_folds(ws.folds_csv, classes)
+    tta, out = cfg.predict.tta, ws.table(mcfg.run_name, cfg.predict.tta)
+    per_fold = {int(k): checkpoint_files(ws.run_dir(mcfg.run_name, int(k)), cfg.predict.top_n)
+                for k in sorted(folds["fold"].unique()) if k >= 0}
+    per_fold = {k: v for k, v in per_fold.items() if v}
+    folds_sha256 = sha256_file(ws.folds_csv)
+    for k in per_fold:  # OOF rows from a model that trained on other folds would leak labels
+        done = ws.run_dir(mcfg.run_name, k) / "done.json"
+        trained_on = json.loads(done.read_text()).get("folds_sha256") if done.is_file() else None
+        if trained_on not in (None, folds_sha256):
+            raise DataError(f"{ws.run_dir(mcfg.run_name, k)} was trained on other folds than {ws.folds_csv} "
+                            "(re-made since); retrain it (`camid train-all`) before predicting")
+    if not per_fold:
+        stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.models / mcfg.run_name}; skipped")
+        return None
+    stamp = {"predict_digest": section_digest(cfg.predict, mcfg), "checkpoints": {str(k): _fingerprint(v) for k, v in per_fold.items()}}
+    old = out.with_suffix(".json")
+    if not force and out.is_file() and old.is_file() and \
+            {k: json.loads(old.read_text()).get(k) for k in stamp} == stamp:
+        stage_log("predict", f"{out} is up to date with its checkpoints; skipped")
+        return out
+    t0 = time.time()
+    test = scan_test(ws.data_dir)
+    test_images = load_test_images(test)
+    stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
+    frames, test_probs, skipped = [], [], {}
+    for k, files in per_fold.items():
+        ens = Ensemble(files, device, tta, cfg.predict.reduce, cfg.train.amp)
+        if ens.classes != classes:
+            raise DataError(f"{files[0]}: trained on classes {ens.classes}, data has {classes}")
+        stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s), TTA {tta}")
+        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped))
+        test_probs.append(predict_test(ens, test_images, cfg.predict.batch_size))
+    fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
+    frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
+                         "unknown", [""] * len(test_images), fold_avg, classes))
+    table = pd.concat(frames, ignore_index=True)
+    meta = {**stamp, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta, "reduce": cfg.predict.reduce,
+            "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device),
+            "skipped": dict(sorted(skipped.items()))}
+    if skipped:
+        stage_log("predict", f"{mcfg.run_name}: {len(skipped)} unreadable training image(s) have no OOF rows "
+                             f"(listed under 'skipped' in {out.with_suffix('.json')})")
+    write_table(table, out, classes, meta)
+    n_oof = int((table["split"] == "oof").sum())
+    stage_log("predict", f"wrote {out}: {n_oof} OOF rows, {len(test_images)} test rows "
+                         f"in {time.time() - t0:.1f} s")
+    return out
+
+
+def predict_runs(cfg: Config, ws: Workspace, runs: Sequence[ModelConfig], device: torch.device,
+                 force: bool = False) -> list[Path]:
+    """``predict_run`` for every run; at least one must have finished training."""
+    written = [p for m in runs if (p := predict_run(cfg, ws, m, device, force)) is not None]
+    if not written:
+        raise DataError(f"no trained runs to predict under {ws.models} (run `make train-all` first)")
+    return written

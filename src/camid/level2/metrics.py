@@ -1,0 +1,222 @@
+"""The competition metric and submission validation (``camid score``).
+
+Score = 0.7 x accuracy on unaltered images + 0.3 x accuracy on manipulated ones
+(the Kaggle weighting). If one half is empty (e.g. OOF tables without
+manipulated variants) the score is the other half's accuracy alone, so a score
+is always an accuracy in [0, 1] rather than silently capped at 0.7.
+
+Submission format: header exactly ``fname,camera``, one row per expected file,
+camera names from the class list. ``validate_submission`` is the one check
+used both before writing (``camid submission``) and before scoring (``camid score``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.layout import manip_flag
+from ..data.manipulations import MANIPULATION_NAMES
+from ..errors import DataError, SubmissionError
+from ..util.io import atomic_path
+
+UNALT_WEIGHT = 0.7
+MANIP_WEIGHT = 0.3
+SUBMISSION_COLUMNS = ["fname", "camera"]
+
+
+# ---------------------------------------------------------------- metric
+
+def weighted_score(acc_unalt: float | None, acc_manip: float | None) -> float:
+    """0.7 unalt + 0.3 manip; an absent half (None) leaves the other alone."""
+    if acc_unalt is None and acc_manip is None:
+        return float("nan")
+    if acc_manip is None:
+        return float(acc_unalt)
+    if acc_unalt is None:
+        return float(acc_manip)
+    return UNALT_WEIGHT * acc_unalt + MANIP_WEIGHT * acc_manip
+
+
+def _acc(correct: np.ndarray) -> float | None:
+    return float(correct.mean()) if len(correct) else None
+
+
+@dataclass
+class ScoreReport:
+    score: float
+    acc_unalt: float | None
+    acc_manip: float | None
+    n_unalt: int
+    n_manip: int
+    per_class: pd.DataFrame  # index class: accuracy (recall), n
+    per_manip: pd.DataFrame  # index manipulation: accuracy, n
+    confusion: pd.DataFrame  # rows true class, columns predicted class
+    extra: dict = field(default_factory=dict)
+
+
+def score_predictions(y_true: Sequence[str], y_pred: Sequence[str], manipulation: Sequence[str],
+                      classes: Sequence[str]) -> ScoreReport:
+    """Score aligned label arrays; ``manipulation`` is ``none`` for unaltered rows."""
+    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    manipulation = np.asarray(manipulation, dtype=object)
+    correct = y_true == y_pred
+    unalt = manipulation == "none"
+    acc_u, acc_m = _acc(correct[unalt]), _acc(correct[~unalt])
+    frame = pd.DataFrame({"true": y_true, "manip": manipulation, "ok": correct})
+    per_class = frame.groupby("true")["ok"].agg(accuracy="mean", n="size").reindex(list(classes))
+    per_class["n"] = per_class["n"].fillna(0).astype(int)
+    per_manip = frame.groupby("manip")["ok"].agg(accuracy="mean", n="size")
+    # competition order: unaltered first, then the 8 manipulations, then anything else
+    known = ["none", *MANIPULATION_NAMES]
+    order = sorted(per_manip.index, key=lambda m: (known.index(m) if m in known else len(known), m))
+    per_manip = per_manip.loc[order]
+    return ScoreReport(
+        score=weighted_score(acc_u, acc_m), acc_unalt=acc_u, acc_manip=acc_m,
+        n_unalt=int(unalt.sum()), n_manip=int((~unalt).sum()),
+        per_class=per_class, per_manip=per_manip,
+        confusion=confusion_matrix(y_true, y_pred, classes),
+    )
+
+
+def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
+    """Counts with true classes as rows and predicted classes as columns."""
+    index = {c: i for i, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(y_true, y_pred):
+        cm[index[t], index[p]] += 1
+    return pd.DataFrame(cm, index=pd.Index(list(classes), name="true"),
+                        columns=pd.Index(list(classes), name="predicted"))
+
+
+def score_table(df: pd.DataFrame, classes: Sequence[str]) -> ScoreReport:
+    """Local CV score of a probability table's OOF rows (argmax; aug ``none`` = unaltered)."""
+    oof = df[df["split"] == "oof"]
+    pred = np.asarray(classes, dtype=object)[oof[list(classes)].to_numpy().argmax(axis=1)]
+    return score_predictions(oof["label"].to_numpy(), pred, oof["aug"].to_numpy(), classes)
+
+
+# ---------------------------------------------------------------- CSV validation
+
+def read_csv_strict(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{what} not found: {path}")
+    try:
+        # keep_default_na=False: a class or file literally named "NA" stays a string
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SubmissionError(f"{path}: cannot parse {what} CSV ({exc})") from exc
+
+
+def _few(items: Sequence[str], n: int = 5) -> str:
+    items = list(items)
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(repr(x) for x in items[:n]) + more
+
+
+def validate_submission(sub: pd.DataFrame, fnames: Sequence[str], classes: Sequence[str],
+                        name: str = "submission") -> None:
+    """Refuse a submission that is not exactly one known class per expected file."""
+    if list(sub.columns) != SUBMISSION_COLUMNS:
+        raise SubmissionError(f"{name}: header must be exactly {','.join(SUBMISSION_COLUMNS)}, "
+                              f"got {','.join(map(str, sub.columns))}")
+    empty = sub["fname"].isna() | (sub["fname"].astype(str) == "")
+    if empty.any():
+        raise SubmissionError(f"{name}: {int(empty.sum())} row(s) with an empty fname")
+    dup = sub.loc[sub["fname"].duplicated(), "fname"].unique()
+    if len(dup):
+        raise SubmissionError(f"{name}: duplicate file names: {_few(dup)}")
+    expected = set(fnames)
+    unknown = sorted(set(sub["fname"]) - expected)
+    if unknown:
+        raise SubmissionError(f"{name}: unknown file names: {_few(unknown)}")
+    missing = sorted(expected - set(sub["fname"]))
+    if missing:
+        raise SubmissionError(f"{name}: {len(missing)} file(s) missing: {_few(missing)}")
+    bad = sorted(set(sub["camera"].astype(str)) - set(classes))
+    if bad:
+        raise SubmissionError(f"{name}: unknown class name(s) {_few(bad)}; known: {', '.join(classes)}")
+
+
+def solution_manipulation(solution: pd.DataFrame) -> np.ndarray:
+    """``manipulation`` column if present, else ``none``/``manip`` from the file name."""
+    if "manipulation" in solution.columns:
+        return solution["manipulation"].replace("", "none").to_numpy(dtype=object)
+    try:
+        flags = [manip_flag(f) for f in solution["fname"]]
+    except DataError as exc:
+        raise SubmissionError(f"solution has no manipulation column and {exc}") from exc
+    return np.where(np.asarray(flags) == 1, "manip", "none").astype(object)
+
+
+def check_solution(solution: pd.DataFrame, name: str = "solution") -> None:
+    missing = {"fname", "camera"} - set(solution.columns)
+    if missing:
+        raise SubmissionError(f"{name}: missing column(s) {sorted(missing)}")
+    if solution["fname"].duplicated().any():
+        raise SubmissionError(f"{name}: duplicate file names: {_few(solution.loc[solution['fname'].duplicated(), 'fname'])}")
+
+
+def score_submission(sub: pd.DataFrame, solution: pd.DataFrame, classes: Sequence[str] | None = None,
+                     name: str = "submission") -> ScoreReport:
+    """Validate ``sub`` against ``solution`` and score it."""
+    check_solution(solution)
+    classes = list(classes) if classes is not None else sorted(set(solution["camera"]))
+    outside = sorted(set(solution["camera"]) - set(classes))
+    if outside:
+        raise SubmissionError(f"solution has camera(s) outside the class list: {_few(outside)}")
+    validate_submission(sub, solution["fname"].tolist(), classes, name)
+    pred = sub.set_index("fname")["camera"].reindex(solution["fname"]).to_numpy(dtype=object)
+    return score_predictions(solution["camera"].to_numpy(dtype=object), pred,
+                             solution_manipulation(solution), classes)
+
+
+# ---------------------------------------------------------------- reporting
+
+def _fmt(x: float | None) -> str:
+    return "  n/a " if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.4f}"
+
+
+def format_report(rep: ScoreReport) -> str:
+    lines = [f"score {_fmt(rep.score)}  (0.7 x unalt {_fmt(rep.acc_unalt)} on {rep.n_unalt}, "
+             f"0.3 x manip {_fmt(rep.acc_manip)} on {rep.n_manip})", "per class (recall):"]
+    width = max([len(str(c)) for c in rep.per_class.index] + [len(str(m)) for m in rep.per_manip.index] + [4])
+    for cls, row in rep.per_class.iterrows():
+        lines.append(f"  {cls:<{width}}  {_fmt(row['accuracy'] if row['n'] else None)}  ({int(row['n'])})")
+    lines.append("per manipulation:")
+    for m, row in rep.per_manip.iterrows():
+        lines.append(f"  {m:<{width}}  {_fmt(row['accuracy'])}  ({int(row['n'])})")
+    return "\n".join(lines)
+
+
+def plot_confusion(cm: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Confusion matrix PNG (row-normalised colours, raw counts printed)."""
+    import matplotlib
+    matplotlib.use("Agg")  # headless: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    counts = cm.to_numpy()
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(cm)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.65 * k, 0.8 + 0.6 * k))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), cm.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), cm.index, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

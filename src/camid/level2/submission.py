@@ -1,0 +1,120 @@
+"""Submission CSVs (``camid submission``): one validated CSV per blend strategy, plus the score table.
+
+For every ``oof/blend/<strategy>.parquet`` the test rows' argmax becomes
+``submissions/<strategy>.csv`` with exactly the rows, in the order, of
+``DATA/sample_submission.csv``. A strategy whose table lacks any of those files
+is an error naming them: a partial submission is never written. Each strategy
+also gets its local CV score (OOF rows, 0.7 unalt + 0.3 manip) and, when a
+solution file exists, its test score; all go to ``submissions/scores.csv``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..errors import CamidError, SubmissionError
+from ..infer.table import class_columns, read_table
+from ..util.io import remove_stale_temps, write_csv
+from ..util.log import stage_log
+from ..workspace import Workspace
+from .metrics import read_csv_strict, score_submission, score_table, validate_submission
+
+SCORE_COLUMNS = ["strategy", "cv_score", "cv_unalt", "cv_manip", "n_oof",
+                 "test_score", "test_unalt", "test_manip", "submission"]
+
+
+def read_sample(path: str | Path) -> pd.DataFrame:
+    """The sample submission: its fname column fixes the rows and their order."""
+    sample = read_csv_strict(path, "sample submission")
+    if "fname" not in sample.columns:
+        raise SubmissionError(f"{path}: no fname column (got {list(sample.columns)})")
+    if sample["fname"].duplicated().any():
+        raise SubmissionError(f"{path}: duplicate file names, e.g. "
+                              f"{sample.loc[sample['fname'].duplicated(), 'fname'].head(3).tolist()}")
+    return sample
+
+
+def make_submission(table: pd.DataFrame, classes: Sequence[str], fnames: Sequence[str],
+                    name: str = "submission") -> pd.DataFrame:
+    """Argmax of the test rows, in ``fnames`` order; refuses when any file has no prediction."""
+    test = table[table["split"] == "test"]
+    pred = pd.Series(np.asarray(classes, dtype=object)[test[list(classes)].to_numpy().argmax(axis=1)],
+                     index=test["fname"].to_numpy())
+    missing = [f for f in fnames if f not in pred.index]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise SubmissionError(f"{name}: no test prediction for {len(missing)} file(s) of the sample "
+                              f"submission: {missing[:5]}{more}")
+    sub = pd.DataFrame({"fname": list(fnames), "camera": pred.reindex(list(fnames)).to_numpy()})
+    validate_submission(sub, fnames, classes, name)
+    return sub
+
+
+def list_strategies(ws: Workspace, spec: str | None, config_strategies: Sequence[str]) -> list[str]:
+    """``None``/``all``: every table in oof/blend/; ``config``: the config's; else a comma list."""
+    if spec in (None, "all"):
+        names = ws.blend_strategies()
+        if not names:
+            raise CamidError(f"no blend tables in {ws.blend_dir}; run `camid blend` first")
+        return names
+    names = list(config_strategies) if spec == "config" else spec.split(",")
+    absent = [n for n in names if not ws.blend_table(n).is_file()]
+    if absent:
+        raise CamidError(f"no blend table for strategy {absent} in {ws.blend_dir}; run `camid blend` for them")
+    return names
+
+
+def score_row(name: str, table: pd.DataFrame, classes: list[str], sub: pd.DataFrame,
+              solution: pd.DataFrame | None, sub_path: Path | None) -> dict:
+    cv = score_table(table, classes)
+    row = {"strategy": name, "cv_score": cv.score, "cv_unalt": cv.acc_unalt, "cv_manip": cv.acc_manip,
+           "n_oof": cv.n_unalt + cv.n_manip, "test_score": np.nan, "test_unalt": np.nan, "test_manip": np.nan,
+           "submission": str(sub_path) if sub_path else ""}
+    if solution is not None:
+        test = score_submission(sub, solution, classes, name=name)
+        row.update(test_score=test.score, test_unalt=test.acc_unalt, test_manip=test.acc_manip)
+    return row
+
+
+def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None, solution_path: str | Path | None = None,
+                      score_only: bool = False) -> tuple[pd.DataFrame, bool]:
+    """A validated ``submissions/<strategy>.csv`` per strategy and ``submissions/scores.csv``.
+
+    ``strategies``: see ``list_strategies``; ``solution_path``: test scores (default:
+    ``DATA/solution.csv`` when it exists); ``score_only``: write nothing. Returns the
+    score table and whether it has test scores.
+    """
+    sample_path = ws.data_dir / "sample_submission.csv"
+    fnames = read_sample(sample_path)["fname"].tolist()
+    stage_log("submission", f"read {sample_path} ({len(fnames)} rows)")
+    sol_path = Path(solution_path) if solution_path else ws.data_dir / "solution.csv"
+    solution = None
+    if solution_path or sol_path.is_file():
+        solution = read_csv_strict(sol_path, "solution")
+        stage_log("submission", f"read {sol_path} ({len(solution)} rows): test scores enabled")
+    # Build, validate and score every submission before writing any: an error leaves no partial set.
+    built, rows = [], []
+    for name in list_strategies(ws, strategies, cfg.blend.strategies):
+        table_path = ws.blend_table(name)
+        table = read_table(table_path, cfg.classes)
+        classes = class_columns(table)
+        sub = make_submission(table, classes, fnames, str(table_path))
+        out = None if score_only else ws.submission(name)
+        built.append((table_path, sub, out))
+        rows.append(score_row(name, table, classes, sub, solution, out))
+    if not score_only:
+        remove_stale_temps(ws.submissions)  # left by a killed earlier run
+    for table_path, sub, out in built:
+        if out is not None:
+            write_csv(out, sub)
+            stage_log("submission", f"read {table_path} -> wrote {out} ({len(sub)} rows)")
+    scores = pd.DataFrame(rows, columns=SCORE_COLUMNS).sort_values(
+        "cv_score", ascending=False, na_position="last", kind="mergesort", ignore_index=True)
+    if not score_only:
+        write_csv(ws.scores_csv, scores)
+        stage_log("submission", f"wrote {ws.scores_csv}")
+    return scores, solution is not None

@@ -1,0 +1,385 @@
+"""Training one backbone on one fold (recipe items 2-4; ``camid train``).
+
+Schedule: Adam with reduce-on-plateau on the metric-weighted validation loss for
+``train.epochs`` epochs, then ``train.cycles`` cosine cycles whose ends are saved
+as snapshot checkpoints (Huang et al.). Checkpoints hold the model arguments,
+class list, resolved config, epoch and optimizer state, and are written atomically;
+``last.pt`` lets ``--resume`` continue an interrupted run; ``done.json`` marks a
+finished run so ``train-all`` skips it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import Config, ModelConfig, dump_config, section_digest
+from ..data import fastjpeg, manipulations
+from ..data.folds import check_folds_cover, read_folds
+from ..data.images import probe_image
+from ..data.layout import resolve_classes, scan_train
+from ..data.samples import SampleSpec, TrainSamples, VariantSet, build_variants, collate
+from ..errors import DataError, ImageReadError
+from ..models.classifier import CamidNet, build_model
+from ..util.io import (
+    load_torch,
+    remove_stale_temps,
+    sha256_file,
+    write_csv,
+    write_json,
+    write_text,
+    write_torch,
+)
+from ..util.log import stage_log
+from ..workspace import Workspace
+from .runtime import Dist, autocast, forward_batches, seed_everything
+
+
+def save_checkpoint(path: Path, payload: dict) -> Path:
+    """Atomic, and byte-identical for identical payloads (io_utils.write_torch)."""
+    return write_torch(path, payload)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``weights_only=True``: a crafted pickle cannot run code; a refused or damaged
+    file is a CheckpointError (one line from the CLI), never torch's advice to retry unsafely."""
+    return load_torch(path)
+
+
+@dataclass
+class ValResult:
+    loss_unalt: float
+    loss_manip: float
+    acc_unalt: float
+    acc_manip: float
+    w_manip: float
+
+    @property
+    def loss(self) -> float:
+        return (1 - self.w_manip) * self.loss_unalt + self.w_manip * self.loss_manip
+
+    @property
+    def score(self) -> float:
+        return (1 - self.w_manip) * self.acc_unalt + self.w_manip * self.acc_manip
+
+
+def evaluate(model: CamidNet, val: VariantSet, device: torch.device, batch_size: int,
+             amp: bool, w_manip: float, dist: "Dist | None" = None) -> ValResult:
+    """Loss and accuracy on unaltered and on manipulated variants, weighted like the metric.
+
+    Under DDP each rank holds a shard of the variants and the sums are all-reduced, so
+    every rank sees the same result and the LR schedules stay in step.
+    """
+    model.eval()
+    logits = forward_batches(model, val.images, val.manip, device, batch_size, amp)
+    labels, unalt = val.labels, val.manip == 0
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    correct = (logits.argmax(1) == labels).float()
+    sums = torch.tensor([losses[unalt].sum(), correct[unalt].sum(), unalt.sum(),
+                         losses[~unalt].sum(), correct[~unalt].sum(), (~unalt).sum()], dtype=torch.float64)
+    if dist is not None and dist.world > 1:
+        import torch.distributed as tdist
+        sums = sums.to(device)
+        tdist.all_reduce(sums)
+        sums = sums.cpu()
+    lu, cu, nu, lm, cm, nm = sums.tolist()
+    if nm == 0:  # no manipulated variants configured: score on unaltered only
+        lm, cm, nm = lu, cu, nu
+    return ValResult(lu / max(nu, 1), lm / max(nm, 1), cu / max(nu, 1), cm / max(nm, 1), w_manip)
+
+
+@dataclass
+class RunState:
+    epoch: int = 0
+    best: list[dict] = field(default_factory=list)  # kept checkpoints: file, epoch, score, loss, kind
+    history: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule and checkpoints of one (backbone, fold) run."""
+
+    def __init__(self, cfg: Config, ws: Workspace, mcfg: ModelConfig, fold: int, device: torch.device,
+                 dist: Dist = Dist()):
+        self.cfg, self.ws, self.mcfg, self.fold, self.device, self.dist = cfg, ws, mcfg, fold, device, dist
+        self.t = cfg.train
+        self.input_size = mcfg.input_size or self.t.input_size
+        self.batch_size = mcfg.batch_size or self.t.batch_size
+        self.lr = mcfg.lr or self.t.lr
+        self.dir = ws.run_dir(mcfg.run_name, fold)
+        self.classes = resolve_classes(cfg, ws.data_dir)
+        self.state = RunState()
+
+    # -- setup -------------------------------------------------------------------------------
+    def _split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        self.folds_sha256 = sha256_file(self.ws.folds_csv) if self.ws.folds_csv.is_file() else None
+        folds = read_folds(self.ws.folds_csv, self.classes)
+        # Images added, removed or moved since `camid folds` would silently change the run.
+        _, scan = scan_train(self.ws.data_dir, self.classes, self.cfg.extra_train_dirs)
+        check_folds_cover(folds, scan.table, str(self.ws.folds_csv))
+        train_df, val_df = folds[folds["fold"] != self.fold], folds[folds["fold"] == self.fold]
+        if val_df.empty:
+            raise DataError(f"fold {self.fold} has no images in {self.ws.folds_csv}")
+        stage_log("train", f"read {self.ws.folds_csv}: {len(train_df)} train / {len(val_df)} validation images")
+        return train_df, val_df
+
+    def _build(self) -> None:
+        seed_everything(self.cfg.seed + self.fold)
+        self.model = build_model(self.mcfg.backbone, len(self.classes), self.mcfg.dropout,
+                                        self.t.weights_dir, pretrained=True).to(self.device)
+        if self.device.type == "cuda" and self.t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model
+        if self.dist.world > 1:  # gradients averaged across ranks; checkpoints keep the bare model
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.t.weight_decay)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=self.t.plateau_factor, patience=self.t.plateau_patience)
+
+    def _datasets(self) -> None:
+        if self.t.decode_cache:  # else $CAMID_DECODE_CACHE, if set, decides
+            fastjpeg.set_default_cache(self.t.decode_cache)  # inherited by the DataLoader workers
+        train_df, val_df = self._split()
+        index = {c: i for i, c in enumerate(self.classes)}
+        spec = SampleSpec(self.input_size, self.t.crop_factor, self.t.manip_prob, self.t.manip_mode,
+                          self.t.orientation)
+        length = self.t.steps_per_epoch * self.batch_size * self.dist.world
+        self._report_small(train_df["path"], spec.input_size * spec.crop_factor)
+        self.train_set = TrainSamples(train_df["path"].tolist(), train_df["label"].map(index).tolist(),
+                                      len(self.classes), length, spec, self.cfg.seed + 1000 * self.fold)
+        if self.t.max_val_images and len(val_df) > self.t.max_val_images:
+            val_df = val_df.sample(self.t.max_val_images, random_state=self.cfg.seed).sort_values("fname")
+        augs = ["none", *manipulations.MANIPULATION_NAMES]
+        val_df = val_df.iloc[self.dist.rank::self.dist.world]  # DDP: each rank scores a shard
+        self.val = build_variants(val_df["path"].tolist(), val_df["fname"].tolist(),
+                                  val_df["label"].map(index).tolist(), augs, self.t.val_crop, desc="validation")
+        for path, reason in self.val.skipped:
+            self.state.skipped[path] = reason
+        stage_log("train", f"validation: {len(self.val.images)} centre crops of {self.t.val_crop} px "
+                           f"({len(augs)} variants per image)")
+
+    def input_size_at(self, epoch: int) -> int:
+        """Progressive resizing: ``warmup_input_size`` for the first ``warmup_epochs`` epochs."""
+        if self.t.warmup_input_size and epoch < self.t.warmup_epochs:
+            return self.t.warmup_input_size
+        return self.input_size
+
+    def _report_small(self, paths: pd.Series, crop: int) -> None:
+        """Photos smaller than the first crop are reflect-padded; say how many (header reads only)."""
+        small = []
+        for path in tqdm(paths, desc="image sizes", leave=False):
+            try:
+                if min(probe_image(path)) < crop:
+                    small.append(path)
+            except ImageReadError as exc:  # empty, not an image, corrupt header, decompression bomb
+                self.state.skipped[path] = exc.reason
+        if small:
+            stage_log("train", f"{len(small)} of {len(paths)} training images are smaller than the {crop} px "
+                               f"crop and will be reflect-padded, e.g. {small[0]}")
+
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        self.train_set.set_epoch(epoch)
+        self.train_set.spec = replace(self.train_set.spec, input_size=self.input_size_at(epoch))
+        workers = min(self.t.num_workers, os.cpu_count() or 1)
+        # Each rank takes every world-th sample of the same seeded epoch plan: disjoint, same total.
+        data = (self.train_set if self.dist.world == 1 else
+                torch.utils.data.Subset(self.train_set, range(self.dist.rank, len(self.train_set), self.dist.world)))
+        return torch.utils.data.DataLoader(
+            data, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+            collate_fn=collate, pin_memory=self.device.type == "cuda", drop_last=False,
+            persistent_workers=False)
+
+    # -- schedule ----------------------------------------------------------------------------
+    @property
+    def total_epochs(self) -> int:
+        return self.t.epochs + self.t.cycles * self.t.cycle_epochs
+
+    def _cycle_position(self, epoch: int) -> tuple[int, int] | None:
+        """(cycle index, epoch within cycle) in the snapshot phase, else None."""
+        if epoch < self.t.epochs:
+            return None
+        k = epoch - self.t.epochs
+        return k // self.t.cycle_epochs, k % self.t.cycle_epochs
+
+    def _lr_for_step(self, epoch: int, step: int, steps: int) -> float | None:
+        pos = self._cycle_position(epoch)
+        if pos is None:
+            return None  # the plateau scheduler owns the LR
+        frac = (pos[1] * steps + step) / (self.t.cycle_epochs * steps)
+        return 0.5 * self.lr * (1 + math.cos(math.pi * frac))
+
+    # -- loop --------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        loader = self._loader(epoch)
+        total, correct, loss_sum, t0 = 0, 0, 0.0, time.time()
+        bar = tqdm(loader, desc=f"{self.mcfg.run_name} fold{self.fold} epoch {epoch + 1}/{self.total_epochs}",
+                   leave=False)
+        for step, batch in enumerate(bar):
+            for path, reason in batch["skipped"]:
+                self.state.skipped[path] = reason
+            if "image" not in batch:
+                continue
+            lr = self._lr_for_step(epoch, step, len(loader))
+            if lr is not None:
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+            loss, hits = self._step(batch)
+            n = len(batch["label"])
+            total, correct, loss_sum = total + n, correct + hits, loss_sum + loss * n
+            bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+        self._check_skips()
+        secs = time.time() - t0
+        return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
+                "images_per_s": total / max(secs, 1e-9), "seconds": secs}
+
+    def _step(self, batch: dict) -> tuple[float, int]:
+        x = self.model.normalize(batch["image"].to(self.device, non_blocking=True))
+        if self.device.type == "cuda" and self.t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch["label"].to(self.device)
+        with autocast(self.device, self.t.amp):
+            logits = self.net(x, batch["manip"].to(self.device))
+            loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss in {self.dir}; lower train.lr")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+    def _check_skips(self) -> None:
+        n_files, limit = len(self.train_set.paths), self.t.max_skip_fraction
+        if self.state.skipped and len(self.state.skipped) > limit * n_files:
+            if self.dist.main:
+                self._write_skips()  # the error points at this report: it must exist
+            raise DataError(f"{len(self.state.skipped)} of {n_files} training files are unreadable "
+                            f"(more than train.max_skip_fraction = {limit:g}); see {self.dir / 'skipped.csv'}")
+
+    def _payload(self, epoch: int, val: ValResult, with_optimizer: bool) -> dict:
+        payload = {
+            "model_args": self.model.model_args, "state_dict": self.model.state_dict(),
+            "classes": list(self.classes), "config": self.cfg.to_dict(), "run": self.mcfg.run_name,
+            "fold": self.fold, "epoch": epoch, "input_size": self.input_size,
+            "val": {"score": val.score, "loss": val.loss, "acc_unalt": val.acc_unalt, "acc_manip": val.acc_manip},
+        }
+        if with_optimizer:
+            payload["optimizer"] = self.opt.state_dict()
+            payload["plateau"] = self.plateau.state_dict()
+            payload["state"] = {"epoch": epoch, "best": self.state.best, "history": self.state.history,
+                                "skipped": self.state.skipped, "folds_sha256": self.folds_sha256}
+        return payload
+
+    def _keep(self, epoch: int, val: ValResult) -> None:
+        """Top-N checkpoints by validation score, plus every cycle-end snapshot."""
+        pos = self._cycle_position(epoch)
+        snapshot = pos is not None and pos[1] == self.t.cycle_epochs - 1
+        name = f"snapshot{pos[0]:02d}.pt" if snapshot else f"epoch{epoch + 1:03d}.pt"
+        entry = {"file": name, "epoch": epoch + 1, "score": val.score, "loss": val.loss,
+                 "kind": "snapshot" if snapshot else "epoch"}
+        ranked = sorted([e for e in self.state.best if e["kind"] == "epoch"] + ([] if snapshot else [entry]),
+                        key=lambda e: (-e["score"], e["loss"]))
+        keep = ranked[: self.t.keep_top]
+        if snapshot or entry in keep:
+            save_checkpoint(self.dir / name, self._payload(epoch, val, with_optimizer=False))
+        kept = keep + [e for e in self.state.best if e["kind"] == "snapshot"] + ([entry] if snapshot else [])
+        for old in self.state.best:
+            if old not in kept:
+                (self.dir / old["file"]).unlink(missing_ok=True)
+        self.state.best = kept
+
+    def _log(self, epoch: int, stats: dict, val: ValResult) -> None:
+        row = {"epoch": epoch + 1, "phase": "plateau" if self._cycle_position(epoch) is None else "cycle",
+               "lr": self.opt.param_groups[0]["lr"], **stats, "val_loss": val.loss,
+               "val_acc_unalt": val.acc_unalt, "val_acc_manip": val.acc_manip, "val_score": val.score}
+        self.state.history.append(row)
+        write_csv(self.dir / "log.csv", pd.DataFrame(self.state.history))
+        stage_log("train", f"{self.mcfg.run_name} fold{self.fold} epoch {epoch + 1}: loss {stats['train_loss']:.4f} "
+                           f"val_loss {val.loss:.4f} val_acc unalt {val.acc_unalt:.3f} manip {val.acc_manip:.3f} "
+                           f"score {val.score:.4f} ({stats['images_per_s']:.0f} img/s)")
+
+    def _resume(self) -> int:
+        last = self.dir / "last.pt"
+        if not last.is_file():
+            return 0
+        ck = load_checkpoint(last)
+        if ck["classes"] != list(self.classes):
+            raise DataError(f"{last}: class list differs from the data; remove the run folder to restart")
+        self.model.load_state_dict(ck["state_dict"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.plateau.load_state_dict(ck["plateau"])
+        st = ck["state"]
+        if st.get("folds_sha256", self.folds_sha256) != self.folds_sha256:
+            raise DataError(f"{last}: this run was trained on other folds than {self.ws.folds_csv} (re-made "
+                            f"since); remove {self.dir} to train this fold again")
+        # A kill between saving a new top-N checkpoint (and deleting the one it replaced)
+        # and saving last.pt leaves last.pt listing a deleted file: forget it.
+        best = [e for e in st["best"] if (self.dir / e["file"]).is_file()]
+        self.state = RunState(st["epoch"] + 1, best, st["history"], st["skipped"])
+        stage_log("train", f"resuming {self.dir} after epoch {st['epoch'] + 1}")
+        return self.state.epoch
+
+    def run(self, resume: bool = False) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            remove_stale_temps(self.dir)  # half-written files of a killed earlier run
+            write_text(self.dir / "config.yaml", dump_config(self.cfg))
+        self._build()
+        self._datasets()
+        start = self._resume() if resume else 0
+        stage_log("train", f"{self.mcfg.backbone} fold {self.fold} on {self.device}: {self.total_epochs} epochs x "
+                           f"{self.t.steps_per_epoch} steps x batch {self.batch_size}, input {self.input_size}")
+        for epoch in range(start, self.total_epochs):
+            stats = self._train_epoch(epoch)
+            val = evaluate(self.model, self.val, self.device, self.batch_size, self.t.amp,
+                           self.t.val_manip_weight, self.dist)
+            if self._cycle_position(epoch) is None:
+                self.plateau.step(val.loss)
+            self.state.epoch = epoch
+            if self.dist.main:  # one writer; the other ranks hold identical weights
+                self._log(epoch, stats, val)
+                self._keep(epoch, val)
+                save_checkpoint(self.dir / "last.pt", self._payload(epoch, val, with_optimizer=True))
+                self._write_skips()
+        if self.dist.main:
+            self._finish()
+        return self.dir
+
+    def _write_skips(self) -> None:
+        if self.state.skipped:
+            rows = sorted(self.state.skipped.items())
+            write_csv(self.dir / "skipped.csv", pd.DataFrame(rows, columns=["path", "reason"]))
+
+    def _finish(self) -> None:
+        best = sorted(self.state.best, key=lambda e: (-e["score"], e["loss"]))
+        write_json(self.dir / "checkpoints.json", {"checkpoints": best, "classes": list(self.classes)})
+        write_json(self.dir / "done.json", {"train_digest": train_digest(self.cfg, self.mcfg), "epochs": self.total_epochs,
+                                            "best": best[0] if best else None, "folds_sha256": self.folds_sha256})
+        stage_log("train", f"wrote {len(best)} checkpoint(s), log.csv and done.json to {self.dir}")
+
+
+def train_digest(cfg: Config, mcfg: ModelConfig) -> str:
+    """What makes a run's checkpoints: changing blend or predict settings must not retrain."""
+    return section_digest(cfg.train, cfg.folds, mcfg, cfg.seed, cfg.classes, cfg.extra_train_dirs)
+
+
+def is_done(ws: Workspace, cfg: Config, run_name: str, fold: int) -> bool:
+    done = ws.run_dir(run_name, fold) / "done.json"
+    if not done.is_file():
+        return False
+    meta = json.loads(done.read_text())
+    if meta.get("train_digest") != train_digest(cfg, cfg.model(run_name)):
+        return False
+    # Folds re-made since (new data) move images between folds: the run must not count as done.
+    # Runs from before this check have no hash and are taken as they are.
+    return "folds_sha256" not in meta or not ws.folds_csv.is_file() or \
+        meta["folds_sha256"] == sha256_file(ws.folds_csv)
