@@ -4,9 +4,8 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
 
-from camid.train.trainer import load_checkpoint
+from camid.train.rundir import load_checkpoint
 
 CFG = """
 name: ddp
@@ -35,7 +34,7 @@ def test_train_under_torchrun_with_two_ranks(tmp_path, kaggle_layout):
     assert list(log["epoch"]) == [1, 2]  # one writer: no duplicated rows from the second rank
     assert out.stdout.count("camid_tiny fold0 epoch 1:") == 1
     ck = load_checkpoint(run / "last.pt")
-    assert not any(k.startswith("module.") for k in ck["state_dict"])  # the bare model, loadable anywhere
+    assert not any(k.startswith("module.") for k in ck.state_dict)  # the bare model, loadable anywhere
     assert (run / "done.json").is_file()
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from camid import cli
 from camid.forensics import identify
 from camid.infer.ensemble import Ensemble
-from camid.infer.predict import checkpoint_files
+from camid.train.rundir import RunDir
 from trained_tiny import CLASSES, photo, train_tiny
 
 
@@ -79,7 +79,8 @@ def test_a_crop_sized_photo_gets_exactly_the_ensemble_prediction(trained, tmp_pa
     Image.fromarray(img).save(tmp_path / "x.png")
     csv = tmp_path / "x.csv"
     assert cli.main(["identify", str(tmp_path / "x.png"), *common, "--tiles", "0", "--out", str(csv)]) == 0
-    ens = Ensemble(checkpoint_files(root / "models" / "camid_tiny" / "fold0", 2), torch.device("cpu"), "tta10", "gmean")
+    files = RunDir(root / "models" / "camid_tiny" / "fold0").checkpoint_files(2)
+    ens = Ensemble(files, torch.device("cpu"), "tta10", "gmean")
     want = ens.predict(torch.from_numpy(img).permute(2, 0, 1)[None], torch.zeros(1), 40)[0]
     assert np.allclose(_probs(pd.read_csv(csv))[0], want, atol=1e-5)
 

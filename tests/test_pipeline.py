@@ -1,16 +1,14 @@
 """The train -> predict slice on a tiny generated dataset (CPU, seconds)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from camid import cli
 from camid.data.folds import read_folds
 from camid.infer.table import read_table
-from camid.train.trainer import load_checkpoint
+from camid.train.rundir import load_checkpoint
 
 TINY = """
 name: tiny
@@ -57,8 +55,8 @@ def test_runs_write_checkpoints_logs_and_markers(trained):
         assert list(log["epoch"]) == [1, 2, 3] and list(log["phase"]) == ["plateau", "plateau", "cycle"]
         assert {"train_loss", "val_score", "lr", "images_per_s"} <= set(log.columns)
         ck = load_checkpoint(run / kept[0]["file"])
-        assert ck["classes"] == ["cam-a", "cam-b", "cam-c"] and ck["fold"] == fold
-        assert ck["model_args"]["backbone"] == "camid_tiny" and "config" in ck
+        assert ck.classes == ["cam-a", "cam-b", "cam-c"] and ck.fold == fold
+        assert ck.model_args["backbone"] == "camid_tiny" and ck.config
         assert (run / "done.json").is_file() and (run / "config.yaml").is_file()
         assert not list(run.glob("*.tmp"))
 
@@ -103,7 +101,7 @@ def test_resume_continues_after_the_last_epoch(trained, capsys):
     root, common = trained
     run = root / "models" / "camid_tiny" / "fold0"
     ck = load_checkpoint(run / "last.pt")
-    assert ck["state"]["epoch"] == 2 and "optimizer" in ck
+    assert ck.state is not None and ck.state["epoch"] == 2 and ck.optimizer is not None
     assert cli.main(["train", *common, "--fold", "0", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "resuming" in out and "epoch 1:" not in out  # nothing left to train

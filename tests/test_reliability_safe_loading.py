@@ -66,7 +66,7 @@ def write_malicious(path: Path, payload: Payload, how: str) -> Path:
 @pytest.mark.parametrize("how", ["checkpoint", "state_dict", "raw_pickle"])
 @pytest.mark.parametrize("kind", ["os.system", "exec", "eval"])
 def test_crafted_checkpoints_are_refused_without_running_code(tmp_path, kind, how):
-    from camid.train.trainer import load_checkpoint
+    from camid.train.rundir import load_checkpoint
 
     marker = tmp_path / "PWNED"
     path = write_malicious(tmp_path / "epoch001.pt", payloads(marker)[kind], how)
@@ -79,7 +79,7 @@ def test_crafted_checkpoints_are_refused_without_running_code(tmp_path, kind, ho
 
 
 def test_train_load_checkpoint_raises_a_camid_error(tmp_path):
-    from camid.train.trainer import load_checkpoint
+    from camid.train.rundir import load_checkpoint
 
     marker = tmp_path / "PWNED"
     with pytest.raises(CamidError):

@@ -10,9 +10,9 @@ from camid import cli
 from camid.forensics import robustness
 from camid.models import classifier as models
 from camid.data.folds import read_folds
-from camid.infer.predict import checkpoint_files
 from camid.data.samples import build_variants
-from camid.train.trainer import evaluate, load_checkpoint
+from camid.train.rundir import RunDir, load_checkpoint
+from camid.train.trainer import evaluate
 from trained_tiny import CLASSES, train_tiny
 
 
@@ -49,20 +49,20 @@ def test_every_grid_point_is_reported_with_a_valid_accuracy(report):
 def test_training_range_points_equal_validation_accuracy(report, aug):
     root, _, df = report
     run_dir = root / "models" / "camid_tiny" / "fold0"
-    (ck_file,) = checkpoint_files(run_dir, 1)
+    (ck_file,) = RunDir(run_dir).checkpoint_files(1)
     ck = load_checkpoint(ck_file)
-    net = models.rebuild(ck["model_args"])
-    net.load_state_dict(ck["state_dict"])
+    net = models.rebuild(ck.model_args)
+    net.load_state_dict(ck.state_dict)
     folds = read_folds(root / "models" / "folds.csv")
     val = folds[folds["fold"] == 0]
     index = {c: i for i, c in enumerate(CLASSES)}
     variants = build_variants(val["path"].tolist(), val["fname"].tolist(), val["label"].map(index).tolist(),
                               [aug], 48, desc=None)
-    res = evaluate(net, variants, torch.device("cpu"), 8, False, 0.3)
+    res = evaluate(net, variants, torch.device("cpu"), 8, False)
     row = df[(df["aug"] == aug) & (df["crop"] == 48)].iloc[0]
     assert row["accuracy"] == pytest.approx(res.acc_unalt if aug == "none" else res.acc_manip)
     if aug == "none":  # and the number stored in the checkpoint by training's own validation
-        assert row["accuracy"] == pytest.approx(ck["val"]["acc_unalt"])
+        assert row["accuracy"] == pytest.approx(ck.val["acc_unalt"])
 
 
 def test_names_match_the_harness_spelling():

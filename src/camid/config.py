@@ -18,6 +18,12 @@ import yaml
 
 from .errors import ConfigError
 
+# Ways to average probabilities (over TTA views, checkpoints, folds, and level-2 models):
+# each is the power mean with this exponent (0: the geometric mean, its limit).
+REDUCTION_POWERS: dict[str, float] = {"gmean": 0.0, "mean": 1.0, "rms": 2.0}
+TtaPolicy = Literal["none", "tta10", "tta40", "full", "full_d4"]
+TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)
+
 
 @dataclass(frozen=True)
 class SimulateConfig:
@@ -76,7 +82,6 @@ class TrainConfig:
     cycle_epochs: int = 5
     keep_top: int = 3
     val_crop: int = 512  # validation mirrors the test: centre crops of this size
-    val_manip_weight: float = 0.3  # metric weight of manipulated accuracy
     num_workers: int = 4
     amp: bool = True  # autocast on CUDA only
     channels_last: bool = True
@@ -92,13 +97,26 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    tta: Literal["none", "tta10", "tta40", "full", "full_d4"] = "tta10"
-    reduce: Literal["gmean", "mean", "rms"] = "gmean"
+    """Inference (``camid predict``, ``identify``, ``robustness``): how checkpoints are applied."""
+
+    tta: TtaPolicy = "tta10"
+    reduce: str = "gmean"  # one of REDUCTION_POWERS: over TTA views
     top_n: int = 3  # snapshot checkpoints averaged per run
     oof_augs: list[str] = field(default_factory=lambda: ["all"])
     oof_manip_per_image: Optional[int] = None  # None: every listed manipulation; k: a seeded subset of k
     crop: int = 512  # OOF images are centre crops of this size, like the test set
     batch_size: int = 80  # network inputs per forward pass (images x TTA views)
+    amp: bool = True  # autocast on CUDA only
+
+
+@dataclass
+class RobustnessConfig:
+    """`camid robustness` defaults (command-line options override them)."""
+
+    # Held-out photos evaluated (a seeded sample, the same draw as train.max_val_images);
+    # None: all of them. Equal to train.max_val_images, the accuracy at a competition
+    # point is the validation accuracy of the checkpoint.
+    max_images: Optional[int] = None
 
 
 @dataclass
@@ -140,6 +158,7 @@ class Config:
     models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +256,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.manip_prob must be in [0, 1]")
     if cfg.train.input_size % 2 or cfg.train.input_size < 8:
         raise ConfigError("train.input_size must be even (colour-filter grid) and >= 8")
+    if cfg.predict.reduce not in REDUCTION_POWERS:
+        raise ConfigError(f"predict.reduce: {cfg.predict.reduce!r} is not one of {list(REDUCTION_POWERS)}")
     names = [m.run_name for m in cfg.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"models: duplicate run names {names}")

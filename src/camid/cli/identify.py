@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..forensics.identify import (
     format_photo,
     identify_photo,
-    load_models,
+    load_ensembles,
     results_frame,
 )
 from ..train.runtime import pick_device
@@ -38,18 +38,19 @@ def main(args: argparse.Namespace) -> int:
     device = pick_device(args.device or cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    models = load_models(cfg, ws, names(args.models), device)
+    runs, classes = load_ensembles(cfg, ws, names(args.models), device)
     size = cfg.predict.crop
-    stage_log("identify", f"loaded {', '.join(f'{r} ({len(e)} fold(s))' for r, e in models.runs.items())}: "
-                          f"{models.n_networks} network(s), TTA {cfg.predict.tta}, crops of {size} px, "
+    n_networks = sum(len(e.nets) for ens in runs.values() for e in ens)
+    stage_log("identify", f"loaded {', '.join(f'{r} ({len(e)} fold(s))' for r, e in runs.items())}: "
+                          f"{n_networks} network(s), TTA {cfg.predict.tta}, crops of {size} px, "
                           f"manip flag {int(args.manipulated)}")
     photos = []
     for path in args.photos:
-        p = identify_photo(path, models, size, args.tiles, args.manipulated, cfg.predict.batch_size)
-        print(format_photo(p, models.classes, min(args.top_k, len(models.classes)), size), flush=True)
+        p = identify_photo(path, runs, size, args.tiles, args.manipulated, cfg.predict.batch_size)
+        print(format_photo(p, classes, min(args.top_k, len(classes)), size), flush=True)
         photos.append(p)
     if args.out:
-        write_csv(args.out, results_frame(photos, models.classes))
+        write_csv(args.out, results_frame(photos, classes))
         stage_log("identify", f"wrote {args.out}: {len(photos)} row(s)")
     failed = [p.path for p in photos if p.error]
     if failed:

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="run name (default: the config's first)")
     parser.add_argument("--fold", type=int, default=0, help="the fold whose held-out photos are used (default 0)")
     parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/reports/robustness/<run>-fold<k>)")
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate a seeded sample of the held-out photos (default: train.max_val_images, "
-                             "the validation sample)")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="evaluate a seeded sample of the held-out photos (default: robustness.max_images; "
+                             "equal to train.max_val_images it is the validation sample)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
 
 
@@ -30,8 +31,7 @@ def main(args: argparse.Namespace) -> int:
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(args.out) if args.out else ws.robustness_dir(run_name, args.fold)
-    # Default: the same photos validation used (train.max_val_images draws a seeded sample).
-    max_images = args.max_images if args.max_images is not None else cfg.train.max_val_images
+    max_images = args.max_images if args.max_images is not None else cfg.robustness.max_images
     df = run_report(cfg, ws, run_name, args.fold, out, device, max_images)
     with pd.option_context("display.width", 120, "display.max_rows", 200):
         print(df[["kind", "value", "aug", "crop", "n", "accuracy", "in_training_range"]].to_string(index=False))

@@ -14,6 +14,7 @@ from ..data.folds import fold_ids, read_folds
 from ..data.layout import resolve_classes
 from ..errors import JobError
 from ..train.jobs import Job, run_queue
+from ..train.rundir import RunDir
 from ..train.trainer import is_done
 from ..util.log import stage_log
 from .common import add_common_arguments, names, resolve
@@ -46,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     slots = names(args.gpus) or ["cpu"]
     if args.ddp and len(slots) > 1:
         slots = [",".join(slots)]  # one slot holding every GPU: a DDP job per turn
-    jobs = [Job(f"{r} fold {k}", _command(args, r, k), ws.run_dir(r, k) / "train.out") for r, k in todo]
+    jobs = [Job(f"{r} fold {k}", _command(args, r, k), RunDir(ws.run_dir(r, k)).job_log) for r, k in todo]
     failed = run_queue(jobs, slots, "train-all")
     if failed:
         raise JobError(f"{len(failed)} job(s) failed: {failed}")

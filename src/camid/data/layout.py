@@ -22,6 +22,7 @@ import pandas as pd
 from ..config import Config
 from ..errors import DataError
 from ..util.log import stage_log
+from .competition import manip_flag
 from .images import is_image_file
 
 
@@ -89,17 +90,6 @@ def scan_train(data_dir: str | Path, classes: Sequence[str] | None = None,
     if empty:
         raise DataError(f"classes without any training image: {empty}")
     return classes, Scan(table.sort_values("fname", ignore_index=True), skipped)
-
-
-def manip_flag(fname: str) -> int:
-    """1 for ``*_manip.*``, 0 for ``*_unalt.*`` (the competition's test naming)."""
-    stem = Path(fname).stem
-    if stem.endswith("_manip"):
-        return 1
-    if stem.endswith("_unalt"):
-        return 0
-    raise DataError(f"test file {fname!r} is neither *_unalt nor *_manip; "
-                    "rename it or use `camid identify` for arbitrary photos")
 
 
 def scan_test(data_dir: str | Path) -> pd.DataFrame:

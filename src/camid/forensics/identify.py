@@ -12,7 +12,7 @@ ignored on purpose), because the traces live on the sensor grid.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -22,10 +22,10 @@ import torch
 from ..config import Config
 from ..data.crops import GRID, centre_crop, pad_to
 from ..data.images import read_image
-from ..errors import DataError, ImageReadError
+from ..errors import CheckpointError, ImageReadError, UsageError
 from ..infer.ensemble import Ensemble
-from ..infer.predict import checkpoint_files
 from ..infer.tta import reduce_probs
+from ..train.rundir import RunDir
 from ..util.log import stage_log
 from ..workspace import Workspace
 
@@ -41,37 +41,29 @@ class Photo:
     error: str = ""
 
 
-@dataclass
-class Models:
-    """Every (run, fold) ensemble of the config that has checkpoints; all share one class list."""
-
-    runs: dict[str, list[Ensemble]] = field(default_factory=dict)
-    classes: list[str] = field(default_factory=list)
-
-    @property
-    def n_networks(self) -> int:
-        return sum(len(e.nets) for ens in self.runs.values() for e in ens)
-
-
-def load_models(cfg: Config, ws: Workspace, names: Sequence[str], device: torch.device) -> Models:
-    """All folds' top-N checkpoints of each run; a run without checkpoints is skipped."""
+def load_ensembles(cfg: Config, ws: Workspace, names: Sequence[str],
+                   device: torch.device) -> tuple[dict[str, list[Ensemble]], list[str]]:
+    """Every fold's ensemble of each run (a run without checkpoints is skipped), and their
+    shared class list."""
     runs = [cfg.model(n) for n in names] if names else cfg.models
-    models = Models()
+    found: dict[str, list[Ensemble]] = {}
+    classes: list[str] = []
     for mcfg in runs:
-        ens = [Ensemble(files, device, cfg.predict.tta, cfg.predict.reduce, cfg.train.amp)
-               for d in ws.fold_dirs(mcfg.run_name).values() if (files := checkpoint_files(d, cfg.predict.top_n))]
+        ens = [Ensemble(files, device, cfg.predict.tta, cfg.predict.reduce, cfg.predict.amp)
+               for d in ws.fold_dirs(mcfg.run_name).values()
+               if (files := RunDir(d).checkpoint_files(cfg.predict.top_n))]
         if not ens:
             stage_log("identify", f"{mcfg.run_name}: no checkpoints under {ws.models / mcfg.run_name}; skipped")
             continue
         for e in ens:
-            if models.classes and e.classes != models.classes:
-                raise DataError(f"{e.files[0]} was trained on classes {e.classes}, other runs on {models.classes}")
-            models.classes = list(e.classes)
-        models.runs[mcfg.run_name] = ens
-    if not models.runs:
-        raise DataError(f"no trained models under {ws.models} for config {cfg.name!r} "
+            if classes and e.classes != classes:
+                raise CheckpointError(f"{e.files[0]} was trained on classes {e.classes}, other runs on {classes}")
+            classes = list(e.classes)
+        found[mcfg.run_name] = ens
+    if not found:
+        raise UsageError(f"no trained models under {ws.models} for config {cfg.name!r} "
                         f"(runs {[m.run_name for m in runs]}); train first: `make train-all` or `camid train`")
-    return models
+    return found, classes
 
 
 def tile_boxes(height: int, width: int, size: int, max_tiles: int) -> list[tuple[int, int]]:
@@ -99,23 +91,23 @@ def photo_crops(img: np.ndarray, size: int, max_tiles: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.ascontiguousarray(pad_to(c, size)) for c in crops])).permute(0, 3, 1, 2)
 
 
-def predict_crops(models: Models, crops: torch.Tensor, manip: bool, batch_size: int) -> np.ndarray:
+def predict_crops(runs: dict[str, list[Ensemble]], crops: torch.Tensor, manip: bool, batch_size: int) -> np.ndarray:
     """(K, classes): gmean over each run's folds, then over runs (each run counts once)."""
     flags = torch.full((len(crops),), float(manip))
     per_run = []
-    for ens in models.runs.values():
+    for ens in runs.values():
         folds = torch.stack([torch.from_numpy(e.predict(crops, flags, batch_size)) for e in ens])
         per_run.append(reduce_probs(folds, "gmean", dim=0))
     return reduce_probs(torch.stack(per_run), "gmean", dim=0).numpy()
 
 
-def identify_photo(path: str, models: Models, size: int, max_tiles: int, manip: bool, batch_size: int) -> Photo:
+def identify_photo(path: str, runs: dict[str, list[Ensemble]], size: int, max_tiles: int, manip: bool, batch_size: int) -> Photo:
     try:
         img = read_image(path)
     except ImageReadError as exc:
         return Photo(path, error=exc.reason)
     crops = photo_crops(img, size, max_tiles)
-    per_crop = predict_crops(models, crops, manip, batch_size)
+    per_crop = predict_crops(runs, crops, manip, batch_size)
     probs = reduce_probs(torch.from_numpy(per_crop), "gmean", dim=0).numpy()
     agree = float((per_crop.argmax(1) == probs.argmax()).mean())
     return Photo(path, img.shape[1], img.shape[0], len(crops), probs, agree)

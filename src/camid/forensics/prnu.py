@@ -62,11 +62,11 @@ class PrnuSettings:
 
     def __post_init__(self) -> None:
         if self.channels not in ("rgb", "luma"):
-            raise DataError(f"channels must be rgb or luma, got {self.channels!r}")
+            raise UsageError(f"channels must be rgb or luma, got {self.channels!r}")
         if self.enhance not in ("none", "li"):
-            raise DataError(f"enhance must be none or li, got {self.enhance!r}")
+            raise UsageError(f"enhance must be none or li, got {self.enhance!r}")
         if self.sigma <= 0 or self.alpha <= 0 or self.levels < 1:
-            raise DataError("sigma and alpha must be positive and levels >= 1")
+            raise UsageError("sigma and alpha must be positive and levels >= 1")
 
 
 # ------------------------------------------------------------------ residuals

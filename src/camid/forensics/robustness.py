@@ -2,7 +2,7 @@
 
 The held-out images of one fold (never seen in training) are evaluated exactly like
 validation does it: ``manipulated_centre_crop`` (manipulate the photo, then take the
-centre crop of ``train.val_crop`` px, the one implementation shared with validation and
+centre crop the run was validated on, the one implementation shared with validation and
 out-of-fold prediction), the whole crop through the network (no TTA), flag 1 for a
 manipulated variant, 0 for the unaltered one. Probabilities are averaged (geometric
 mean) over the run's top-N checkpoints, so with one checkpoint the accuracy at a
@@ -27,12 +27,9 @@ from ..data.crops import manipulated_centre_crop
 from ..data.folds import read_folds
 from ..data.images import probe_image, read_image
 from ..data.manipulations import CONTINUOUS_RANGES, MANIPULATION_NAMES
-from ..errors import DataError, ImageReadError
-from ..infer.predict import checkpoint_files
-from ..infer.tta import reduce_probs
-from ..models.classifier import CamidNet, rebuild
-from ..train.runtime import forward_batches
-from ..train.trainer import load_checkpoint
+from ..errors import DataError, ImageReadError, UsageError
+from ..infer.ensemble import Ensemble
+from ..train.rundir import RunDir
 from ..util.io import write_atomic, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
@@ -88,38 +85,11 @@ def training_range(kind: str, value: float, input_size: int) -> bool:
     return lo <= value <= hi
 
 
-@dataclass
-class Run:
-    nets: list[CamidNet]
-    files: list[Path]
-    classes: list[str]
-    input_size: int
-
-
-def load_run(files: Sequence[Path], device: torch.device) -> Run:
-    nets, classes, size = [], None, None
-    for f in files:
-        ck = load_checkpoint(f)
-        net = rebuild(ck["model_args"])
-        net.load_state_dict(ck["state_dict"])
-        nets.append(net.to(device).eval())
-        classes, size = ck["classes"], ck["input_size"]
-    return Run(nets, list(files), list(classes), int(size))
-
-
-def predict(run: Run, images: torch.Tensor, manip: torch.Tensor, device: torch.device,
-            batch_size: int, amp: bool) -> np.ndarray:
-    """Class indices: softmax of each checkpoint as in ``evaluate``, geometric mean over checkpoints."""
-    probs = torch.stack([torch.softmax(forward_batches(net, images, manip, device, batch_size, amp), dim=1)
-                         for net in run.nets])
-    return reduce_probs(probs, "gmean", dim=0).argmax(1).numpy()
-
-
-def evaluate_points(run: Run, photos: pd.DataFrame, points: Sequence[Point], device: torch.device,
-                    batch_size: int, amp: bool) -> dict[tuple[str, int], list[int]]:
+def evaluate_points(ens: Ensemble, photos: pd.DataFrame, points: Sequence[Point],
+                    batch_size: int) -> dict[tuple[str, int], list[int]]:
     """(aug, crop) -> [correct, total] over the photos; each photo is decoded once."""
     variants = sorted({(p.aug, p.crop) for p in points})
-    index = {c: i for i, c in enumerate(run.classes)}
+    index = {c: i for i, c in enumerate(ens.classes)}
     counts = {v: [0, 0] for v in variants}
     for start in tqdm(range(0, len(photos), CHUNK), desc="robustness", leave=False):
         chunk = photos.iloc[start:start + CHUNK]
@@ -136,7 +106,7 @@ def evaluate_points(run: Run, photos: pd.DataFrame, points: Sequence[Point], dev
         for aug, crop in variants:
             x = torch.stack([torch.from_numpy(manipulated_centre_crop(im, aug, crop)).permute(2, 0, 1) for im in imgs])
             flags = torch.full((len(imgs),), float(aug != "none"))
-            pred = predict(run, x, flags, device, batch_size, amp)
+            pred = ens.predict_whole(x, flags, batch_size).argmax(1).numpy()
             counts[(aug, crop)][0] += int((pred == y).sum())
             counts[(aug, crop)][1] += len(y)
     return counts
@@ -192,7 +162,7 @@ def held_out(ws: Workspace, fold: int, classes: Sequence[str], max_images: int |
     photos = folds[folds["fold"] == fold]
     if photos.empty:
         raise DataError(f"fold {fold} has no held-out images in {ws.folds_csv}")
-    if max_images and len(photos) > max_images:  # the same draw as train.max_val_images
+    if max_images and len(photos) > max_images:  # the same draw as the trainer's validation sample
         photos = photos.sample(max_images, random_state=seed).sort_values("fname")
     return photos
 
@@ -211,23 +181,24 @@ def _max_side(photos: pd.DataFrame) -> int:
 
 def run_report(cfg: Config, ws: Workspace, run_name: str, fold: int, out: Path, device: torch.device,
                max_images: int | None = None) -> pd.DataFrame:
-    files = checkpoint_files(ws.run_dir(run_name, fold), cfg.predict.top_n)
+    files = RunDir(ws.run_dir(run_name, fold)).checkpoint_files(cfg.predict.top_n)
     if not files:
-        raise DataError(f"no trained checkpoints in {ws.run_dir(run_name, fold)}; train it first "
+        raise UsageError(f"no trained checkpoints in {ws.run_dir(run_name, fold)}; train it first "
                         f"(`camid train --model {run_name} --fold {fold}`)")
-    run = load_run(files, device)
-    photos = held_out(ws, fold, run.classes, max_images, cfg.seed)
-    points = grid(cfg.train.val_crop, run.input_size, _max_side(photos))
+    ens = Ensemble(files, device, cfg.predict.tta, cfg.predict.reduce, cfg.predict.amp)
+    val_crop = int(ens.train_config["train"]["val_crop"])  # the crop this run was validated on
+    photos = held_out(ws, fold, ens.classes, max_images, cfg.seed)
+    points = grid(val_crop, ens.input_size, _max_side(photos))
     stage_log("robustness", f"{run_name} fold {fold}: {len(files)} checkpoint(s), {len(photos)} held-out photos "
                             f"from {ws.folds_csv}, {len({(p.aug, p.crop) for p in points})} variants")
-    counts = evaluate_points(run, photos, points, device, cfg.predict.batch_size, cfg.train.amp)
-    df = results_frame(points, counts, run.input_size, run_name, fold)
+    counts = evaluate_points(ens, photos, points, cfg.predict.batch_size)
+    df = results_frame(points, counts, ens.input_size, run_name, fold)
     write_csv(out / "robustness.csv", df)
     write_json(out / "robustness.json", {"run": run_name, "fold": fold, "checkpoints": [str(f) for f in files],
-                                         "val_crop": cfg.train.val_crop, "input_size": run.input_size,
+                                         "val_crop": val_crop, "input_size": ens.input_size,
                                          "images": len(photos), "training_ranges": CONTINUOUS_RANGES})
     plot(df, out / "robustness.png", f"{run_name} fold {fold}: {len(photos)} held-out photos, "
-                                     f"{len(files)} checkpoint(s), centre crops of {cfg.train.val_crop} px",
-         run.input_size)
+                                     f"{len(files)} checkpoint(s), centre crops of {val_crop} px",
+         ens.input_size)
     stage_log("robustness", f"wrote robustness.csv, robustness.json and robustness.png to {out}")
     return df

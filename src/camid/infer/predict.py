@@ -9,7 +9,6 @@ over TTA views and over the top-N snapshot checkpoints. Output:
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,27 +24,15 @@ from ..data.folds import read_folds
 from ..data.images import read_image
 from ..data.layout import resolve_classes, scan_test
 from ..data.samples import build_variants
-from ..errors import DataError, ImageReadError
-from ..util.io import sha256_file
+from ..errors import ConfigError, DataError, ImageReadError, UsageError
+from ..train.rundir import RunDir, folds_sha256
 from ..util.log import stage_log
 from ..workspace import Workspace
 from .ensemble import Ensemble
-from .table import write_table
+from .table import read_meta, write_table
 from .tta import reduce_probs
 
 CHUNK = 32  # images decoded and cropped at a time: bounds memory on 12 MP photos
-
-
-def checkpoint_files(run_dir: Path, top_n: int) -> list[Path]:
-    meta = run_dir / "checkpoints.json"
-    if not meta.is_file():
-        return []
-    entries = json.loads(meta.read_text())["checkpoints"][:top_n]
-    files = [run_dir / e["file"] for e in entries]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DataError(f"checkpoints listed in {meta} are missing: {missing}")
-    return files
 
 
 def oof_augs(cfg: Config, fname: str) -> list[str]:
@@ -54,7 +41,7 @@ def oof_augs(cfg: Config, fname: str) -> list[str]:
     manips = list(manipulations.MANIPULATION_NAMES) if names == ["all"] else list(names)
     unknown = [m for m in manips if m not in manipulations.MANIPULATIONS]
     if unknown:
-        raise DataError(f"predict.oof_augs: unknown manipulation(s) {unknown}")
+        raise ConfigError(f"predict.oof_augs: unknown manipulation(s) {unknown}")
     k = cfg.predict.oof_manip_per_image
     if k is not None and k < len(manips):
         rng = np.random.default_rng([cfg.seed, int.from_bytes(fname.encode()[-8:].rjust(8, b"\0"), "little")])
@@ -136,23 +123,16 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     classes = resolve_classes(cfg, ws.data_dir)
     folds = read_folds(ws.folds_csv, classes)
     tta, out = cfg.predict.tta, ws.table(mcfg.run_name, cfg.predict.tta)
-    per_fold = {int(k): checkpoint_files(ws.run_dir(mcfg.run_name, int(k)), cfg.predict.top_n)
-                for k in sorted(folds["fold"].unique()) if k >= 0}
-    per_fold = {k: v for k, v in per_fold.items() if v}
-    folds_sha256 = sha256_file(ws.folds_csv)
-    for k in per_fold:  # OOF rows from a model that trained on other folds would leak labels
-        done = ws.run_dir(mcfg.run_name, k) / "done.json"
-        trained_on = json.loads(done.read_text()).get("folds_sha256") if done.is_file() else None
-        if trained_on not in (None, folds_sha256):
-            raise DataError(f"{ws.run_dir(mcfg.run_name, k)} was trained on other folds than {ws.folds_csv} "
-                            "(re-made since); retrain it (`camid train-all`) before predicting")
+    run_dirs = {int(k): RunDir(ws.run_dir(mcfg.run_name, int(k))) for k in sorted(folds["fold"].unique()) if k >= 0}
+    per_fold = {k: files for k, d in run_dirs.items() if (files := d.checkpoint_files(cfg.predict.top_n))}
+    folds_hash = folds_sha256(ws.folds_csv)
+    for k in per_fold:
+        run_dirs[k].check_folds(folds_hash, ws.folds_csv)
     if not per_fold:
         stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.models / mcfg.run_name}; skipped")
         return None
     stamp = {"predict_digest": section_digest(cfg.predict, mcfg), "checkpoints": {str(k): _fingerprint(v) for k, v in per_fold.items()}}
-    old = out.with_suffix(".json")
-    if not force and out.is_file() and old.is_file() and \
-            {k: json.loads(old.read_text()).get(k) for k in stamp} == stamp:
+    if not force and out.is_file() and {k: read_meta(out).get(k) for k in stamp} == stamp:
         stage_log("predict", f"{out} is up to date with its checkpoints; skipped")
         return out
     t0 = time.time()
@@ -161,7 +141,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
     frames, test_probs, skipped = [], [], {}
     for k, files in per_fold.items():
-        ens = Ensemble(files, device, tta, cfg.predict.reduce, cfg.train.amp)
+        ens = Ensemble(files, device, tta, cfg.predict.reduce, cfg.predict.amp)
         if ens.classes != classes:
             raise DataError(f"{files[0]}: trained on classes {ens.classes}, data has {classes}")
         stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s), TTA {tta}")
@@ -189,5 +169,5 @@ def predict_runs(cfg: Config, ws: Workspace, runs: Sequence[ModelConfig], device
     """``predict_run`` for every run; at least one must have finished training."""
     written = [p for m in runs if (p := predict_run(cfg, ws, m, device, force)) is not None]
     if not written:
-        raise DataError(f"no trained runs to predict under {ws.models} (run `make train-all` first)")
+        raise UsageError(f"no trained runs to predict under {ws.models} (run `make train-all` first)")
     return written

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..config import REDUCTION_POWERS, TTA_POLICIES
 from ..data.orientation import D4, D4_ELEMENTS, HFLIP, IDENTITY
 
 Tensor = torch.Tensor
@@ -61,9 +62,6 @@ def make_views(tta: str, height: int, width: int, size: int) -> list[View]:
     return [View(t, l, size, o) for (t, l) in boxes for o in orients]
 
 
-TTA_POLICIES: tuple[str, ...] = ("none", "tta10", "tta40", "full", "full_d4")
-
-
 def augment_batch(x: Tensor, views: Sequence[View]) -> Tensor:
     """(N, C, H, W) -> (V*N, C, h, w), view-major, so one forward pass covers every view."""
     return torch.cat([v.augment(x) for v in views], dim=0)
@@ -72,21 +70,20 @@ def augment_batch(x: Tensor, views: Sequence[View]) -> Tensor:
 def reduce_probs(probs: Tensor, how: str = "gmean", dim: int = 0, eps: float = 1e-7) -> Tensor:
     """Average probabilities over ``dim`` by name and renormalise rows.
 
-    ``gmean`` is computed in log space (the recipe's default), ``mean`` is the
-    arithmetic mean and ``rms`` the root mean square (1st place's choice).
+    The names are ``config.REDUCTION_POWERS``: ``gmean`` is computed in log space (the
+    recipe's default), ``mean`` is the arithmetic mean and ``rms`` the root mean square
+    (1st place's choice).
     """
-    if how == "gmean":
+    power = REDUCTION_POWERS.get(how)
+    if power == 0.0:
         out = probs.clamp_min(eps).log().mean(dim=dim).exp()
-    elif how == "mean":
+    elif power == 1.0:
         out = probs.mean(dim=dim)
-    elif how == "rms":
+    elif power == 2.0:
         out = probs.pow(2).mean(dim=dim).sqrt()
     else:
-        raise ValueError(f"unknown reduction {how!r}; choose gmean, mean or rms")
+        raise ValueError(f"unknown reduction {how!r}; choose from {', '.join(REDUCTION_POWERS)}")
     return out / out.sum(dim=-1, keepdim=True)
-
-
-REDUCTIONS: tuple[str, ...] = ("gmean", "mean", "rms")
 
 
 def predict_views(forward: Callable[[Tensor], Tensor], x: Tensor, views: Sequence[View],

@@ -18,13 +18,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.layout import manip_flag
+from ..data.competition import MANIP_WEIGHT, UNALT_WEIGHT, manip_flag, weighted
 from ..data.manipulations import MANIPULATION_NAMES
 from ..errors import DataError, SubmissionError
 from ..util.io import atomic_path
 
-UNALT_WEIGHT = 0.7
-MANIP_WEIGHT = 0.3
 SUBMISSION_COLUMNS = ["fname", "camera"]
 
 
@@ -38,7 +36,7 @@ def weighted_score(acc_unalt: float | None, acc_manip: float | None) -> float:
         return float(acc_unalt)
     if acc_unalt is None:
         return float(acc_manip)
-    return UNALT_WEIGHT * acc_unalt + MANIP_WEIGHT * acc_manip
+    return weighted(acc_unalt, acc_manip)
 
 
 def _acc(correct: np.ndarray) -> float | None:
@@ -182,8 +180,8 @@ def _fmt(x: float | None) -> str:
 
 
 def format_report(rep: ScoreReport) -> str:
-    lines = [f"score {_fmt(rep.score)}  (0.7 x unalt {_fmt(rep.acc_unalt)} on {rep.n_unalt}, "
-             f"0.3 x manip {_fmt(rep.acc_manip)} on {rep.n_manip})", "per class (recall):"]
+    lines = [f"score {_fmt(rep.score)}  ({UNALT_WEIGHT:g} x unalt {_fmt(rep.acc_unalt)} on {rep.n_unalt}, "
+             f"{MANIP_WEIGHT:g} x manip {_fmt(rep.acc_manip)} on {rep.n_manip})", "per class (recall):"]
     width = max([len(str(c)) for c in rep.per_class.index] + [len(str(m)) for m in rep.per_manip.index] + [4])
     for cls, row in rep.per_class.iterrows():
         lines.append(f"  {cls:<{width}}  {_fmt(row['accuracy'] if row['n'] else None)}  ({int(row['n'])})")

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..config import Config
+from ..config import REDUCTION_POWERS, Config
 from ..errors import StrategyError, TableError
 from ..infer.table import class_columns, read_table, write_table
 from ..util.io import remove_stale_temps, sha256_file
@@ -37,9 +37,7 @@ from .align import align_tables
 from .average import power_mean
 from .metrics import score_table
 
-AVERAGES = ("gmean", "mean", "rms")
-STACKERS = ("xgb", "lgb", "mlp")
-_POWERS = {"gmean": 0.0, "mean": 1.0, "rms": 2.0}
+STACKERS: tuple[str, ...] = tuple(stack.LEARNERS)
 _PMEAN_RE = re.compile(r"^pmean(-?\d+(?:\.\d+)?)$")
 
 
@@ -60,14 +58,14 @@ def parse_strategy(name: str) -> Strategy:
     base, plus, eq = name.strip().partition("+")
     if plus and eq not in equalise.METHODS:
         raise StrategyError(f"strategy {name!r}: unknown equaliser {eq!r}; choose from {', '.join(equalise.METHODS)}")
-    if base in _POWERS:
-        return Strategy(name, base, _POWERS[base], eq or None)
+    if base in REDUCTION_POWERS:
+        return Strategy(name, base, REDUCTION_POWERS[base], eq or None)
     m = _PMEAN_RE.match(base)
     if m:
         return Strategy(name, base, float(m.group(1)), eq or None)
     if base in STACKERS:
         return Strategy(name, base, None, eq or None)
-    raise StrategyError(f"unknown strategy {name!r}: base must be one of {', '.join(AVERAGES + STACKERS)} "
+    raise StrategyError(f"unknown strategy {name!r}: base must be one of {', '.join((*REDUCTION_POWERS, *STACKERS))} "
                         "or pmean<p>, optionally +greedy, +hungarian or +flow")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..errors import CamidError, SubmissionError
+from ..errors import SubmissionError, UsageError
 from ..infer.table import class_columns, read_table
 from ..util.io import remove_stale_temps, write_csv
 from ..util.log import stage_log
@@ -59,12 +59,12 @@ def list_strategies(ws: Workspace, spec: str | None, config_strategies: Sequence
     if spec in (None, "all"):
         names = ws.blend_strategies()
         if not names:
-            raise CamidError(f"no blend tables in {ws.blend_dir}; run `camid blend` first")
+            raise UsageError(f"no blend tables in {ws.blend_dir}; run `camid blend` first")
         return names
     names = list(config_strategies) if spec == "config" else spec.split(",")
     absent = [n for n in names if not ws.blend_table(n).is_file()]
     if absent:
-        raise CamidError(f"no blend table for strategy {absent} in {ws.blend_dir}; run `camid blend` for them")
+        raise UsageError(f"no blend table for strategy {absent} in {ws.blend_dir}; run `camid blend` for them")
     return names
 
 

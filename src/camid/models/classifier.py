@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CamidError
+from ..errors import CheckpointError, ConfigError
 from .registry import BackboneSpec, get_spec, load_pretrained
 
 
@@ -75,9 +75,9 @@ def build_model(
 ) -> CamidNet:
     """Build a classifier by backbone name; ImageNet weights come from weights_dir if present."""
     if int(num_classes) < 2:
-        raise CamidError(f"num_classes must be at least 2, got {num_classes}")
+        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
     if not 0.0 <= float(dropout) < 1.0:
-        raise CamidError(f"dropout must be in [0, 1), got {dropout}")
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     spec = get_spec(backbone)
     model = CamidNet(spec, int(num_classes), float(dropout))
     if pretrained:
@@ -90,5 +90,5 @@ def rebuild(model_args: dict) -> CamidNet:
     known = {"backbone", "num_classes", "dropout"}
     unknown = set(model_args) - known
     if unknown or "backbone" not in model_args or "num_classes" not in model_args:
-        raise CamidError(f"bad model_args {model_args!r}: need backbone, num_classes[, dropout]")
+        raise CheckpointError(f"bad model_args {model_args!r}: need backbone, num_classes[, dropout]")
     return build_model(**model_args, weights_dir=None, pretrained=False)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CamidError
+from ..errors import CheckpointError, ConfigError
 from .residual import ResidualCNN
 
 TIMM_PREFIX = "timm/"
@@ -175,7 +175,7 @@ def _timm_spec(name: str) -> BackboneSpec:
 
     arch = name[len(TIMM_PREFIX):]
     if not arch or not timm.is_model(arch):
-        raise CamidError(f"unknown timm model {arch!r} (backbone {name!r}); see timm.list_models()")
+        raise ConfigError(f"unknown timm model {arch!r} (backbone {name!r}); see timm.list_models()")
     cfg = timm.models.get_pretrained_cfg(arch)
     classifier = cfg.classifier if cfg and cfg.classifier else "fc"
     classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
@@ -263,7 +263,7 @@ def get_spec(backbone: str) -> BackboneSpec:
         return _timm_spec(backbone)
     if backbone in BACKBONES:
         return BACKBONES[backbone]
-    raise CamidError(
+    raise ConfigError(
         f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)} or timm/<model>"
     )
 
@@ -283,14 +283,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any reader error means the file is unusable; say which file
-        raise CamidError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
     # Training checkpoints wrap the weights; accept the common wrappers.
     for wrapper in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CamidError(f"weights file {path} does not hold a state dict of tensors")
+        raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -310,7 +310,7 @@ def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights_dir: str | 
 
     A missing file is not an error (random init is a valid, if much worse, start) but is
     reported loudly. A present file must match the architecture exactly apart from the
-    ImageNet classifier: a wrong or truncated file raises CamidError.
+    ImageNet classifier: a wrong or truncated file raises CheckpointError.
     """
     if not spec.weights_files:
         return None
@@ -331,5 +331,5 @@ def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights_dir: str | 
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CamidError(f"weights file {path} does not fit backbone {spec.name!r}: {exc}") from exc
+        raise CheckpointError(f"weights file {path} does not fit backbone {spec.name!r}: {exc}") from exc
     return path

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import UsageError
 from ..models.classifier import CamidNet
 
 
@@ -15,7 +15,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"device {name!r} requested but CUDA is not available")
+        raise UsageError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
 
 

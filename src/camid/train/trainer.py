@@ -9,7 +9,6 @@ finished run so ``train-all`` skips it.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -23,35 +22,18 @@ from tqdm import tqdm
 
 from ..config import Config, ModelConfig, dump_config, section_digest
 from ..data import fastjpeg, manipulations
+from ..data.competition import weighted
 from ..data.folds import check_folds_cover, read_folds
 from ..data.images import probe_image
 from ..data.layout import resolve_classes, scan_train
 from ..data.samples import SampleSpec, TrainSamples, VariantSet, build_variants, collate
 from ..errors import DataError, ImageReadError
 from ..models.classifier import CamidNet, build_model
-from ..util.io import (
-    load_torch,
-    remove_stale_temps,
-    sha256_file,
-    write_csv,
-    write_json,
-    write_text,
-    write_torch,
-)
 from ..util.log import stage_log
 from ..workspace import Workspace
+from . import rundir
+from .rundir import Checkpoint, RunDir, folds_sha256
 from .runtime import Dist, autocast, forward_batches, seed_everything
-
-
-def save_checkpoint(path: Path, payload: dict) -> Path:
-    """Atomic, and byte-identical for identical payloads (io_utils.write_torch)."""
-    return write_torch(path, payload)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """``weights_only=True``: a crafted pickle cannot run code; a refused or damaged
-    file is a CheckpointError (one line from the CLI), never torch's advice to retry unsafely."""
-    return load_torch(path)
 
 
 @dataclass
@@ -60,19 +42,18 @@ class ValResult:
     loss_manip: float
     acc_unalt: float
     acc_manip: float
-    w_manip: float
 
     @property
     def loss(self) -> float:
-        return (1 - self.w_manip) * self.loss_unalt + self.w_manip * self.loss_manip
+        return weighted(self.loss_unalt, self.loss_manip)
 
     @property
     def score(self) -> float:
-        return (1 - self.w_manip) * self.acc_unalt + self.w_manip * self.acc_manip
+        return weighted(self.acc_unalt, self.acc_manip)
 
 
 def evaluate(model: CamidNet, val: VariantSet, device: torch.device, batch_size: int,
-             amp: bool, w_manip: float, dist: "Dist | None" = None) -> ValResult:
+             amp: bool, dist: Dist | None = None) -> ValResult:
     """Loss and accuracy on unaltered and on manipulated variants, weighted like the metric.
 
     Under DDP each rank holds a shard of the variants and the sums are all-reduced, so
@@ -93,7 +74,7 @@ def evaluate(model: CamidNet, val: VariantSet, device: torch.device, batch_size:
     lu, cu, nu, lm, cm, nm = sums.tolist()
     if nm == 0:  # no manipulated variants configured: score on unaltered only
         lm, cm, nm = lu, cu, nu
-    return ValResult(lu / max(nu, 1), lm / max(nm, 1), cu / max(nu, 1), cm / max(nm, 1), w_manip)
+    return ValResult(lu / max(nu, 1), lm / max(nm, 1), cu / max(nu, 1), cm / max(nm, 1))
 
 
 @dataclass
@@ -108,19 +89,21 @@ class Trainer:
     """Owns the model, optimiser, schedule and checkpoints of one (backbone, fold) run."""
 
     def __init__(self, cfg: Config, ws: Workspace, mcfg: ModelConfig, fold: int, device: torch.device,
-                 dist: Dist = Dist()):
-        self.cfg, self.ws, self.mcfg, self.fold, self.device, self.dist = cfg, ws, mcfg, fold, device, dist
+                 dist: Dist | None = None):
+        self.cfg, self.ws, self.mcfg, self.fold, self.device = cfg, ws, mcfg, fold, device
+        self.dist = dist or Dist()
         self.t = cfg.train
         self.input_size = mcfg.input_size or self.t.input_size
         self.batch_size = mcfg.batch_size or self.t.batch_size
         self.lr = mcfg.lr or self.t.lr
-        self.dir = ws.run_dir(mcfg.run_name, fold)
+        self.run_dir = RunDir(ws.run_dir(mcfg.run_name, fold))
+        self.dir = self.run_dir.path
         self.classes = resolve_classes(cfg, ws.data_dir)
         self.state = RunState()
 
     # -- setup -------------------------------------------------------------------------------
     def _split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        self.folds_sha256 = sha256_file(self.ws.folds_csv) if self.ws.folds_csv.is_file() else None
+        self.folds_sha256 = folds_sha256(self.ws.folds_csv)
         folds = read_folds(self.ws.folds_csv, self.classes)
         # Images added, removed or moved since `camid folds` would silently change the run.
         _, scan = scan_train(self.ws.data_dir, self.classes, self.cfg.extra_train_dirs)
@@ -263,76 +246,54 @@ class Trainer:
             if self.dist.main:
                 self._write_skips()  # the error points at this report: it must exist
             raise DataError(f"{len(self.state.skipped)} of {n_files} training files are unreadable "
-                            f"(more than train.max_skip_fraction = {limit:g}); see {self.dir / 'skipped.csv'}")
+                            f"(more than train.max_skip_fraction = {limit:g}); see {self.run_dir.skipped_csv}")
 
-    def _payload(self, epoch: int, val: ValResult, with_optimizer: bool) -> dict:
-        payload = {
-            "model_args": self.model.model_args, "state_dict": self.model.state_dict(),
-            "classes": list(self.classes), "config": self.cfg.to_dict(), "run": self.mcfg.run_name,
-            "fold": self.fold, "epoch": epoch, "input_size": self.input_size,
-            "val": {"score": val.score, "loss": val.loss, "acc_unalt": val.acc_unalt, "acc_manip": val.acc_manip},
-        }
+    def _checkpoint(self, epoch: int, val: ValResult, with_optimizer: bool) -> Checkpoint:
+        ck = Checkpoint(
+            model_args=self.model.model_args, state_dict=self.model.state_dict(), classes=list(self.classes),
+            config=self.cfg.to_dict(), run=self.mcfg.run_name, fold=self.fold, epoch=epoch,
+            input_size=self.input_size,
+            val={"score": val.score, "loss": val.loss, "acc_unalt": val.acc_unalt, "acc_manip": val.acc_manip})
         if with_optimizer:
-            payload["optimizer"] = self.opt.state_dict()
-            payload["plateau"] = self.plateau.state_dict()
-            payload["state"] = {"epoch": epoch, "best": self.state.best, "history": self.state.history,
-                                "skipped": self.state.skipped, "folds_sha256": self.folds_sha256}
-        return payload
+            ck.optimizer = self.opt.state_dict()
+            ck.plateau = self.plateau.state_dict()
+            ck.state = {"epoch": epoch, "best": self.state.best, "history": self.state.history,
+                        "skipped": self.state.skipped, "folds_sha256": self.folds_sha256}
+        return ck
 
     def _keep(self, epoch: int, val: ValResult) -> None:
         """Top-N checkpoints by validation score, plus every cycle-end snapshot."""
         pos = self._cycle_position(epoch)
-        snapshot = pos is not None and pos[1] == self.t.cycle_epochs - 1
-        name = f"snapshot{pos[0]:02d}.pt" if snapshot else f"epoch{epoch + 1:03d}.pt"
-        entry = {"file": name, "epoch": epoch + 1, "score": val.score, "loss": val.loss,
-                 "kind": "snapshot" if snapshot else "epoch"}
-        ranked = sorted([e for e in self.state.best if e["kind"] == "epoch"] + ([] if snapshot else [entry]),
-                        key=lambda e: (-e["score"], e["loss"]))
-        keep = ranked[: self.t.keep_top]
-        if snapshot or entry in keep:
-            save_checkpoint(self.dir / name, self._payload(epoch, val, with_optimizer=False))
-        kept = keep + [e for e in self.state.best if e["kind"] == "snapshot"] + ([entry] if snapshot else [])
-        for old in self.state.best:
-            if old not in kept:
-                (self.dir / old["file"]).unlink(missing_ok=True)
-        self.state.best = kept
+        cycle = pos[0] if pos is not None and pos[1] == self.t.cycle_epochs - 1 else None
+        self.state.best = self.run_dir.keep(self.state.best, epoch, cycle, val.score, val.loss, self.t.keep_top,
+                                            lambda: self._checkpoint(epoch, val, with_optimizer=False))
 
     def _log(self, epoch: int, stats: dict, val: ValResult) -> None:
         row = {"epoch": epoch + 1, "phase": "plateau" if self._cycle_position(epoch) is None else "cycle",
                "lr": self.opt.param_groups[0]["lr"], **stats, "val_loss": val.loss,
                "val_acc_unalt": val.acc_unalt, "val_acc_manip": val.acc_manip, "val_score": val.score}
         self.state.history.append(row)
-        write_csv(self.dir / "log.csv", pd.DataFrame(self.state.history))
+        self.run_dir.write_log(self.state.history)
         stage_log("train", f"{self.mcfg.run_name} fold{self.fold} epoch {epoch + 1}: loss {stats['train_loss']:.4f} "
                            f"val_loss {val.loss:.4f} val_acc unalt {val.acc_unalt:.3f} manip {val.acc_manip:.3f} "
                            f"score {val.score:.4f} ({stats['images_per_s']:.0f} img/s)")
 
     def _resume(self) -> int:
-        last = self.dir / "last.pt"
-        if not last.is_file():
+        ck = self.run_dir.resume(self.classes, self.folds_sha256, self.ws.folds_csv)
+        if ck is None or ck.state is None:
             return 0
-        ck = load_checkpoint(last)
-        if ck["classes"] != list(self.classes):
-            raise DataError(f"{last}: class list differs from the data; remove the run folder to restart")
-        self.model.load_state_dict(ck["state_dict"])
-        self.opt.load_state_dict(ck["optimizer"])
-        self.plateau.load_state_dict(ck["plateau"])
-        st = ck["state"]
-        if st.get("folds_sha256", self.folds_sha256) != self.folds_sha256:
-            raise DataError(f"{last}: this run was trained on other folds than {self.ws.folds_csv} (re-made "
-                            f"since); remove {self.dir} to train this fold again")
-        # A kill between saving a new top-N checkpoint (and deleting the one it replaced)
-        # and saving last.pt leaves last.pt listing a deleted file: forget it.
-        best = [e for e in st["best"] if (self.dir / e["file"]).is_file()]
-        self.state = RunState(st["epoch"] + 1, best, st["history"], st["skipped"])
+        self.model.load_state_dict(ck.state_dict)
+        self.opt.load_state_dict(ck.optimizer)
+        self.plateau.load_state_dict(ck.plateau)
+        st = ck.state
+        self.state = RunState(st["epoch"] + 1, st["best"], st["history"], st["skipped"])
         stage_log("train", f"resuming {self.dir} after epoch {st['epoch'] + 1}")
         return self.state.epoch
 
     def run(self, resume: bool = False) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
-            remove_stale_temps(self.dir)  # half-written files of a killed earlier run
-            write_text(self.dir / "config.yaml", dump_config(self.cfg))
+            self.run_dir.start(dump_config(self.cfg))
         self._build()
         self._datasets()
         start = self._resume() if resume else 0
@@ -340,31 +301,26 @@ class Trainer:
                            f"{self.t.steps_per_epoch} steps x batch {self.batch_size}, input {self.input_size}")
         for epoch in range(start, self.total_epochs):
             stats = self._train_epoch(epoch)
-            val = evaluate(self.model, self.val, self.device, self.batch_size, self.t.amp,
-                           self.t.val_manip_weight, self.dist)
+            val = evaluate(self.model, self.val, self.device, self.batch_size, self.t.amp, self.dist)
             if self._cycle_position(epoch) is None:
                 self.plateau.step(val.loss)
             self.state.epoch = epoch
             if self.dist.main:  # one writer; the other ranks hold identical weights
                 self._log(epoch, stats, val)
                 self._keep(epoch, val)
-                save_checkpoint(self.dir / "last.pt", self._payload(epoch, val, with_optimizer=True))
+                self.run_dir.save_last(self._checkpoint(epoch, val, with_optimizer=True))
                 self._write_skips()
         if self.dist.main:
             self._finish()
         return self.dir
 
     def _write_skips(self) -> None:
-        if self.state.skipped:
-            rows = sorted(self.state.skipped.items())
-            write_csv(self.dir / "skipped.csv", pd.DataFrame(rows, columns=["path", "reason"]))
+        self.run_dir.write_skipped(self.state.skipped)
 
     def _finish(self) -> None:
-        best = sorted(self.state.best, key=lambda e: (-e["score"], e["loss"]))
-        write_json(self.dir / "checkpoints.json", {"checkpoints": best, "classes": list(self.classes)})
-        write_json(self.dir / "done.json", {"train_digest": train_digest(self.cfg, self.mcfg), "epochs": self.total_epochs,
-                                            "best": best[0] if best else None, "folds_sha256": self.folds_sha256})
-        stage_log("train", f"wrote {len(best)} checkpoint(s), log.csv and done.json to {self.dir}")
+        best = self.run_dir.finish(self.state.best, self.classes, train_digest(self.cfg, self.mcfg), self.total_epochs,
+                                   self.folds_sha256)
+        stage_log("train", f"wrote {len(best)} checkpoint(s), {rundir.LOG} and {rundir.DONE} to {self.dir}")
 
 
 def train_digest(cfg: Config, mcfg: ModelConfig) -> str:
@@ -373,13 +329,6 @@ def train_digest(cfg: Config, mcfg: ModelConfig) -> str:
 
 
 def is_done(ws: Workspace, cfg: Config, run_name: str, fold: int) -> bool:
-    done = ws.run_dir(run_name, fold) / "done.json"
-    if not done.is_file():
-        return False
-    meta = json.loads(done.read_text())
-    if meta.get("train_digest") != train_digest(cfg, cfg.model(run_name)):
-        return False
-    # Folds re-made since (new data) move images between folds: the run must not count as done.
-    # Runs from before this check have no hash and are taken as they are.
-    return "folds_sha256" not in meta or not ws.folds_csv.is_file() or \
-        meta["folds_sha256"] == sha256_file(ws.folds_csv)
+    """The run finished with the config's training settings, on the current folds."""
+    return RunDir(ws.run_dir(run_name, fold)).is_done(train_digest(cfg, cfg.model(run_name)),
+                                                      folds_sha256(ws.folds_csv))
