@@ -2,12 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camid.errors import StrategyError
+from camid.errors import StrategyError, TableError
 from camid.level2.align import align_tables
 from camid.level2.average import power_mean
 from camid.level2.strategies import blend_tables, parse_strategy
 from camid.workspace import Workspace
-from camid.errors import TableError
 
 CLASSES = ["a", "b"]
 

@@ -10,9 +10,21 @@ import piexif
 import pytest
 from PIL import Image
 
-from camid.forensics.exif import (STD_CHROMINANCE, STD_LUMINANCE, clean_tag, estimate_quality, glob_match,
-                        ijg_quality, imagemagick_quality, inspect_image, normalise_model,
-                        read_exif_tags, resave_evidence, scaled_table, xmp_creator_tool)
+from camid.forensics.exif import (
+    STD_CHROMINANCE,
+    STD_LUMINANCE,
+    clean_tag,
+    estimate_quality,
+    glob_match,
+    ijg_quality,
+    imagemagick_quality,
+    inspect_image,
+    normalise_model,
+    read_exif_tags,
+    resave_evidence,
+    scaled_table,
+    xmp_creator_tool,
+)
 
 REAL = Path(__file__).parents[2] / "shared" / "data"
 EDITED = {"Canon_EOS_7D.jpg", "Canon_EOS_D60.jpg", "Canon_IXUS_400.jpg",

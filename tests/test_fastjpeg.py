@@ -12,8 +12,8 @@ from PIL import Image
 from camid.data import fastjpeg
 from camid.data.crops import random_crop
 from camid.data.images import read_image
-from camid.errors import ImageReadError
 from camid.data.samples import SampleSpec, TrainSamples, training_sample
+from camid.errors import ImageReadError
 
 needs_libjpeg = pytest.mark.skipif(fastjpeg.libjpeg() is None, reason="no libjpeg v6.2 ABI library found")
 

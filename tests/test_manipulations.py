@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camid.data import images
 from camid.data import manipulations as M
 
 # IJG standard luminance table (JPEG Annex K), in natural (row-major) order.
@@ -100,7 +101,7 @@ def test_resize_keeps_constant_images_constant():
 
 @pytest.mark.parametrize("quality", [70, 90])
 def test_jpeg_uses_standard_ijg_tables_scaled_to_quality(quality):
-    data = M.jpeg_bytes(rand_img(), quality)
+    data = images.encode_jpeg(rand_img(), quality)  # the encoder the jpeg manipulations use
     with Image.open(io.BytesIO(data)) as im:
         luma = np.array(im.quantization[0])
         assert im.layer[0][1:3] == (2, 2)  # 4:2:0: luma sampled 2x2

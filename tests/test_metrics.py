@@ -4,8 +4,15 @@ import pandas as pd
 import pytest
 
 from camid import cli
-from camid.level2.metrics import (SubmissionError, confusion_matrix, score_predictions, score_submission,
-                           score_table, validate_submission, weighted_score)
+from camid.level2.metrics import (
+    SubmissionError,
+    confusion_matrix,
+    score_predictions,
+    score_submission,
+    score_table,
+    validate_submission,
+    weighted_score,
+)
 
 CLASSES = ["a", "b", "c"]
 

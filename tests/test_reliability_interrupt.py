@@ -15,13 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from reliability_tiny import (
+    camid,
+    check_outputs_intact,
+    jpeg_bytes,
+    kill_when_file,
+    simulate,
+    start,
+    temp_files,
+    write_config,
+)
 
-from camid.util.io import load_torch, remove_stale_temps
 from camid.infer.table import read_table
+from camid.util.io import load_torch, remove_stale_temps
 from camid.workspace import Workspace
-
-from reliability_tiny import (camid, check_outputs_intact, jpeg_bytes, kill_when_file, simulate, start,
-                              temp_files, write_config)
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from camid.models import registry as models
-from camid.errors import CamidError
-from camid.errors import CheckpointError
-from camid.util.io import load_torch, write_json
-
 from reliability_tiny import camid, make_table, one_error, write_config
+
+from camid.errors import CamidError, CheckpointError
+from camid.models import registry as models
+from camid.util.io import load_torch, write_json
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "camid"
 

@@ -5,15 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from trained_tiny import CLASSES, train_tiny
 
 from camid import cli
-from camid.forensics import robustness
-from camid.models import classifier as models
 from camid.data.folds import read_folds
 from camid.data.samples import build_variants
+from camid.forensics import robustness
+from camid.models import classifier as models
 from camid.train.rundir import RunDir, load_checkpoint
 from camid.train.trainer import evaluate
-from trained_tiny import CLASSES, train_tiny
 
 
 @pytest.fixture(scope="module")

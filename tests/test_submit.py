@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from camid import cli
+from camid.infer.table import read_table, write_table
 from camid.level2.metrics import SubmissionError, score_submission
 from camid.level2.submission import make_submission
-from camid.infer.table import read_table, write_table
 
 CLASSES = ["cam-a", "cam-b", "cam-c", "cam-d"]
 STRATEGIES = ["gmean", "mean+greedy", "gmean+hungarian", "rms+flow", "pmean0.5"]

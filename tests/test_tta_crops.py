@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from camid.data import crops
+from camid.data import crops, orientation
 from camid.data import manipulations as M
-from camid.data import orientation
 from camid.infer import tta
 
 

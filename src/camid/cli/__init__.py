@@ -78,5 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"camid {name}", description=node.help)
     module.add_arguments(parser)
     args = parser.parse_args(argv)
+    from ..data.images import apply_pixel_limit
     from ..errors import run_guarded
+
+    apply_pixel_limit()
     return run_guarded(name, lambda: module.main(args))

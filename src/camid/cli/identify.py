@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-
-import torch
 
 from ..errors import UsageError
 from ..forensics.identify import (
@@ -16,6 +13,7 @@ from ..forensics.identify import (
 from ..train.runtime import pick_device
 from ..util.io import write_csv
 from ..util.log import stage_log
+from ..util.runtime import configure_threads
 from .common import add_common_arguments, names, resolve
 
 
@@ -36,8 +34,7 @@ def main(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.tiles < 0:
         raise UsageError("--top-k must be >= 1 and --tiles >= 0")
     device = pick_device(args.device or cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    configure_threads(device)
     runs, classes = load_ensembles(cfg, ws, names(args.models), device)
     size = cfg.predict.crop
     n_networks = sum(len(e.nets) for ens in runs.values() for e in ens)

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
-
-import torch
 
 from ..config import ModelConfig
 from ..errors import JobError
@@ -14,6 +11,7 @@ from ..infer.predict import predict_runs
 from ..train.jobs import Job, run_queue
 from ..train.runtime import pick_device
 from ..util.io import remove_stale_temps
+from ..util.runtime import configure_threads
 from ..workspace import Workspace
 from .common import add_common_arguments, names, resolve
 
@@ -35,8 +33,7 @@ def main(args: argparse.Namespace) -> int:
     if len(gpus) > 1 and len(runs) > 1:
         return _queue_runs(args, ws, runs, gpus)
     device = pick_device(args.device or ("cuda:0" if gpus else cfg.device))
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    configure_threads(device)
     predict_runs(cfg, ws, runs, device, args.force)
     return 0
 

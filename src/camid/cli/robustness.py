@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from ..forensics.robustness import run_report
 from ..train.runtime import pick_device
+from ..util.runtime import configure_threads
 from .common import add_common_arguments, resolve
 
 
@@ -28,8 +27,7 @@ def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
     run_name = cfg.model(args.model).run_name if args.model else cfg.models[0].run_name
     device = pick_device(args.device or cfg.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    configure_threads(device)
     out = Path(args.out) if args.out else ws.robustness_dir(run_name, args.fold)
     max_images = args.max_images if args.max_images is not None else cfg.robustness.max_images
     df = run_report(cfg, ws, run_name, args.fold, out, device, max_images)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
 from ..train.runtime import init_distributed, pick_device
 from ..train.trainer import Trainer
+from ..util.runtime import configure_threads
 from .common import add_common_arguments, resolve
 
 
@@ -25,8 +25,7 @@ def main(args: argparse.Namespace) -> int:
     dist = init_distributed(args.device or cfg.device)
     device = pick_device(f"cuda:{dist.local_rank}" if dist.world > 1 and (args.device or cfg.device) != "cpu"
                          and torch.cuda.is_available() else (args.device or cfg.device))
-    if device.type == "cpu":  # leave a core to each DataLoader worker: oversubscribing is several times slower
-        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - cfg.train.num_workers) // dist.world))
+    configure_threads(device, reserve=cfg.train.num_workers, share=dist.world)
     try:
         Trainer(cfg, ws, mcfg, args.fold, device, dist).run(resume=args.resume)
     finally:

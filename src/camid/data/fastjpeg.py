@@ -35,7 +35,6 @@ import ctypes
 import ctypes.util
 import glob
 import hashlib
-import io
 import os
 import struct
 import threading
@@ -45,10 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..util.io import atomic_path
-from .images import MAX_PIXELS, read_image, to_rgb
+from .images import decode_bytes, read_image, too_large
 
 # Pixels decoded beyond the wanted rectangle on each side (then trimmed): chroma
 # upsampling reads one chroma sample (at most 4 px at 4:1:1) past a pixel.
@@ -237,9 +235,7 @@ def decode_region(path: str | Path, layout: Layout, y: int, x: int, h: int, w: i
         chunk = fh.read(hi - lo)
     if len(chunk) != hi - lo:
         raise Unsupported("file shorter than its index")
-    with Image.open(io.BytesIO(region_jpeg(layout, chunk, r0, r1, j0, j1))) as im:
-        im.load()
-        arr = to_rgb(im)
+    arr = decode_bytes(region_jpeg(layout, chunk, r0, r1, j0, j1))
     oy, ox = y - r0 * layout.mcu_h, x - j0 * span
     return arr[oy:oy + h, ox:ox + w]
 
@@ -500,12 +496,6 @@ def add_restart_markers(data: bytes, interval: int = 1) -> bytes:
     return lj.add_restart_markers(data, interval)
 
 
-def _decode_bytes(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return to_rgb(im)
-
-
 class DecodeCache:
     """Restart-marker copies of photos, keyed by absolute path, size and mtime.
 
@@ -534,7 +524,7 @@ class DecodeCache:
             parse_layout(rst)
             if self.verify:
                 original = read_image(path) if decoded is None else decoded
-                if not np.array_equal(_decode_bytes(rst), original):
+                if not np.array_equal(decode_bytes(rst), original):
                     raise Unsupported("restart-marker copy decodes differently")
         except (Unsupported, OSError, ValueError, SyntaxError, IndexError, struct.error) as exc:
             if libjpeg() is not None:  # a property of the file: remember it
@@ -579,7 +569,7 @@ def _remember(key: tuple, value: JpegSource | str) -> None:
 
 def _source(path: str | Path, layout_path: str | Path) -> JpegSource:
     layout = parse_layout(Path(layout_path).read_bytes())
-    if layout.width * layout.height > MAX_PIXELS:
+    if too_large(layout.width, layout.height):
         raise Unsupported("too large")
     return JpegSource(layout_path, layout, original=path)
 

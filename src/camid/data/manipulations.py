@@ -11,19 +11,15 @@ validation, out-of-fold variants, the robustness report and the simulator.
 """
 from __future__ import annotations
 
-import io
 import re
 from typing import Callable
 
 import cv2
 import numpy as np
-from PIL import Image
+
+from .images import decode_bytes, encode_jpeg
 
 Manipulation = Callable[[np.ndarray], np.ndarray]
-
-# cv2 may spawn its own thread pool; we parallelise at the DataLoader level instead.
-cv2.setNumThreads(1)
-
 
 def _check_image(img: np.ndarray) -> None:
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -31,20 +27,10 @@ def _check_image(img: np.ndarray) -> None:
                          f"{getattr(img, 'shape', '')}")
 
 
-def jpeg_bytes(img: np.ndarray, quality: int) -> bytes:
-    """Encode at ``quality`` (1-100) with the standard tables and 4:2:0 subsampling."""
-    _check_image(img)
-    if not 1 <= int(quality) <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=2, optimize=False)
-    return buf.getvalue()
-
-
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    """Compress and decode at ``quality`` (1-100)."""
-    with Image.open(io.BytesIO(jpeg_bytes(img, quality))) as im:
-        return np.asarray(im.convert("RGB")).copy()
+    """Compress at ``quality`` (1-100) with the standard tables and 4:2:0 subsampling, and decode."""
+    _check_image(img)
+    return decode_bytes(encode_jpeg(img, quality, "4:2:0"))
 
 
 def resize(img: np.ndarray, scale: float) -> np.ndarray:

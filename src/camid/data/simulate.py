@@ -24,7 +24,6 @@ so the same options give byte-identical files for any number of workers.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import shutil
@@ -37,12 +36,13 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from ..config import SimulateConfig
 from ..errors import SimulateError
 from ..util.io import atomic_path, write_csv, write_json
 from ..util.log import stage_log
+from ..util.pool import parallel_map
+from . import images
 from .crops import centre_crop
 from .manipulations import MANIPULATION_NAMES, apply
 
@@ -59,8 +59,7 @@ DEVICES: tuple[str, ...] = ("A", "B")  # A shoots the training photos, B the tes
 CFA_PATTERNS: tuple[str, ...] = ("RGGB", "BGGR", "GRBG", "GBRG")  # 2x2 tile, row-major
 DEMOSAIC_ALGORITHMS: tuple[str, ...] = ("bilinear", "malvar", "hamilton_adams", "smooth_hue")
 JPEG_QUALITIES: tuple[int, ...] = (90, 92, 93, 95, 96, 97)
-SUBSAMPLINGS: tuple[str, ...] = ("4:4:4", "4:2:2", "4:2:0")
-_PIL_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+SUBSAMPLINGS: tuple[str, ...] = ("4:4:4", "4:2:2", "4:2:0")  # order fixes the seeded draws
 JPEG_QUALITY_JITTER = 1  # per-photo quality is the model's +- this
 DISCRETE_CHOICES: dict[str, tuple[Any, ...]] = {
     "cfa": CFA_PATTERNS,
@@ -548,11 +547,9 @@ def expose(scene: np.ndarray, model: CameraModel, device: Device, shot: Shot, rn
 
 
 def encode_jpeg(img: np.ndarray, model: CameraModel, quality: int | None = None) -> bytes:
-    """The model's JPEG encoder: standard tables scaled to ``quality`` (default: the model's)."""
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality or model.jpeg_quality),
-                              subsampling=_PIL_SUBSAMPLING[model.subsampling], optimize=False)
-    return buf.getvalue()
+    """The model's JPEG encoder: standard tables scaled to ``quality`` (default: the model's),
+    the model's chroma subsampling."""
+    return images.encode_jpeg(img, int(quality or model.jpeg_quality), model.subsampling)
 
 
 def shoot(model: CameraModel, device: str, index: int, width: int, height: int, seed: int) -> bytes:
@@ -640,8 +637,7 @@ def _run_job(job: tuple[str, Any]) -> str:
     item: PlanItem = payload
     data = shoot(_WORKER["models"][item.class_index], "B", item.photo_index, opts.width, opts.height,
                  opts.seed)
-    with Image.open(io.BytesIO(data)) as im:
-        img = np.asarray(im.convert("RGB"))
+    img = images.decode_bytes(data)
     # Like the organisers: manipulate the full photo, then take the centre crop.
     crop = np.ascontiguousarray(centre_crop(apply(img, item.manipulation), opts.test_crop))
     rel = f"test/{item.fname}"
@@ -657,18 +653,9 @@ def _jobs(opts: SimOptions, plan: list[PlanItem]) -> list[tuple[str, Any]]:
 
 def _run_all(jobs: list[tuple[str, Any]], opts: SimOptions, models: list[CameraModel], out: Path,
              workers: int) -> None:
-    init = (opts, models, str(out))
-    if workers <= 1:
-        _init_worker(*init)
-        for job in tqdm(jobs, desc="camid simulate", unit="img", disable=None):
-            _run_job(job)
-        return
-    import multiprocessing as mp
-    # The pool is started before the progress bar so no monitor thread exists when forking.
-    with mp.get_context().Pool(workers, initializer=_init_worker, initargs=init) as pool:
-        done = pool.imap_unordered(_run_job, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
-        for _ in tqdm(done, total=len(jobs), desc="camid simulate", unit="img", disable=None):
-            pass
+    for _ in parallel_map(_run_job, jobs, workers, "camid simulate", ordered=False, initializer=_init_worker,
+                          initargs=(opts, models, str(out)), unit="img"):
+        pass
 
 
 MARKER = "simulate.json"

@@ -19,28 +19,26 @@ run can remove those that are no longer kept.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import multiprocessing as mp
 import os
 import shutil
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
 
-from ..data.images import MAX_PIXELS
+from ..data.images import open_checked
 from ..data.layout import scan_train
-from ..errors import RulesError, UsageError
+from ..errors import ImageReadError, RulesError, UsageError
 from ..util.io import remove_stale_temps, temp_prefix, write_csv
 from ..util.log import stage_log
+from ..util.pool import parallel_map
 from .exif import (
     DEFAULT_EDITOR_PATTERNS,
     glob_match,
@@ -318,24 +316,8 @@ def _decode_for_hash(im: Image.Image) -> list[int]:
     return phash_variants(im)
 
 
-@contextlib.contextmanager
-def _open_image(path: str) -> Iterator[Image.Image]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        # Pillow warns about corrupt EXIF while opening; read_exif_tags reports it.
-        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
-            yield im
-
-
-def _read_error(exc: Exception) -> str:
-    if isinstance(exc, Image.UnidentifiedImageError):
-        return "not a recognised image format"
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"too large, refused as a decompression bomb: {exc}"[:300]
-    return f"corrupt or truncated: {type(exc).__name__}: {exc}"[:300]
+def _reason(exc: ImageReadError) -> str:
+    return exc.reason[:300]  # report cells stay readable whatever the decoder said
 
 
 def _fill_facts(row: dict[str, Any], im: Image.Image) -> None:
@@ -365,28 +347,28 @@ def analyse_file(path: str) -> dict[str, Any]:
         row["read_error"] = "empty file (0 bytes)"
         return row
     try:
-        with _open_image(path) as im:
+        with open_checked(path) as im:
             _fill_facts(row, im)
-    except Exception as exc:  # hostile files raise anything (OSError, SyntaxError, struct.error...)
-        row["read_error"] = _read_error(exc)
+    except ImageReadError as exc:
+        row["read_error"] = _reason(exc)
     return row
 
 
 def decode_file(path: str) -> dict[str, Any]:
     """Pixel pass of one JPEG: ``read_error`` (truncated/corrupt data) and its pHash."""
     try:
-        with _open_image(path) as im:
+        with open_checked(path) as im:
             return {"phash": format_hashes(_decode_for_hash(im)), "read_error": "", "decoded": True}
-    except Exception as exc:  # see analyse_file
-        return {"phash": "", "read_error": _read_error(exc), "decoded": True}
+    except ImageReadError as exc:
+        return {"phash": "", "read_error": _reason(exc), "decoded": True}
 
 
 def hash_file(path: str) -> str:
     """Space-separated pHash variants of any image ("" when unreadable): training images."""
     try:
-        with _open_image(path) as im:
+        with open_checked(path) as im:
             return format_hashes(_decode_for_hash(im))
-    except Exception:  # an unreadable training image simply cannot be a duplicate source
+    except ImageReadError:  # an unreadable training image simply cannot be a duplicate source
         return ""
 
 
@@ -592,30 +574,6 @@ def _unchanged(prev: dict[str, Any] | None, path: str) -> bool:
     return prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns
 
 
-# ---------------------------------------------------------------------- parallel
-
-def parallel_map(fn: Callable[[str], Any], items: Sequence[str], workers: int,
-                 desc: str) -> Iterator[Any]:
-    """``fn`` over ``items`` in order, on ``workers`` processes, with a progress bar."""
-    from tqdm import tqdm
-
-    if workers <= 1 or len(items) < 4:
-        with tqdm(total=len(items), desc=desc, unit="file", disable=None, leave=False) as bar:
-            for item in items:
-                yield fn(item)
-                bar.update()
-        return
-    # fork: workers inherit the imported modules instead of re-importing pandas; the pool
-    # starts before tqdm so no progress-bar thread is running at fork time.
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    chunk = max(1, min(16, len(items) // (workers * 8)))
-    with ctx.Pool(workers) as pool, \
-            tqdm(total=len(items), desc=desc, unit="file", disable=None, leave=False) as bar:
-        for result in pool.imap(fn, items, chunksize=chunk):
-            yield result
-            bar.update()
-
-
 class _Checkpoint:
     """Write the analysis done so far every CHECKPOINT_SECONDS, so a killed run resumes."""
 
@@ -653,13 +611,13 @@ def analyse_all(paths: Sequence[str], previous: dict[str, dict[str, Any]], rules
     todo = [p for p in paths if p not in reused]
     save = _Checkpoint(checkpoint)
     fresh: dict[str, dict[str, Any]] = {}
-    for row in parallel_map(analyse_file, todo, workers, "read headers"):
+    for row in parallel_map(analyse_file, todo, workers, "read headers", unit="file"):
         fresh[row["path"]] = row
         save([*reused.values(), *fresh.values()])
     rows = [reused.get(p) or fresh[p] for p in paths]
     need = [r for r in rows if _wants_pixels(r, rules, src, decode_all)]
     for row, result in zip(need, parallel_map(decode_file, [r["path"] for r in need],
-                                              workers, "decode")):
+                                              workers, "decode", unit="file")):
         row.update(result)
         save(rows)
     return rows, Counter(reused=len(reused), read=len(todo), decoded=len(need))
@@ -685,7 +643,7 @@ def train_hashes(data_dir: Path, cache: Path, workers: int) -> list[tuple[str, s
         else:
             todo.append(p)
             rows.append({"path": p, "size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns)})
-    done = dict(zip(todo, parallel_map(hash_file, todo, workers, "hash train")))
+    done = dict(zip(todo, parallel_map(hash_file, todo, workers, "hash train", unit="file")))
     for rec in rows:
         rec["phash"] = rec.get("phash", "") if rec["path"] not in done else done[rec["path"]]
     write_csv(cache, pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "phash"]))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ from ..errors import DataError, ImageReadError, TableError, UsageError
 from ..infer.table import class_columns, read_table
 from ..util.io import write_atomic, write_csv, write_json
 from ..util.log import stage_log
+from ..util.pool import parallel_map
 
 WINDOWS = (3, 5, 7, 9)  # local-variance windows of the wavelet Wiener filter
 PCE_EXCLUDE = 11  # side of the window around the peak left out of the correlation energy
@@ -334,31 +335,31 @@ def _load(path: str, crop: int) -> np.ndarray:
     return np.ascontiguousarray(centre_crop(read_image(path), crop))
 
 
-def _ref_job(path: str, crop: int, s: PrnuSettings) -> tuple[np.ndarray, np.ndarray, float] | str:
+# What every job of one pass shares (set once per worker process by ``_init_jobs``).
+_JOBS: dict[str, Any] = {}
+
+
+def _init_jobs(crop: int, s: PrnuSettings, fingerprints: np.ndarray | None = None) -> None:
+    _JOBS.update(crop=crop, settings=s, fingerprints=fingerprints)
+
+
+def _ref_job(path: str) -> tuple[np.ndarray, np.ndarray, float] | str:
     try:
-        img = _load(path, crop)
+        img = _load(path, _JOBS["crop"])
     except ImageReadError as exc:
         return exc.reason
     t0 = time.perf_counter()
-    num, den = fingerprint_terms(img, s)
+    num, den = fingerprint_terms(img, _JOBS["settings"])
     return num, den, time.perf_counter() - t0
 
 
-def _query_job(path: str, crop: int, s: PrnuSettings, fingerprints: np.ndarray) -> list[tuple[float, float]] | str:
+def _query_job(path: str) -> list[tuple[float, float]] | str:
     try:
-        img = _load(path, crop)
+        img = _load(path, _JOBS["crop"])
     except ImageReadError as exc:
         return exc.reason
-    residual, grey = query_residual(img, s)
-    return [match(residual, grey, k) for k in fingerprints]
-
-
-def _parallel(fn: Callable, jobs: Sequence[tuple], workers: int, desc: str) -> Iterator[Any]:
-    """Results in job order, computed on ``workers`` processes, with a progress bar."""
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-    with Parallel(n_jobs=workers, return_as="generator") as par:
-        yield from tqdm(par(delayed(fn)(*job) for job in jobs), total=len(jobs), desc=desc, leave=False, disable=None)
+    residual, grey = query_residual(img, _JOBS["settings"])
+    return [match(residual, grey, k) for k in _JOBS["fingerprints"]]
 
 
 def build_fingerprints(plan: Plan, s: PrnuSettings, workers: int) -> tuple[np.ndarray, list[float]]:
@@ -366,8 +367,10 @@ def build_fingerprints(plan: Plan, s: PrnuSettings, workers: int) -> tuple[np.nd
     prints, times = [], []
     for cls in plan.classes:
         num = den = None
-        jobs = [(p, plan.crop, s) for p in plan.references[cls]]
-        for path, out in zip(plan.references[cls], _parallel(_ref_job, jobs, workers, f"fingerprint {cls}")):
+        paths = plan.references[cls]
+        outs = parallel_map(_ref_job, paths, workers, f"fingerprint {cls}", initializer=_init_jobs,
+                            initargs=(plan.crop, s))
+        for path, out in zip(paths, outs):
             if isinstance(out, str):
                 stage_log("prnu", f"skipped unreadable {path}: {out}")
                 continue
@@ -381,9 +384,10 @@ def build_fingerprints(plan: Plan, s: PrnuSettings, workers: int) -> tuple[np.nd
 
 def score_queries(plan: Plan, fingerprints: np.ndarray, s: PrnuSettings, workers: int) -> pd.DataFrame:
     """One row per (query, fingerprint) pair with NCC, PCE and the ground truth."""
-    jobs = [(p, plan.crop, s, fingerprints) for p in plan.queries["path"]]
+    outs = parallel_map(_query_job, plan.queries["path"].tolist(), workers, "queries", initializer=_init_jobs,
+                        initargs=(plan.crop, s, fingerprints))
     rows = []
-    for q, out in zip(plan.queries.itertuples(), _parallel(_query_job, jobs, workers, "queries")):
+    for q, out in zip(plan.queries.itertuples(), outs):
         if isinstance(out, str):
             stage_log("prnu", f"skipped unreadable {q.path}: {out}")
             continue

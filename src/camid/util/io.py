@@ -7,6 +7,7 @@ never a truncated file that a later stage would silently read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -46,7 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; outputs get the usual umask mode
+        os.chmod(tmp_path, _file_mode())  # mkstemp makes 0600; outputs get the usual umask mode
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -57,13 +58,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
+@functools.cache
+def _file_mode() -> int:
+    """0o666 less the process umask, read once on the first write (not at import time)."""
+    try:  # Linux reports it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, then put it back
     os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
+    return 0o666 & ~mask
 
 
 def _fsync_dir(folder: Path) -> None:
