@@ -123,7 +123,7 @@ class RobustnessConfig:
 class StackConfig:
     """Level-2 stackers (strategies xgb, lgb, mlp): bags over seeds x folds grouped by image."""
 
-    seeds: int = 4  # seeds x folds models per stacker (the seeds' team bagged 20 XGB + 20 LGB)
+    seeds: int = 4  # seeds x folds models per stacker (the 2nd-place team bagged 20 XGB + 20 LGB)
     folds: int = 5
     log_features: bool = True  # add log(max(p, floor)) of every model's probabilities
     class_weights: list[float] = field(default_factory=list)  # one per class, class order; empty = all 1

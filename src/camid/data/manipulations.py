@@ -69,7 +69,7 @@ MANIPULATIONS: dict[str, Manipulation] = {
 }
 MANIPULATION_NAMES: tuple[str, ...] = tuple(MANIPULATIONS)
 
-# Continuous ranges used by the `continuous` training mode (seed 000). Note the
+# Continuous ranges used by the `continuous` training mode (docs/recipe.md §2). Note the
 # albumentations trap: RandomScale(scale_limit=(0.5, 2)) scales by 1.5-3.0 because
 # the limit is added to 1; the intended range is this one.
 CONTINUOUS_RANGES = {"jpeg": (70, 90), "gamma": (0.8, 1.2), "resize": (0.5, 2.0)}

@@ -1,4 +1,4 @@
-"""Training samples and validation variants (recipe items 2 and 4).
+"""Training samples and validation variants (docs/recipe.md §2 and §4).
 
 Training sample: random crop of ``crop_factor x input`` at even offsets -> with
 probability ``p`` one manipulation (flag 1) -> random crop of the input size ->

@@ -2,7 +2,7 @@
 
 The winners scraped ~80k photos (Flickr, Yandex.Fotki, Wikimedia) and kept those whose
 EXIF model, size, JPEG quality and software tags say "straight out of the phone"
-(DESIGN.md; seeds 000, 002, 003). This command does that for every file under SRC:
+(docs/competition.md, "External data"). This does that for every file under SRC:
 
 1. read each file's header (EXIF, size, quantisation tables: ``camid.exif``), in parallel;
 2. judge it against the rules (``configs/external_rules.yaml``; every failed check is a

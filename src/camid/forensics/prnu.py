@@ -1,4 +1,4 @@
-"""A sensor-fingerprint (PRNU) baseline (``camid prnu``) for DEVICE verification (seed 004).
+"""A sensor-fingerprint (PRNU) baseline (``camid prnu``) for DEVICE verification (docs/recipe.md, "PRNU").
 
 Lukas, Fridrich and Goljan (2006), with the refinements of the Binghamton reference code:
 
@@ -176,7 +176,7 @@ def query_residual(img: np.ndarray, s: PrnuSettings = PrnuSettings()) -> tuple[n
 def fingerprint_terms(img: np.ndarray, s: PrnuSettings = PrnuSettings()) -> tuple[np.ndarray, np.ndarray]:
     """One photo's contribution ``(W * I, I^2)`` to the ML fingerprint sums.
 
-    Never enhanced: as in seed 004 (after Li), the enhancement is for the single query
+    Never enhanced (docs/recipe.md, "PRNU"): the enhancement is for the single query
     photo, where scene detail dominates; the reference is an average that already suppresses it."""
     w, i = noise_residual(img, replace(s, enhance="none")), intensity(img, s)
     return w * i, i * i

@@ -7,7 +7,7 @@ out-of-fold prediction), the whole crop through the network (no TTA), flag 1 for
 manipulated variant, 0 for the unaltered one. Probabilities are averaged (geometric
 mean) over the run's top-N checkpoints, so with one checkpoint the accuracy at a
 competition point (``jpeg70``, ``none``...) is the validation accuracy of that
-checkpoint on that variant. Curves (seed 000's figures): JPEG quality 5..95, gamma
+checkpoint on that variant. Curves (docs/recipe.md, "Robustness curves"): JPEG quality 5..95, gamma
 0.25..1.75, resize 0.5..2.0 and crop size 64..512 (unaltered), with the training ranges
 shaded. Identity points (gamma 1, resize 1) are the unaltered images, flag 0.
 """
@@ -34,11 +34,11 @@ from ..util.io import write_atomic, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
 
-JPEG_QUALITIES = (*range(5, 100, 10), 70, 90)  # seed 000's grid plus the competition's qualities
+JPEG_QUALITIES = (*range(5, 100, 10), 70, 90)  # the write-up's grid plus the competition's qualities
 GAMMAS = (0.25, 0.5, 0.75, 0.8, 1.0, 1.2, 1.25, 1.5, 1.75)
 SCALES = (0.5, 0.75, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0)
 CROP_SIZES = (64, 128, 256, 384, 448, 512)
-COMPETITION_ONLY = {"jpeg": (70, 90), "gamma": (0.8, 1.2), "resize": (0.8,)}  # not on seed 000's grid
+COMPETITION_ONLY = {"jpeg": (70, 90), "gamma": (0.8, 1.2), "resize": (0.8,)}  # not on the write-up's grid
 CHUNK = 16  # photos decoded at a time
 
 
@@ -146,7 +146,7 @@ def plot(df: pd.DataFrame, path: Path, title: str, input_size: int) -> Path:
         ax.plot(comp["value"], comp["accuracy"], "s", color="tab:orange", ms=6, label="competition manipulations")
         ax.axhline(base, color="grey", ls="--", lw=0.8, label=f"unaltered {base:.3f}")
         ticks = [v for v in d["value"].unique() if not (kind != "crop" and v in COMPETITION_ONLY.get(kind, ()))]
-        ax.set_xticks(ticks)  # the seed's grid; the competition points are the orange squares
+        ax.set_xticks(ticks)  # the write-up's grid; the competition points are the orange squares
         ax.set_xticklabels([f"{v:g}" for v in ticks], rotation=45 if len(ticks) > 8 else 0, fontsize=7)
         ax.set(xlabel=label, ylabel="accuracy", ylim=(0, 1.02))
         ax.legend(fontsize=7, loc="best")

@@ -1,4 +1,4 @@
-"""Out-of-fold and test probability tables (recipe items 5-6; ``camid predict``).
+"""Out-of-fold and test probability tables (docs/recipe.md §5-6; ``camid predict``).
 
 Every training image is predicted by the model of the fold that held it out,
 exactly like a test image: the centre crop unaltered (``manip=0, aug=none``) and

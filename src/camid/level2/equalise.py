@@ -1,13 +1,13 @@
 """Prediction equalisation: a hard assignment with (nearly) equal class counts.
 
 The competition test set is balanced (132 images per class in each of the
-``_unalt`` and ``_manip`` halves), so the seeds' team forced every class to
-receive its share of predictions, separately per half. Three solvers:
+``_unalt`` and ``_manip`` halves), so the 2nd-place team forced every class to
+receive its share of predictions, separately per half (docs/recipe.md §7). Three solvers:
 
 - ``greedy``: sort every (image, class) pair by probability, highest first
   (ties: lower image index, then lower class index); walk the list and assign
   image i to class j when i is still unassigned and j's quota is not full.
-  This is the seeds' "top-N most confident per class" rule made exact.
+  This is the 2nd-place team's "top-N most confident per class" rule made exact.
 - ``hungarian``: ``scipy.optimize.linear_sum_assignment`` on the n x n cost
   matrix ``-log p`` with each class repeated ``quota`` times as columns.
   Memory is O(n^2), so groups above ``HUNGARIAN_MAX_N`` are solved by ``flow``

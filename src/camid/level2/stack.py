@@ -1,4 +1,4 @@
-"""Level-2 stackers trained on the OOF table (DESIGN recipe 7(b)): xgb, lgb, mlp.
+"""Level-2 stackers trained on the OOF table (docs/recipe.md §7b): xgb, lgb, mlp.
 
 Features per row: every model's class probabilities, optionally their logs
 (``log(max(p, floor))``), and the ``manip`` flag. Target: the OOF label.

@@ -1,4 +1,4 @@
-"""The camera-model classifier (DESIGN.md recipe item 3): backbone feature map -> global
+"""The camera-model classifier (docs/recipe.md §3): backbone feature map -> global
 average pooling -> concatenate the ``manip`` flag -> dropout -> linear layer to the classes.
 
 Global pooling (instead of the fixed 7x7 pool inside pretrainedmodels' ``logits()``) is

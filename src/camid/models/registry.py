@@ -1,5 +1,5 @@
 """Backbone registry (timm style): every backbone is known by name, with its input
-statistics, builder and ImageNet weights files (DESIGN.md recipe item 3).
+statistics, builder and ImageNet weights files (docs/recipe.md §3).
 
 Families:
   * the recipe's eight ImageNet backbones from `pretrainedmodels` (weights from a local

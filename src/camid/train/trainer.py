@@ -1,4 +1,4 @@
-"""Training one backbone on one fold (recipe items 2-4; ``camid train``).
+"""Training one backbone on one fold (docs/recipe.md §2-4; ``camid train``).
 
 Schedule: Adam with reduce-on-plateau on the metric-weighted validation loss for
 ``train.epochs`` epochs, then ``train.cycles`` cosine cycles whose ends are saved
