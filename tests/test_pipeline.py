@@ -1,5 +1,9 @@
 """The train -> predict slice on a tiny generated dataset (CPU, seconds)."""
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -113,3 +117,20 @@ def test_folds_missing_is_a_clear_error(tmp_path, capsys):
     cfg.write_text(TINY.format(data=tmp_path / "nodata"))
     assert cli.main(["train", "--config", str(cfg), "--workdir", str(tmp_path)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_log_file_gets_one_line_per_epoch_and_no_progress_frames(trained, tmp_path):
+    """Progress bars are for a terminal; `make train-all > log` must not fill with \\r frames."""
+    root, common = trained
+    (tmp_path / "models").mkdir()
+    shutil.copy(root / "models" / "folds.csv", tmp_path / "models")  # a fresh run folder, the same data
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "train.log"
+    with open(log, "w") as fh:  # a file, as under `make demo > log` or a queued job's train.out
+        subprocess.run([sys.executable, "-m", "camid.cli", "train", *common, "--fold", "1",
+                        "--workdir", str(tmp_path)], stdout=fh, stderr=subprocess.STDOUT, env=env, check=True,
+                       timeout=300)
+    text = log.read_text()
+    assert "\r" not in text and "it/s" not in text
+    epochs = [line for line in text.splitlines() if line.startswith("[camid train] camid_tiny fold1 epoch ")]
+    assert [line.split(" epoch ")[1].split(":")[0] for line in epochs] == ["1", "2", "3"]

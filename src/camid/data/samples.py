@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..errors import ImageReadError
+from ..util.log import progress
 from . import fastjpeg, manipulations
 from .crops import manipulated_centre_crop, random_crop
 from .images import read_image
@@ -116,7 +116,7 @@ def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence
     """
     imgs, flags, labs, names, keys, skipped = [], [], [], [], [], []
     items = list(zip(paths, fnames, labels))
-    for path, fname, label in (tqdm(items, desc=desc, leave=False) if desc else items):
+    for path, fname, label in (progress(items, desc) if desc else items):
         try:
             img = read_image(path)
         except ImageReadError as exc:

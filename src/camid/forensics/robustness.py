@@ -20,7 +20,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from ..config import Config
 from ..data.crops import manipulated_centre_crop
@@ -31,7 +30,7 @@ from ..errors import DataError, ImageReadError, UsageError
 from ..infer.ensemble import Ensemble
 from ..train.rundir import RunDir
 from ..util.io import write_atomic, write_csv, write_json
-from ..util.log import stage_log
+from ..util.log import progress, stage_log
 from ..workspace import Workspace
 
 JPEG_QUALITIES = (*range(5, 100, 10), 70, 90)  # the write-up's grid plus the competition's qualities
@@ -91,7 +90,7 @@ def evaluate_points(ens: Ensemble, photos: pd.DataFrame, points: Sequence[Point]
     variants = sorted({(p.aug, p.crop) for p in points})
     index = {c: i for i, c in enumerate(ens.classes)}
     counts = {v: [0, 0] for v in variants}
-    for start in tqdm(range(0, len(photos), CHUNK), desc="robustness", leave=False):
+    for start in progress(range(0, len(photos), CHUNK), "robustness"):
         chunk = photos.iloc[start:start + CHUNK]
         imgs, labels = [], []
         for row in chunk.itertuples():

@@ -16,7 +16,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from ..config import Config, ModelConfig, section_digest
 from ..data import manipulations
@@ -26,7 +25,7 @@ from ..data.layout import resolve_classes, scan_test
 from ..data.samples import build_variants
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..train.rundir import RunDir, folds_sha256
-from ..util.log import stage_log
+from ..util.log import progress, stage_log
 from ..workspace import Workspace
 from .ensemble import Ensemble
 from .table import read_meta, write_table
@@ -61,7 +60,7 @@ def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
     index = {c: i for i, c in enumerate(ens.classes)}
     rows = []
     skipped = {} if skipped is None else skipped
-    for chunk in tqdm(list(_chunks(fold_df)), desc=f"{ens.tta} oof fold {fold}", leave=False):
+    for chunk in progress(list(_chunks(fold_df)), f"{ens.tta} oof fold {fold}"):
         try:
             var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(),
                                  chunk["label"].map(index).tolist(), lambda f: oof_augs(cfg, f),
@@ -92,7 +91,7 @@ def _frame(fnames, split, fold, manip, aug, labels, probs, classes) -> pd.DataFr
 def load_test_images(test: pd.DataFrame) -> list[tuple[str, int, np.ndarray]]:
     """Every test file must be usable: a submission has to cover all of them."""
     out = []
-    for row in tqdm(test.itertuples(), total=len(test), desc="read test", leave=False):
+    for row in progress(test.itertuples(), "read test", total=len(test)):
         try:
             out.append((row.fname, int(row.manip), read_image(row.path)))
         except ImageReadError as exc:

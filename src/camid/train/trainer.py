@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..config import Config, ModelConfig, dump_config, section_digest
 from ..data import fastjpeg, manipulations
@@ -29,7 +28,7 @@ from ..data.layout import resolve_classes, scan_train
 from ..data.samples import SampleSpec, TrainSamples, VariantSet, build_variants, collate
 from ..errors import DataError, ImageReadError
 from ..models.classifier import CamidNet, build_model
-from ..util.log import stage_log
+from ..util.log import progress, stage_log
 from ..workspace import Workspace
 from . import rundir
 from .rundir import Checkpoint, RunDir, folds_sha256
@@ -159,7 +158,7 @@ class Trainer:
     def _report_small(self, paths: pd.Series, crop: int) -> None:
         """Photos smaller than the first crop are reflect-padded; say how many (header reads only)."""
         small = []
-        for path in tqdm(paths, desc="image sizes", leave=False):
+        for path in progress(paths, "image sizes"):
             try:
                 if min(probe_image(path)) < crop:
                     small.append(path)
@@ -205,8 +204,7 @@ class Trainer:
         self.model.train()
         loader = self._loader(epoch)
         total, correct, loss_sum, t0 = 0, 0, 0.0, time.time()
-        bar = tqdm(loader, desc=f"{self.mcfg.run_name} fold{self.fold} epoch {epoch + 1}/{self.total_epochs}",
-                   leave=False)
+        bar = progress(loader, f"{self.mcfg.run_name} fold{self.fold} epoch {epoch + 1}/{self.total_epochs}")
         for step, batch in enumerate(bar):
             for path, reason in batch["skipped"]:
                 self.state.skipped[path] = reason

@@ -1,8 +1,11 @@
 """What every stage prints: one line per read/write event, and progress bars on a terminal only."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -12,9 +15,10 @@ def stage_log(stage: str, message: str) -> None:
     print(f"[camid {stage}] {message}", flush=True)
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """``items`` with a tqdm bar when stderr is a terminal; silent otherwise, so a log file
-    gets the stage's own summary lines instead of thousands of carriage-return frames."""
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> tqdm[T]:
+    """``items`` with a tqdm bar on stderr when it is a terminal, silent otherwise: a log file
+    gets the stages' own summary lines (one per epoch in training) instead of thousands of
+    carriage-return frames."""
     from tqdm import tqdm
 
-    yield from tqdm(items, desc=desc, total=total, unit=unit, leave=False, disable=None)
+    return tqdm(items, desc=desc, total=total, unit=unit, leave=False, disable=None)
