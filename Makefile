@@ -1,5 +1,6 @@
 # Thin targets over `camid` subcommands. Each target builds/refreshes .venv from
-# requirements.txt first, so a fresh clone needs nothing but `make test` / `make demo`.
+# requirements.txt (runtime) and requirements-test.txt (tests, lint) first, so a fresh
+# clone needs nothing but `make test` / `make demo`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,12 +13,12 @@ SIM_ARGS ?=
 CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo data folds train-all predict blend submission score bench filter-external robustness prnu clean-outputs
+.PHONY: venv test lint demo data folds train-all predict blend submission score bench filter-external robustness prnu clean-outputs
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -25,6 +26,11 @@ venv: $(STAMP)
 
 test: venv
 	$(VENV)/bin/python -m pytest -q tests
+
+# ruff (style, imports, bug patterns) and mypy (types) over src and tests; settings in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
 
 data: venv
 	$(CAMID) simulate $(DATA) --config $(CONFIG) $(SIM_ARGS)

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,12 +51,16 @@ def write_config(path: Path, data: Path | str, models: Sequence[str] = ("camid_t
     return path
 
 
+def _keep_threads(nthreads: int) -> None:
+    """Stands in for torch.set_num_threads while a test pins torch to one thread."""
+
+
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Run in-process stages on one torch thread (train/predict ask for all cores)."""
     before, setter = torch.get_num_threads(), torch.set_num_threads
     setter(1)
-    torch.set_num_threads = lambda n: None
+    torch.set_num_threads = _keep_threads
     try:
         yield
     finally:
@@ -64,7 +68,7 @@ def one_thread() -> Iterator[None]:
         setter(before)
 
 
-def camid(*argv: str) -> int:
+def camid(*argv: object) -> int:
     """``camid ARGV`` in this process, on one thread; returns the exit code."""
     with one_thread():
         return cli.main([str(a) for a in argv])
@@ -168,7 +172,7 @@ def kill_when(proc: subprocess.Popen, text: str, timeout: float = 120) -> tuple[
     """
     seen = []
     deadline = time.monotonic() + timeout
-    for line in proc.stdout:
+    for line in proc.stdout or ():
         seen.append(line)
         if text in line:
             alive = proc.poll() is None

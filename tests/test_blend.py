@@ -66,7 +66,8 @@ def test_weights_and_floor():
 def test_pmean_matches_named_means():
     rng = np.random.default_rng(0)
     arrays = [rng.dirichlet(np.ones(4), size=5) for _ in range(3)]
-    np.testing.assert_allclose(power_mean(arrays, 1.0), np.mean(arrays, axis=0) / np.mean(arrays, axis=0).sum(1, keepdims=True))
+    mean = np.mean(arrays, axis=0)
+    np.testing.assert_allclose(power_mean(arrays, 1.0), mean / mean.sum(1, keepdims=True))
     near_zero = power_mean(arrays, 1e-6)
     np.testing.assert_allclose(near_zero, power_mean(arrays, 0.0), rtol=1e-4)
 

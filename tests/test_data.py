@@ -2,11 +2,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_jpeg
 from PIL import Image
 
 from camid import errors
 from camid.data import folds, images, layout
+from conftest import write_jpeg
 
 
 def table(n_per_class=(10, 7, 13)):

@@ -220,7 +220,7 @@ def test_train_samples_same_with_and_without_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(fastjpeg.CACHE_ENV, str(tmp_path / "cache"))
     for _ in range(2):  # first pass fills the cache, second is lazy
         fast = [ds[i] for i in range(len(ds))]
-        for a, b in zip(base, fast):
+        for a, b in zip(base, fast, strict=True):
             assert torch.equal(a["image"], b["image"]) and a["manip"] == b["manip"] and a["label"] == b["label"]
     assert len(list((tmp_path / "cache").rglob("*.jpg"))) == 2
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ def make_jpeg(path: Path, w: int = 320, h: int = 240, seed: int = 0, quality: in
               **exif_kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     im = (image or scene(seed, w, h)).convert(mode)
-    kw = {"exif": exif if exif is not None else exif_bytes(**exif_kw)}
+    kw: dict[str, Any] = {"exif": exif if exif is not None else exif_bytes(**exif_kw)}
     if quality is not None:
         kw["quality"] = quality
     else:
@@ -128,7 +129,7 @@ def judged(tmp_path_factory) -> dict[str, dict]:
     rows, counts = fe.analyse_all([str(src / name) for name in CASES], {}, rules, src)
     assert counts == {"reused": 0, "read": len(CASES), "decoded": 5}  # the 4 keeps + truncated
     fe.decide(rows, rules, src)
-    return {name: row for name, row in zip(CASES, rows)}
+    return {name: row for name, row in zip(CASES, rows, strict=True)}
 
 
 @pytest.mark.parametrize("name", list(CASES))

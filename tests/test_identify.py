@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from trained_tiny import CLASSES, photo, train_tiny
 
 from camid import cli
 from camid.forensics import identify
 from camid.infer.ensemble import Ensemble
 from camid.train.rundir import RunDir
+from trained_tiny import CLASSES, photo, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ def solution_frame(with_manip_column=True):
 
 def submission_frame():
     # unalt: 3 of 4 right; manip: 1 of 4 right (only img_6)
-    return pd.DataFrame({"fname": [f"img_{i}_unalt.tif" for i in range(4)] + [f"img_{i}_manip.tif" for i in range(4, 8)],
+    fnames = [f"img_{i}_unalt.tif" for i in range(4)] + [f"img_{i}_manip.tif" for i in range(4, 8)]
+    return pd.DataFrame({"fname": fnames,
                          "camera": ["a", "b", "c", "b", "a", "a", "a", "c"]})
 
 

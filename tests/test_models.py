@@ -146,7 +146,8 @@ def _imagenet_checkpoint(model: CamidNet) -> dict[str, torch.Tensor]:
         state = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()}
         assert any(".norm.1." in k for k in state)
     # ImageNet classifier as each family names and shapes it (dpn: a 1x1 conv).
-    head, shape = ("last_linear", (1000, n))
+    head = "last_linear"
+    shape: tuple[int, ...] = (1000, n)
     if name.startswith("densenet"):
         head = "classifier"
     elif name.startswith("dpn"):

@@ -28,8 +28,9 @@ predict: {{tta: tta10, top_n: 2, crop: 48, oof_augs: [jpeg70, resize0.5, gamma1.
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from conftest import write_jpeg
     from PIL import Image
+
+    from conftest import write_jpeg
     root = tmp_path_factory.mktemp("pipe")
     data = root / "data"
     for c, cls in enumerate(["cam-a", "cam-b", "cam-c"]):

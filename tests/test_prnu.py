@@ -30,7 +30,8 @@ def scene(h: int = 128, w: int = 128, seed: int = 0, texture: float = 4.0) -> np
 
 def shoot(k: np.ndarray, seed: int) -> np.ndarray:
     """A photo of a synthetic device with multiplicative PRNU ``k`` and shot noise."""
-    img = scene(*k.shape, seed=seed) * (1 + k[..., None])
+    h, w = k.shape
+    img = scene(h, w, seed=seed) * (1 + k[..., None])
     img += np.random.default_rng(seed + 999).normal(0, 1.0, img.shape)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 

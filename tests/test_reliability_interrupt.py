@@ -15,6 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from camid.infer.table import read_table
+from camid.util.io import load_torch, remove_stale_temps
+from camid.workspace import Workspace
 from reliability_tiny import (
     camid,
     check_outputs_intact,
@@ -25,10 +29,6 @@ from reliability_tiny import (
     temp_files,
     write_config,
 )
-
-from camid.infer.table import read_table
-from camid.util.io import load_torch, remove_stale_temps
-from camid.workspace import Workspace
 
 
 @pytest.fixture(scope="module")

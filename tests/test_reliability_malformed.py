@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,14 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from reliability_tiny import camid, jpeg_bytes, one_error
 
-from camid.data import fastjpeg
 from camid.data import folds as folds_csv
 from camid.data import images as data_mod
 from camid.data.images import probe_image, read_image
 from camid.data.samples import SampleSpec, TrainSamples, build_variants
 from camid.errors import ImageReadError
-from camid.forensics import filter_external
 from camid.infer.table import read_table
+from reliability_tiny import camid, jpeg_bytes, one_error
 
 BOMB_LIMIT = 15_000  # pixels; every good image here is far smaller, bomb.png is 40,000
 
@@ -171,7 +170,7 @@ def test_filter_external_reports_every_malformed_file_and_keeps_going(tmp_path):
     assert camid("filter-external", tmp_path / "scraped", "--rules", rules, "--out", tmp_path / "out",
                  "--workers", "1", "--decode-all") == 0
     report = pd.read_csv(tmp_path / "out" / "filter_report.csv", dtype=str, keep_default_na=False)
-    by_name = {Path(p).name: r for p, r in zip(report["path"], report["reasons"])}
+    by_name = {Path(p).name: r for p, r in zip(report["path"], report["reasons"], strict=True)}
     assert sorted(by_name) == sorted([*READABLE, *UNUSABLE])
     assert (report["decision"] == "reject").all()
     for name in UNUSABLE:
@@ -204,7 +203,7 @@ predict: {{tta: none, top_n: 1, crop: 32, oof_augs: [jpeg70], batch_size: 40}}
 """
 
 
-def _config(path: Path, data: Path, extra: list[str] = (), extra_train: str = "") -> Path:
+def _config(path: Path, data: Path, extra: Sequence[Path] = (), extra_train: str = "") -> Path:
     path.write_text(CONFIG.format(data=data, extra=list(map(str, extra)),
                                   extra_train=f", {extra_train}" if extra_train else ""))
     return path
@@ -291,7 +290,7 @@ def test_unusable_files_are_skipped_with_reasons_and_the_run_finishes(unusable_d
     assert camid("train", "--config", cfg, "--workdir", work, "--fold", 0) == 0  # 6 of 123: under 5%
     run = work / "models" / "camid_tiny" / "fold0"
     skipped = pd.read_csv(run / "skipped.csv")
-    reasons = {Path(p).name: r for p, r in zip(skipped["path"], skipped["reason"])}
+    reasons = {Path(p).name: r for p, r in zip(skipped["path"], skipped["reason"], strict=True)}
     assert sorted(reasons) == sorted(UNUSABLE)
     for name, (_, words) in UNUSABLE.items():
         assert words in reasons[name], (name, reasons[name])

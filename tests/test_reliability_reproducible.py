@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from reliability_tiny import SIM_ARGS, camid, write_config
 
 from camid.util.io import load_torch
+from reliability_tiny import SIM_ARGS, camid, write_config
 
 STAGES = """
 blend:

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reliability_tiny import camid, make_table, one_error, write_config
 
 from camid.errors import CamidError, CheckpointError
 from camid.models import registry as models
 from camid.util.io import load_torch, write_json
+from reliability_tiny import camid, make_table, one_error, write_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "camid"
 
@@ -68,7 +68,7 @@ def test_crafted_checkpoints_are_refused_without_running_code(tmp_path, kind, ho
 
     marker = tmp_path / "PWNED"
     path = write_malicious(tmp_path / "epoch001.pt", payloads(marker)[kind], how)
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="refused to load") as err:
         load_torch(path)

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from reliability_tiny import CLASSES, TEST_FILES, camid, jpeg_bytes, make_table, one_error, write_config
 
 from camid.data.folds import check_folds_cover, read_folds
 from camid.data.layout import scan_train
 from camid.errors import DataError
 from camid.infer.table import KEY_COLUMNS, write_table
 from camid.util.io import write_csv, write_parquet
+from reliability_tiny import CLASSES, TEST_FILES, camid, jpeg_bytes, make_table, one_error, write_config
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from trained_tiny import CLASSES, train_tiny
 
 from camid import cli
 from camid.data.folds import read_folds
@@ -14,6 +13,7 @@ from camid.forensics import robustness
 from camid.models import classifier as models
 from camid.train.rundir import RunDir, load_checkpoint
 from camid.train.trainer import evaluate
+from trained_tiny import CLASSES, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def test_d4_has_eight_distinct_elements():
 def test_five_crops_are_distinct_even_and_cover_the_corners():
     boxes = tta.five_crop_boxes(512, 512, 480)
     assert len(set(boxes)) == 5
-    assert all(t % 2 == 0 and l % 2 == 0 for t, l in boxes)
+    assert all(top % 2 == 0 and left % 2 == 0 for top, left in boxes)
     assert (0, 0) in boxes and (32, 32) in boxes and (16, 16) in boxes
     with pytest.raises(ValueError):
         tta.five_crop_boxes(100, 100, 128)

@@ -27,13 +27,18 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .util.io import write_csv, write_json
+
+if TYPE_CHECKING:
+    from .data.fastjpeg import DecodeCache
 
 SECTIONS = ("sample", "equalise", "stack", "gpu")
 
@@ -88,7 +93,7 @@ def synthetic_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     field = rng.uniform(0, 255, (h // 200 + 2, w // 200 + 2, 3)).astype(np.float32)
-    img = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
+    img: np.ndarray = cv2.resize(field, (w, h), interpolation=cv2.INTER_CUBIC)
     tex = rng.normal(0, 18, (h // 8 + 1, w // 8 + 1, 3)).astype(np.float32)
     img += cv2.resize(tex, (w, h), interpolation=cv2.INTER_LINEAR)
     for _ in range(40):
@@ -96,7 +101,7 @@ def synthetic_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
         radius = int(rng.integers(max(2, min(h, w) // 150), max(3, min(h, w) // 8)))
         cv2.circle(img, (int(rng.integers(w)), int(rng.integers(h))), radius, colour, -1)
     img = cv2.GaussianBlur(img, (0, 0), 1.0)
-    img += 3.0 * rng.standard_normal((h, w, 3), dtype=np.float32)
+    img = img + 3.0 * rng.standard_normal((h, w, 3), dtype=np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -109,7 +114,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
+    info: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu,
             "cores": os.cpu_count(), "python": platform.python_version(), "gpu": "none"}
     try:
         import torch
@@ -119,14 +124,24 @@ def machine_info() -> dict:
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    try:
+    with contextlib.suppress(OSError):
         info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        pass
     return info
 
 
 # ---------------------------------------------------------------- sample pipeline
+
+def _full_region(path: Path, box: tuple[slice, slice]) -> np.ndarray:
+    from .data.images import read_image
+
+    return read_image(path)[box]
+
+
+def _lazy_region(path: Path, box: tuple[slice, slice], cache: DecodeCache) -> np.ndarray:
+    from .data import fastjpeg
+
+    return np.asarray(fastjpeg.open_image(path, cache)[box])
+
 
 def bench_samples(quick: bool, workdir: Path) -> list[Row]:
     from PIL import Image
@@ -153,8 +168,8 @@ def bench_samples(quick: bool, workdir: Path) -> list[Row]:
         mb = np.mean([p.stat().st_size for p in paths]) / 1e6
         cache = fastjpeg.DecodeCache(workdir / "cache")
         with one_core():
-            t_full = min(_seconds(lambda p=p: read_image(p)) for p in paths)
-            first = [_seconds(lambda p=p: fastjpeg.open_image(p, cache)) for p in paths]
+            t_full = min(_seconds(partial(read_image, p)) for p in paths)
+            first = [_seconds(partial(fastjpeg.open_image, p, cache)) for p in paths]
             if not all(isinstance(fastjpeg.open_image(p, cache), fastjpeg.LazyCrop) for p in paths):
                 raise RuntimeError("bench: the synthetic photos did not take the region-decoding path")
             base_t, fast_t, compared = [], [], 0
@@ -167,7 +182,7 @@ def bench_samples(quick: bool, workdir: Path) -> list[Row]:
                 got = [training_sample(fastjpeg.open_image(p, cache), np.random.default_rng(s), spec)
                        for p, s in jobs]
                 fast_t.append((time.perf_counter() - start) / per_round)
-                for (xa, fa), (xb, fb) in zip(ref, got):
+                for (xa, fa), (xb, fb) in zip(ref, got, strict=True):
                     if fa != fb or not np.array_equal(xa.numpy(), xb.numpy()):
                         raise RuntimeError("bench: region-decoded sample differs from the full-decode sample")
                     compared += 1
@@ -178,8 +193,8 @@ def bench_samples(quick: bool, workdir: Path) -> list[Row]:
                 p = paths[r % n_images]
                 y, x = int(rng.integers((h - big) // 2 + 1)) * 2, int(rng.integers((w - big) // 2 + 1)) * 2
                 box = (slice(y, y + big), slice(x, x + big))
-                full_t.append(_seconds(lambda p=p, b=box: read_image(p)[b]))
-                region_t.append(_seconds(lambda p=p, b=box: np.asarray(fastjpeg.open_image(p, cache)[b])))
+                full_t.append(_seconds(partial(_full_region, p, box)))
+                region_t.append(_seconds(partial(_lazy_region, p, box, cache)))
             t_full, t_region = min(t_full, *full_t), min(region_t)
         tb, tf = min(base_t), min(fast_t)
         name = f"{w}x{h} q95 {label}"
@@ -226,8 +241,11 @@ def bench_equalise(quick: bool) -> list[Row]:
     if 6000 in timed:
         k = np.log(timed[6000] / timed[2640]) / np.log(6000 / 2640)
         note += f"; t ~ n^{k:.2f} from 2,640 and 6,000 gives ~{timed[6000] * (100_000 / 6000) ** k:.0f} s (estimate)"
-    rows.append(Row("equalise", "100,000 images x 10 classes", "hungarian", None, 1 / float(big["flow"]),
-                    "solves/s", None, note + f"; flow {big['flow']:.2f} s, greedy {big['greedy']:.2f} s"))
+    flow_s, greedy_s = big["flow"], big["greedy"]
+    if flow_s is None or greedy_s is None:
+        raise RuntimeError("bench: equalise.benchmark did not time the flow and greedy solvers")
+    rows.append(Row("equalise", "100,000 images x 10 classes", "hungarian", None, 1 / flow_s,
+                    "solves/s", None, note + f"; flow {flow_s:.2f} s, greedy {greedy_s:.2f} s"))
     return rows
 
 
@@ -445,7 +463,7 @@ def format_table(rows: Sequence[Row]) -> str:
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head) - 1)]
     lines = []
     for cells in [head, *body]:
-        lines.append("  ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)) + "  " + cells[-1])
+        lines.append("  ".join(str(c).ljust(wd) for c, wd in zip(cells, widths, strict=False)) + "  " + cells[-1])
         if cells is head:
             lines.append("-" * min(160, sum(widths) + 2 * len(widths) + 4))
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -51,11 +51,11 @@ class ModelConfig:
     """One trained backbone (run): models/<name>/fold<k>/."""
 
     backbone: str = "densenet201"
-    name: Optional[str] = None  # directory name under models/; defaults to the backbone
+    name: str | None = None  # directory name under models/; defaults to the backbone
     dropout: float = 0.3
-    input_size: Optional[int] = None  # overrides train.input_size for this backbone
-    batch_size: Optional[int] = None  # overrides train.batch_size for this backbone
-    lr: Optional[float] = None  # overrides train.lr for this backbone
+    input_size: int | None = None  # overrides train.input_size for this backbone
+    batch_size: int | None = None  # overrides train.batch_size for this backbone
+    lr: float | None = None  # overrides train.lr for this backbone
 
     @property
     def run_name(self) -> str:
@@ -65,7 +65,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     input_size: int = 480
-    warmup_input_size: Optional[int] = None  # progressive resizing: e.g. 256 for the first epochs...
+    warmup_input_size: int | None = None  # progressive resizing: e.g. 256 for the first epochs...
     warmup_epochs: int = 0  # ...then input_size (1st place: 256 pretraining, then 512)
     crop_factor: int = 2  # first random crop is crop_factor x input_size (960 for 480)
     batch_size: int = 16
@@ -86,13 +86,13 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA only
     channels_last: bool = True
     weights_dir: str = "weights"
-    max_val_images: Optional[int] = None
+    max_val_images: int | None = None
     # A run stops with an error once more than this fraction of its training files
     # are unusable (listed with reasons in models/<run>/fold<k>/skipped.csv).
     max_skip_fraction: float = 0.05
     # Folder for one-time lossless restart-marker copies of training JPEGs, so each sample
     # decodes only its crop (fastjpeg.py, ~18x faster on 12 MP photos); None: full decodes.
-    decode_cache: Optional[str] = None
+    decode_cache: str | None = None
 
 
 @dataclass
@@ -103,7 +103,7 @@ class PredictConfig:
     reduce: str = "gmean"  # one of REDUCTION_POWERS: over TTA views
     top_n: int = 3  # snapshot checkpoints averaged per run
     oof_augs: list[str] = field(default_factory=lambda: ["all"])
-    oof_manip_per_image: Optional[int] = None  # None: every listed manipulation; k: a seeded subset of k
+    oof_manip_per_image: int | None = None  # None: every listed manipulation; k: a seeded subset of k
     crop: int = 512  # OOF images are centre crops of this size, like the test set
     batch_size: int = 80  # network inputs per forward pass (images x TTA views)
     amp: bool = True  # autocast on CUDA only
@@ -116,7 +116,7 @@ class RobustnessConfig:
     # Held-out photos evaluated (a seeded sample, the same draw as train.max_val_images);
     # None: all of them. Equal to train.max_val_images, the accuracy at a competition
     # point is the validation accuracy of the checkpoint.
-    max_images: Optional[int] = None
+    max_images: int | None = None
 
 
 @dataclass
@@ -139,7 +139,7 @@ class StackConfig:
 class BlendConfig:
     strategies: list[str] = field(default_factory=lambda: ["gmean", "gmean+hungarian"])
     models: list[str] = field(default_factory=list)  # table stems in oof/; empty = all
-    tta: Optional[str] = None  # which <tta> tables to blend; default predict.tta
+    tta: str | None = None  # which <tta> tables to blend; default predict.tta
     weights: list[float] = field(default_factory=list)  # one per entry of `models`; empty = equal
     floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
     stack: StackConfig = field(default_factory=StackConfig)
@@ -151,7 +151,7 @@ class Config:
     data_dir: str = "data/simulated"
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    classes: Optional[list[str]] = None  # None: the folder names under train/
+    classes: list[str] | None = None  # None: the folder names under train/
     extra_train_dirs: list[str] = field(default_factory=list)  # external data, <dir>/<class>/*
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
@@ -179,7 +179,8 @@ class Config:
 
 def section_digest(*sections: Any) -> str:
     """Stable hash of config sections: outputs record the settings that made them."""
-    blob = json.dumps([dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s for s in sections],
+    blob = json.dumps([dataclasses.asdict(s) if dataclasses.is_dataclass(s) and not isinstance(s, type) else s
+                       for s in sections],
                       sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -209,7 +210,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

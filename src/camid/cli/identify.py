@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="", help="comma-separated run names (default: every run of the config)")
     parser.add_argument("--top-k", type=int, default=3, help="camera models printed per photo (default 3)")
     parser.add_argument("--manipulated", action="store_true",
-                        help="set the network's manip flag (photo known to be re-compressed, resized or gamma-adjusted)")
-    parser.add_argument("--tiles", type=int, default=4, help="extra non-overlapping tiles per photo (default 4; 0: centre only)")
+                        help="set the network's manip flag (photo known to be re-compressed, resized or "
+                             "gamma-adjusted)")
+    parser.add_argument("--tiles", type=int, default=4,
+                        help="extra non-overlapping tiles per photo (default 4; 0: centre only)")
     parser.add_argument("--out", default=None, help="also write the probabilities to this CSV")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
 

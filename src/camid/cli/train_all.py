@@ -22,7 +22,8 @@ from .common import add_common_arguments, names, resolve
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
-    parser.add_argument("--gpus", default="", help="comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
+    parser.add_argument("--gpus", default="",
+                        help="comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
     parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
     parser.add_argument("--ddp", action="store_true",
                         help="train each job on all --gpus at once with torch DDP (torchrun), one job at a time")

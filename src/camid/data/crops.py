@@ -7,23 +7,37 @@ sees the same 8x8/16x16 block grid as the full image.
 from __future__ import annotations
 
 import math
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
 from . import manipulations
 
+
+class Croppable(Protocol):
+    """What a crop needs: a decoded HxWx3 array, or an undecoded JPEG region
+    (``fastjpeg.LazyCrop``) that slices without decoding and decodes when numpy asks."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+
+
+C = TypeVar("C", bound=Croppable)
+
 GRID = 2  # colour-filter (Bayer) period
 MCU = 16  # JPEG minimum coded unit for 4:2:0
 
 
-def pad_to(img: np.ndarray, size: int) -> np.ndarray:
+def pad_to(img: C, size: int) -> C | np.ndarray:
     """Reflect-pad so both sides are at least ``size`` (small external photos, tiny tests)."""
     h, w = img.shape[:2]
     ph, pw = max(0, size - h), max(0, size - w)
     if not ph and not pw:
         return img
-    mode = "reflect" if h > 1 and w > 1 and ph < h and pw < w else "symmetric"
-    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    mode: Literal["reflect", "symmetric"] = "reflect" if h > 1 and w > 1 and ph < h and pw < w else "symmetric"
+    return np.pad(np.asarray(img), ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
 def centre_offset(length: int, size: int, align: int = GRID) -> int:
@@ -31,13 +45,13 @@ def centre_offset(length: int, size: int, align: int = GRID) -> int:
 
 
 def centre_crop(img: np.ndarray, size: int, align: int = GRID) -> np.ndarray:
-    img = pad_to(img, size)
-    h, w = img.shape[:2]
+    padded = pad_to(img, size)
+    h, w = padded.shape[:2]
     y, x = centre_offset(h, size, align), centre_offset(w, size, align)
-    return img[y:y + size, x:x + size]
+    return padded[y:y + size, x:x + size]
 
 
-def random_crop(img: np.ndarray, size: int, rng: np.random.Generator, align: int = GRID) -> np.ndarray:
+def random_crop(img: Croppable, size: int, rng: np.random.Generator, align: int = GRID) -> Croppable:
     """Uniform random crop whose offsets are multiples of ``align``."""
     img = pad_to(img, size)
     h, w = img.shape[:2]

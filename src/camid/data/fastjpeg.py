@@ -207,7 +207,7 @@ def region_jpeg(layout: Layout, chunk: bytes, r0: int, r1: int, j0: int, j1: int
     rows = np.arange(r1 - r0) * ipr
     first, last = starts[rows + j0], ends[rows + j1 - 1]
     view = memoryview(chunk)
-    body = bytearray(b"\xff\xd0".join(view[s:e] for s, e in zip(first.tolist(), last.tolist())))
+    body = bytearray(b"\xff\xd0".join(view[s:e] for s, e in zip(first.tolist(), last.tolist(), strict=True)))
     # Renumber every marker in order (RST0, RST1, ... mod 8), as a fresh stream must be.
     out = np.frombuffer(body, dtype=np.uint8)
     ff = np.flatnonzero(out[:-1] == 0xFF)
@@ -322,7 +322,7 @@ class _LibJpeg:
                         ("addon_message_table", vp), ("first_addon_message", C.c_int),
                         ("last_addon_message", C.c_int)]
 
-        common = [("err", C.POINTER(ErrorMgr)), ("mem", vp), ("progress", vp), ("client_data", vp),
+        common: list[Any] = [("err", C.POINTER(ErrorMgr)), ("mem", vp), ("progress", vp), ("client_data", vp),
                   ("is_decompressor", b), ("global_state", C.c_int)]
         u8x16 = C.c_ubyte * 16
 

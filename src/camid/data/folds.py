@@ -1,8 +1,8 @@
 """Deterministic stratified folds over the training images, and the folds CSV (``models/folds.csv``)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ def make_folds(table: pd.DataFrame, mode: str = "kfold", n_folds: int = 5,
             g_folds[idx[rng.permutation(len(idx))[:k]]] = 0
     else:
         raise DataError(f"unknown fold mode {mode!r}")
-    fold_of = dict(zip(per_group.index, g_folds))
+    fold_of = dict(zip(per_group.index, g_folds, strict=True))
     out = table.copy()
     out["fold"] = [int(fold_of[g]) for g in groups]
     return out

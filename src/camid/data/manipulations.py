@@ -12,7 +12,7 @@ validation, out-of-fold variants, the robustness report and the simulator.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -108,5 +108,5 @@ def sample(rng: np.random.Generator, mode: str = "competition") -> str:
     kind = ("jpeg", "resize", "gamma")[int(rng.integers(3))]
     lo, hi = CONTINUOUS_RANGES[kind]
     if kind == "jpeg":
-        return f"jpeg{int(rng.integers(lo, hi + 1))}"
+        return f"jpeg{int(rng.integers(int(lo), int(hi) + 1))}"
     return f"{kind}{rng.uniform(lo, hi):.3f}"

@@ -8,8 +8,8 @@ run is reproducible whatever the number of DataLoader workers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -115,7 +115,7 @@ def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence
     ``augs`` is one list for every image or a function of the image key; each file is decoded once.
     """
     imgs, flags, labs, names, keys, skipped = [], [], [], [], [], []
-    items = list(zip(paths, fnames, labels))
+    items = list(zip(paths, fnames, labels, strict=True))
     for path, fname, label in (progress(items, desc) if desc else items):
         try:
             img = read_image(path)

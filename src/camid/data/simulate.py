@@ -28,9 +28,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -89,7 +90,7 @@ class SimOptions(SimulateConfig):
     """
 
     @classmethod
-    def from_config(cls, cfg: SimulateConfig, **overrides: Any) -> "SimOptions":
+    def from_config(cls, cfg: SimulateConfig, **overrides: Any) -> SimOptions:
         values = {f.name: getattr(cfg, f.name) for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -179,10 +180,10 @@ def _assign_discrete(n_classes: int, seed: int) -> list[dict[str, Any]]:
     for _ in range(1000):  # reshuffle until no two models share every discrete setting
         for column in columns.values():
             rng.shuffle(column)
-        combos = list(zip(*columns.values()))
+        combos = list(zip(*columns.values(), strict=True))
         if len(set(combos)) == n_classes:
             break
-    return [dict(zip(columns, combo)) for combo in combos]
+    return [dict(zip(columns, combo, strict=True)) for combo in combos]
 
 
 def _flat(m: np.ndarray) -> tuple[float, ...]:
@@ -238,9 +239,9 @@ def prnu(seed: int, class_index: int, device: str, height: int, width: int, std:
     """The device's multiplicative fixed pattern K (zero mean, ``std``), made lazily at the
     photo size; all photos of one device share it. Read-only: it is cached."""
     rng = _rng(seed, _S_PRNU, class_index, _DEVICE_CODE[device], height, width)
-    k = rng.standard_normal((height, width), dtype=np.float32)
+    k: np.ndarray = rng.standard_normal((height, width), dtype=np.float32)
     k = cv2.GaussianBlur(k, (0, 0), 0.5)  # real PRNU is slightly low-pass (pixel crosstalk)
-    k *= np.float32(std) / max(float(k.std()), 1e-12)
+    k = k * (np.float32(std) / max(float(k.std()), 1e-12))
     k.setflags(write=False)
     return k
 
@@ -257,7 +258,7 @@ def _pink_noise(rng: np.random.Generator, h: int, w: int, beta: float) -> np.nda
     f[0, 0] = 1.0
     spec *= f ** np.float32(-beta / 2)
     spec[0, 0] = 0.0
-    noise = np.fft.irfft2(spec, s=(hh, ww)).astype(np.float32)
+    noise: np.ndarray = np.fft.irfft2(spec, s=(hh, ww)).astype(np.float32)
     noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
     return (noise - noise.mean()) / max(float(noise.std()), 1e-8)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import fnmatch
 import re
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image

@@ -24,9 +24,10 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -293,7 +294,7 @@ class HashIndex:
 
     def query(self, h: int) -> list[int]:
         """Indices (insertion order) of stored hashes within ``max_distance`` of ``h``."""
-        found = set()
+        found: set[int] = set()
         for k in range(4):
             chunk = (h >> (16 * k)) & 0xFFFF
             for flip in self._flips:
@@ -617,7 +618,7 @@ def analyse_all(paths: Sequence[str], previous: dict[str, dict[str, Any]], rules
     rows = [reused.get(p) or fresh[p] for p in paths]
     need = [r for r in rows if _wants_pixels(r, rules, src, decode_all)]
     for row, result in zip(need, parallel_map(decode_file, [r["path"] for r in need],
-                                              workers, "decode", unit="file")):
+                                              workers, "decode", unit="file"), strict=True):
         row.update(result)
         save(rows)
     return rows, Counter(reused=len(reused), read=len(todo), decoded=len(need))
@@ -643,7 +644,7 @@ def train_hashes(data_dir: Path, cache: Path, workers: int) -> list[tuple[str, s
         else:
             todo.append(p)
             rows.append({"path": p, "size": str(st.st_size), "mtime_ns": str(st.st_mtime_ns)})
-    done = dict(zip(todo, parallel_map(hash_file, todo, workers, "hash train", unit="file")))
+    done = dict(zip(todo, parallel_map(hash_file, todo, workers, "hash train", unit="file"), strict=True))
     for rec in rows:
         rec["phash"] = rec.get("phash", "") if rec["path"] not in done else done[rec["path"]]
     write_csv(cache, pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "phash"]))
@@ -709,7 +710,7 @@ def place_kept(rows: list[dict[str, Any]], out: Path, copy: bool,
     """Put kept files under OUT/<class>/ and remove outputs an earlier run placed but
     that are no longer kept (only paths listed in that run's report, inside OUT)."""
     taken: set[Path] = set()
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for row in rows:
         if row["decision"] != "keep":
             continue
@@ -722,10 +723,9 @@ def place_kept(rows: list[dict[str, Any]], out: Path, copy: bool,
     root = out.absolute()
     for prev in previous.values():
         stale = prev.get("dest") or ""
-        if stale and stale not in current and Path(stale).absolute().is_relative_to(root):
-            if Path(stale).is_file():
-                Path(stale).unlink()
-                counts["stale_removed"] += 1
+        if stale and stale not in current and Path(stale).absolute().is_relative_to(root) and Path(stale).is_file():
+            Path(stale).unlink()
+            counts["stale_removed"] += 1
     return counts
 
 

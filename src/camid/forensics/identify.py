@@ -12,8 +12,8 @@ ignored on purpose), because the traces live on the sensor grid.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -101,7 +101,8 @@ def predict_crops(runs: dict[str, list[Ensemble]], crops: torch.Tensor, manip: b
     return reduce_probs(torch.stack(per_run), "gmean", dim=0).numpy()
 
 
-def identify_photo(path: str, runs: dict[str, list[Ensemble]], size: int, max_tiles: int, manip: bool, batch_size: int) -> Photo:
+def identify_photo(path: str, runs: dict[str, list[Ensemble]], size: int, max_tiles: int, manip: bool,
+                   batch_size: int) -> Photo:
     try:
         img = read_image(path)
     except ImageReadError as exc:
@@ -114,13 +115,14 @@ def identify_photo(path: str, runs: dict[str, list[Ensemble]], size: int, max_ti
 
 
 def format_photo(p: Photo, classes: Sequence[str], top_k: int, size: int) -> str:
-    if p.error:
+    probs = p.probs
+    if p.error or probs is None:
         return f"{p.path}: cannot read ({p.error}); skipped"
     small = " (smaller than the crop: padded)" if min(p.width, p.height) < size else ""
     lines = [f"{p.path}  {p.width}x{p.height}, {p.crops} crop(s) of {size} px{small}, "
              f"top-1 agreement {p.agree:.2f}"]
-    for rank, i in enumerate(np.argsort(-p.probs)[:top_k], start=1):
-        lines.append(f"  {rank}. {classes[i]:<28} {p.probs[i]:.4f}")
+    for rank, i in enumerate(np.argsort(-probs)[:top_k], start=1):
+        lines.append(f"  {rank}. {classes[i]:<28} {probs[i]:.4f}")
     return "\n".join(lines)
 
 

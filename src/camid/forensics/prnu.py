@@ -26,9 +26,10 @@ the model. Output: ``scores.csv`` (every query x fingerprint pair), ``roc.csv``,
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -190,13 +191,13 @@ def finish_fingerprint(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def estimate_fingerprint(images: Iterable[np.ndarray], s: PrnuSettings = PrnuSettings()) -> np.ndarray:
     """ML fingerprint of one device from aligned, same-size photos (HxW)."""
-    num = den = None
+    sums: tuple[np.ndarray, np.ndarray] | None = None
     for img in images:
         a, b = fingerprint_terms(img, s)
-        num, den = (a, b) if num is None else (num + a, den + b)
-    if num is None:
+        sums = (a, b) if sums is None else (sums[0] + a, sums[1] + b)
+    if sums is None:
         raise DataError("a fingerprint needs at least one image")
-    return finish_fingerprint(num, den)
+    return finish_fingerprint(*sums)
 
 
 # ------------------------------------------------------------------ detection
@@ -366,19 +367,19 @@ def build_fingerprints(plan: Plan, s: PrnuSettings, workers: int) -> tuple[np.nd
     """(classes, crop, crop) fingerprints and the per-photo residual times."""
     prints, times = [], []
     for cls in plan.classes:
-        num = den = None
+        sums: tuple[np.ndarray, np.ndarray] | None = None
         paths = plan.references[cls]
         outs = parallel_map(_ref_job, paths, workers, f"fingerprint {cls}", initializer=_init_jobs,
                             initargs=(plan.crop, s))
-        for path, out in zip(paths, outs):
+        for path, out in zip(paths, outs, strict=True):
             if isinstance(out, str):
                 stage_log("prnu", f"skipped unreadable {path}: {out}")
                 continue
-            num, den = (out[0], out[1]) if num is None else (num + out[0], den + out[1])
+            sums = (out[0], out[1]) if sums is None else (sums[0] + out[0], sums[1] + out[1])
             times.append(out[2])
-        if num is None:
+        if sums is None:
             raise DataError(f"class {cls}: no readable reference photo")
-        prints.append(finish_fingerprint(num, den))
+        prints.append(finish_fingerprint(*sums))
     return np.stack(prints), times
 
 
@@ -387,11 +388,11 @@ def score_queries(plan: Plan, fingerprints: np.ndarray, s: PrnuSettings, workers
     outs = parallel_map(_query_job, plan.queries["path"].tolist(), workers, "queries", initializer=_init_jobs,
                         initargs=(plan.crop, s, fingerprints))
     rows = []
-    for q, out in zip(plan.queries.itertuples(), outs):
+    for q, out in zip(plan.queries.itertuples(), outs, strict=True):
         if isinstance(out, str):
             stage_log("prnu", f"skipped unreadable {q.path}: {out}")
             continue
-        for cls, (c, p) in zip(plan.classes, out):
+        for cls, (c, p) in zip(plan.classes, out, strict=True):
             same_model = q.label == cls
             rows.append({"query": q.fname, "kind": q.kind, "query_class": q.label, "fingerprint": cls,
                          "same_device": same_model and q.kind == KIND_A, "same_model": same_model,
@@ -417,7 +418,8 @@ def verification_tests(scores: pd.DataFrame) -> dict[str, tuple[pd.Series, pd.Se
 
 def evaluate_scores(scores: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """AUC/EER per (question, statistic), closed-set accuracy per query kind, ROC points."""
-    summary, curves = {}, []
+    summary: dict[str, Any] = {}
+    curves = []
     for test, (idx, truth) in verification_tests(scores).items():
         for stat in ("pce", "ncc"):
             values = scores.loc[idx, stat].to_numpy()

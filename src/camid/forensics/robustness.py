@@ -13,9 +13,9 @@ shaded. Identity points (gamma 1, resize 1) are the unaltered images, flag 0.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -132,7 +132,7 @@ def plot(df: pd.DataFrame, path: Path, title: str, input_size: int) -> Path:
     import matplotlib.pyplot as plt
     base = float(df.loc[df["kind"] == "none", "accuracy"].iloc[0])
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
-    for ax, (kind, label) in zip(axes.ravel(), PANELS.items()):
+    for ax, (kind, label) in zip(axes.ravel(), PANELS.items(), strict=True):
         d = df[df["kind"] == kind].sort_values("value")
         if kind == "crop":
             ax.axvline(input_size, color="tab:green", alpha=0.4, lw=6, label=f"train input {input_size}")

@@ -10,8 +10,8 @@ over TTA views and over the top-N snapshot checkpoints. Output:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -118,7 +118,8 @@ def _fingerprint(files: Sequence[Path]) -> list[dict]:
     return [{"file": str(f), "size": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
 
 
-def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.device, force: bool = False) -> Path | None:
+def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.device,
+                force: bool = False) -> Path | None:
     classes = resolve_classes(cfg, ws.data_dir)
     folds = read_folds(ws.folds_csv, classes)
     tta, out = cfg.predict.tta, ws.table(mcfg.run_name, cfg.predict.tta)
@@ -130,7 +131,8 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     if not per_fold:
         stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.models / mcfg.run_name}; skipped")
         return None
-    stamp = {"predict_digest": section_digest(cfg.predict, mcfg), "checkpoints": {str(k): _fingerprint(v) for k, v in per_fold.items()}}
+    stamp = {"predict_digest": section_digest(cfg.predict, mcfg),
+             "checkpoints": {str(k): _fingerprint(v) for k, v in per_fold.items()}}
     if not force and out.is_file() and {k: read_meta(out).get(k) for k in stamp} == stamp:
         stage_log("predict", f"{out} is up to date with its checkpoints; skipped")
         return out
@@ -138,7 +140,9 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     test = scan_test(ws.data_dir)
     test_images = load_test_images(test)
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
-    frames, test_probs, skipped = [], [], {}
+    frames: list[pd.DataFrame] = []
+    test_probs: list[np.ndarray] = []
+    skipped: dict[str, str] = {}
     for k, files in per_fold.items():
         ens = Ensemble(files, device, tta, cfg.predict.reduce, cfg.predict.amp)
         if ens.classes != classes:

@@ -13,8 +13,8 @@ One row per image x variant, keyed and sorted by ``(fname, aug)``:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -7,8 +7,8 @@ as one larger batch.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -59,7 +59,7 @@ def make_views(tta: str, height: int, width: int, size: int) -> list[View]:
     if orients is None:
         raise ValueError(f"unknown TTA {tta!r}; choose one of {', '.join(TTA_POLICIES)}")
     boxes = five_crop_boxes(height, width, size)
-    return [View(t, l, size, o) for (t, l) in boxes for o in orients]
+    return [View(top, left, size, o) for (top, left) in boxes for o in orients]
 
 
 def augment_batch(x: Tensor, views: Sequence[View]) -> Tensor:

@@ -1,7 +1,7 @@
 """Averaging probability arrays: weighted power means (``gmean`` p=0, ``mean`` p=1, ``rms`` p=2, ``pmean<p>``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

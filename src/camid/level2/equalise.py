@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -179,9 +179,9 @@ class _MoveGraph:
     def move(self, i: int, b: int) -> None:
         self.assign[i] = b
         c = self.cost[i]
-        for l in range(self.k):
-            if l != b:
-                heapq.heappush(self.heaps[b][l], (float(c[l] - c[b]), i))
+        for other in range(self.k):
+            if other != b:
+                heapq.heappush(self.heaps[b][other], (float(c[other] - c[b]), i))
 
 
 def _shortest_path(W: np.ndarray, sources: np.ndarray, sinks: np.ndarray) -> list[int]:
@@ -231,8 +231,8 @@ def flow(probs: np.ndarray, quota: np.ndarray | None = None, floor: float = DEFA
     while surplus.any():
         path = _shortest_path(graph.W, surplus > 0, surplus < 0)
         # pick every image first: moving one changes the best move of the next class
-        movers = [int(graph.who[a, b]) for a, b in zip(path, path[1:])]
-        for i, b in zip(movers, path[1:]):
+        movers = [int(graph.who[a, b]) for a, b in zip(path, path[1:], strict=False)]
+        for i, b in zip(movers, path[1:], strict=True):
             graph.move(i, b)
         for a in path:
             graph.refresh(a)

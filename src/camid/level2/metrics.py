@@ -11,9 +11,9 @@ used both before writing (``camid submission``) and before scoring (``camid scor
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,18 +24,17 @@ from ..errors import DataError, SubmissionError
 from ..util.io import atomic_path
 
 SUBMISSION_COLUMNS = ["fname", "camera"]
+Labels = Sequence[str] | np.ndarray  # class names (or manipulation names), one per row
 
 
 # ---------------------------------------------------------------- metric
 
 def weighted_score(acc_unalt: float | None, acc_manip: float | None) -> float:
     """0.7 unalt + 0.3 manip; an absent half (None) leaves the other alone."""
-    if acc_unalt is None and acc_manip is None:
-        return float("nan")
+    if acc_unalt is None:
+        return float("nan") if acc_manip is None else float(acc_manip)
     if acc_manip is None:
         return float(acc_unalt)
-    if acc_unalt is None:
-        return float(acc_manip)
     return weighted(acc_unalt, acc_manip)
 
 
@@ -56,15 +55,15 @@ class ScoreReport:
     extra: dict = field(default_factory=dict)
 
 
-def score_predictions(y_true: Sequence[str], y_pred: Sequence[str], manipulation: Sequence[str],
+def score_predictions(y_true: Labels, y_pred: Labels, manipulation: Labels,
                       classes: Sequence[str]) -> ScoreReport:
     """Score aligned label arrays; ``manipulation`` is ``none`` for unaltered rows."""
-    y_true, y_pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    manipulation = np.asarray(manipulation, dtype=object)
-    correct = y_true == y_pred
-    unalt = manipulation == "none"
+    truth, pred = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
+    manips = np.asarray(manipulation, dtype=object)
+    correct: np.ndarray = truth == pred
+    unalt: np.ndarray = manips == "none"
     acc_u, acc_m = _acc(correct[unalt]), _acc(correct[~unalt])
-    frame = pd.DataFrame({"true": y_true, "manip": manipulation, "ok": correct})
+    frame = pd.DataFrame({"true": truth, "manip": manips, "ok": correct})
     per_class = frame.groupby("true")["ok"].agg(accuracy="mean", n="size").reindex(list(classes))
     per_class["n"] = per_class["n"].fillna(0).astype(int)
     per_manip = frame.groupby("manip")["ok"].agg(accuracy="mean", n="size")
@@ -76,15 +75,15 @@ def score_predictions(y_true: Sequence[str], y_pred: Sequence[str], manipulation
         score=weighted_score(acc_u, acc_m), acc_unalt=acc_u, acc_manip=acc_m,
         n_unalt=int(unalt.sum()), n_manip=int((~unalt).sum()),
         per_class=per_class, per_manip=per_manip,
-        confusion=confusion_matrix(y_true, y_pred, classes),
+        confusion=confusion_matrix(truth, pred, classes),
     )
 
 
-def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
+def confusion_matrix(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> pd.DataFrame:
     """Counts with true classes as rows and predicted classes as columns."""
     index = {c: i for i, c in enumerate(classes)}
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for t, p in zip(y_true, y_pred):
+    for t, p in zip(y_true, y_pred, strict=True):
         cm[index[t], index[p]] += 1
     return pd.DataFrame(cm, index=pd.Index(list(classes), name="true"),
                         columns=pd.Index(list(classes), name="predicted"))
@@ -156,7 +155,8 @@ def check_solution(solution: pd.DataFrame, name: str = "solution") -> None:
     if missing:
         raise SubmissionError(f"{name}: missing column(s) {sorted(missing)}")
     if solution["fname"].duplicated().any():
-        raise SubmissionError(f"{name}: duplicate file names: {_few(solution.loc[solution['fname'].duplicated(), 'fname'])}")
+        dup = solution.loc[solution["fname"].duplicated(), "fname"]
+        raise SubmissionError(f"{name}: duplicate file names: {_few(dup)}")
 
 
 def score_submission(sub: pd.DataFrame, solution: pd.DataFrame, classes: Sequence[str] | None = None,

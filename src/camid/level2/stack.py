@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,8 @@ def features(arrays: Sequence[np.ndarray], manip: np.ndarray, log: bool = True, 
     return np.hstack(parts).astype(np.float32)
 
 
-def stack_folds(fnames: Sequence[str], labels: Sequence[int], n_folds: int, seed: int) -> np.ndarray:
+def stack_folds(fnames: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray, n_folds: int,
+                seed: int) -> np.ndarray:
     """Fold id per row: unique images shuffled within each class, dealt round-robin."""
     frame = pd.DataFrame({"fname": np.asarray(fnames), "label": np.asarray(labels)})
     images = frame.drop_duplicates("fname").reset_index(drop=True)
@@ -150,9 +151,8 @@ def _mlp_save(model, stem: Path) -> Path:
     arrays = {f"param.{n}": p.detach().numpy() for n, p in model["net"].state_dict().items()}
     arrays.update(feature_mean=model["mean"], feature_std=model["std"])
     path = stem.with_suffix(".npz")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     net = model["net"]
     write_json(stem.with_suffix(".json"), {"layers": ["linear", "relu", "dropout0.2", "linear"],
                                            "inputs": net[0].in_features, "hidden": net[0].out_features,
@@ -179,7 +179,8 @@ def class_weights(labels: np.ndarray, classes: Sequence[str], weights: Sequence[
     return np.asarray(weights, dtype=np.float64)[labels]
 
 
-def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence[str], is_test: np.ndarray,
+def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence[str] | np.ndarray,
+        is_test: np.ndarray,
         k: int, cfg: StackConfig, base_seed: int, save_dir: Path | None = None) -> tuple[np.ndarray, dict]:
     """Seeds x folds models of ``kind``; returns probabilities for every row and what was done."""
     if kind not in LEARNERS:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -74,13 +75,13 @@ def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
                  floor: float = equalise.DEFAULT_FLOOR) -> tuple[pd.DataFrame, dict]:
     """Average (and equalise) aligned tables; returns the new table and what was done."""
     st = parse_strategy(strategy) if isinstance(strategy, str) else strategy
-    if st.is_stacker:
+    if st.power is None:
         raise StrategyError(f"{st.name}: stackers are trained by base_table (camid.level2.stack), not blend_tables")
     keys, arrays, classes = align_tables(tables)
     t0 = time.perf_counter()
     out = keys.copy()
     out[classes] = power_mean(arrays, st.power, weights, floor)
-    info = {"average_seconds": round(time.perf_counter() - t0, 4)}
+    info: dict[str, Any] = {"average_seconds": round(time.perf_counter() - t0, 4)}
     if st.equaliser:
         out, info["equalise"] = equalise.equalise_table(out, classes, st.equaliser, floor)
     return out, info

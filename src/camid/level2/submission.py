@@ -9,8 +9,8 @@ solution file exists, its test score; all go to ``submissions/scores.csv``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -80,8 +80,8 @@ def score_row(name: str, table: pd.DataFrame, classes: list[str], sub: pd.DataFr
     return row
 
 
-def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None, solution_path: str | Path | None = None,
-                      score_only: bool = False) -> tuple[pd.DataFrame, bool]:
+def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None,
+                      solution_path: str | Path | None = None, score_only: bool = False) -> tuple[pd.DataFrame, bool]:
     """A validated ``submissions/<strategy>.csv`` per strategy and ``submissions/scores.csv``.
 
     ``strategies``: see ``list_strategies``; ``solution_path``: test scores (default:

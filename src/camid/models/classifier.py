@@ -20,6 +20,12 @@ from .registry import BackboneSpec, get_spec, load_pretrained
 class CamidNet(nn.Module):
     """Backbone -> global average pool -> [features, manip] -> dropout -> linear."""
 
+    # Buffers registered in __init__ (declared here for their type).
+    _scale: torch.Tensor
+    _offset: torch.Tensor
+    _mean: torch.Tensor
+    _std: torch.Tensor
+
     def __init__(self, spec: BackboneSpec, num_classes: int, dropout: float = 0.3):
         super().__init__()
         self.backbone_name = spec.name

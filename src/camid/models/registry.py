@@ -16,10 +16,10 @@ import copy
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,13 +62,24 @@ class BackboneSpec:
 def _features_attr(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # pretrainedmodels exposes `features` as a method (senet) or as a module attribute
     # (resnext, dpn); calling it works for both.
-    return backbone.features(x)
+    return _module_fn(backbone, "features")(x)
+
+
+def _module_fn(module: nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A sub-module or method of a third-party backbone, by name (its type is not declared)."""
+    fn: Callable[[torch.Tensor], torch.Tensor] = getattr(module, name)
+    return fn
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    a, b, c = values
+    return float(a), float(b), float(c)
 
 
 def _features_densenet(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     # torchvision's densenet `features` ends at norm5 (BN without activation); its forward
     # and pretrainedmodels' logits() apply the ReLU afterwards, so we must too.
-    return F.relu(backbone.features(x))
+    return F.relu(_module_fn(backbone, "features")(x))
 
 
 def _features_call(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -142,9 +153,9 @@ def _pm_spec(
         family="pretrainedmodels",
         build=_pm_build(name, shared_features=name.startswith("resnext")),
         features=features,
-        input_mean=tuple(cfg["mean"]),
-        input_std=tuple(cfg["std"]),
-        input_range=tuple(float(v) for v in cfg["input_range"]),
+        input_mean=_triple(cfg["mean"]),
+        input_std=_triple(cfg["std"]),
+        input_range=(float(cfg["input_range"][0]), float(cfg["input_range"][1])),
         input_space=cfg["input_space"],
         weights_files=(cfg["url"].rsplit("/", 1)[-1], *alt_files),
         classifier_prefixes=("last_linear.", "classifier.", "fc."),
@@ -182,15 +193,15 @@ def _timm_spec(name: str) -> BackboneSpec:
 
     def build() -> tuple[nn.Module, int]:
         model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
-        return model, int(model.num_features)
+        return model, int(cast(int, model.num_features))
 
     return BackboneSpec(
         name=name,
         family="timm",
         build=build,
         features=_features_call,
-        input_mean=tuple(cfg.mean) if cfg else (0.485, 0.456, 0.406),
-        input_std=tuple(cfg.std) if cfg else (0.229, 0.224, 0.225),
+        input_mean=_triple(cfg.mean) if cfg else (0.485, 0.456, 0.406),
+        input_std=_triple(cfg.std) if cfg else (0.229, 0.224, 0.225),
         weights_files=(f"timm/{arch}.safetensors", f"timm/{arch}.pth"),
         classifier_prefixes=tuple(c + "." for c in classifiers),
         description=f"timm {arch}",
@@ -275,6 +286,7 @@ def weights_table() -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------- weights
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

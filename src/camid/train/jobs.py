@@ -10,9 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO
 
 from ..util.log import stage_log
 
@@ -35,7 +36,8 @@ def slot_env(slot: str) -> dict[str, str]:
 
 def run_queue(jobs: Sequence[Job], slots: Sequence[str], stage: str) -> list[tuple[str, int]]:
     """Run every job, at most one per slot at a time; return (name, exit code) of the failures."""
-    queue, running, failed = list(jobs), {}, []
+    queue, failed = list(jobs), []
+    running: dict[str, tuple[subprocess.Popen, Job, IO[str] | None]] = {}
     stream = len(slots) == 1  # a single slot: show the job's own progress bars
     while queue or running:
         for slot in slots:
@@ -77,5 +79,5 @@ def _launch(job: Job, slot: str, stream: bool, stage: str):
     if stream or job.log is None:
         return subprocess.Popen(cmd, env=env, preexec_fn=_PREEXEC), job, None
     job.log.parent.mkdir(parents=True, exist_ok=True)
-    log = open(job.log, "a")
+    log = open(job.log, "a")  # noqa: SIM115 - open while the job runs; run_queue closes it
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_PREEXEC), job, log

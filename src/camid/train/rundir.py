@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -77,7 +77,19 @@ class Checkpoint:
         missing = [k for k in _REQUIRED if k not in payload]
         if missing:
             raise CheckpointError(f"{path}: not a camid checkpoint (missing {missing})")
-        return cls(**{k: payload.get(k) for k in (*_REQUIRED, "optimizer", "plateau", "state")})
+        return cls(model_args=payload["model_args"], state_dict=payload["state_dict"], classes=payload["classes"],
+                   config=payload["config"], run=payload["run"], fold=payload["fold"], epoch=payload["epoch"],
+                   input_size=payload["input_size"], val=payload["val"], optimizer=payload.get("optimizer"),
+                   plateau=payload.get("plateau"), state=payload.get("state"))
+
+
+class Resume(NamedTuple):
+    """What ``last.pt`` gives back to an interrupted run."""
+
+    checkpoint: Checkpoint
+    optimizer: dict[str, Any]
+    plateau: dict[str, Any]
+    state: dict[str, Any]  # epoch, best, history, skipped, folds_sha256
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
@@ -156,8 +168,8 @@ class RunDir:
                 (self.path / old["file"]).unlink(missing_ok=True)
         return new
 
-    def resume(self, classes: Sequence[str], folds_hash: str | None, folds_csv: Path) -> Checkpoint | None:
-        """``last.pt`` checked against the data (None: nothing to resume); its ``state["best"]``
+    def resume(self, classes: Sequence[str], folds_hash: str | None, folds_csv: Path) -> Resume | None:
+        """``last.pt`` checked against the data (None: nothing to resume); ``state["best"]``
         lists only files that exist."""
         last = self.path / LAST
         if not last.is_file():
@@ -165,15 +177,15 @@ class RunDir:
         ck = load_checkpoint(last)
         if ck.classes != list(classes):
             raise DataError(f"{last}: class list differs from the data; remove the run folder to restart")
-        if ck.state is None:
-            raise CheckpointError(f"{last}: holds no run state to resume from")
+        if ck.state is None or ck.optimizer is None or ck.plateau is None:
+            raise CheckpointError(f"{last}: holds no optimizer and run state to resume from")
         if not same_folds(ck.state.get("folds_sha256"), folds_hash):
             raise DataError(f"{last}: this run was trained on other folds than {folds_csv} (re-made "
                             f"since); remove {self.path} to train this fold again")
         # A kill between saving a new top-N checkpoint (and deleting the one it replaced)
         # and saving last.pt leaves last.pt listing a deleted file: forget it.
         ck.state["best"] = [e for e in ck.state["best"] if (self.path / e["file"]).is_file()]
-        return ck
+        return Resume(ck, ck.optimizer, ck.plateau, ck.state)
 
     def finish(self, kept: Sequence[dict[str, Any]], classes: Sequence[str], train_digest: str, epochs: int,
                folds_hash: str | None) -> list[dict[str, Any]]:

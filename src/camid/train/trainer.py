@@ -277,13 +277,13 @@ class Trainer:
                            f"score {val.score:.4f} ({stats['images_per_s']:.0f} img/s)")
 
     def _resume(self) -> int:
-        ck = self.run_dir.resume(self.classes, self.folds_sha256, self.ws.folds_csv)
-        if ck is None or ck.state is None:
+        resumed = self.run_dir.resume(self.classes, self.folds_sha256, self.ws.folds_csv)
+        if resumed is None:
             return 0
-        self.model.load_state_dict(ck.state_dict)
-        self.opt.load_state_dict(ck.optimizer)
-        self.plateau.load_state_dict(ck.plateau)
-        st = ck.state
+        self.model.load_state_dict(resumed.checkpoint.state_dict)
+        self.opt.load_state_dict(resumed.optimizer)
+        self.plateau.load_state_dict(resumed.plateau)
+        st = resumed.state
         self.state = RunState(st["epoch"] + 1, st["best"], st["history"], st["skipped"])
         stage_log("train", f"resuming {self.dir} after epoch {st['epoch'] + 1}")
         return self.state.epoch
