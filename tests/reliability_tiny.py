@@ -23,32 +23,19 @@ from PIL import Image
 
 from camid import cli
 from camid.infer.table import KEY_COLUMNS
+from tiny_config import tiny_config
 
 SIM_ARGS = ["--n-classes", "3", "--train-per-class", "3", "--test-per-class", "2",
             "--width", "128", "--height", "96", "--test-crop", "32", "--workers", "1"]
 
-CONFIG = """
-name: tiny
-data_dir: {data}
-device: cpu
-seed: 7
-folds: {{n_folds: 2, seed: 1}}
-models: {models}
-train: {{input_size: {input_size}, batch_size: 8, epochs: {epochs}, steps_per_epoch: 1, lr: 0.002, cycles: 0,
-        keep_top: 1, val_crop: 32, num_workers: 0, orientation: flips{train_extra}}}
-predict: {{tta: none, top_n: 1, crop: 32, oof_augs: [jpeg70], batch_size: 40}}
-blend: {{strategies: [gmean, gmean+hungarian, mean, rms]}}
-"""
-
 
 def write_config(path: Path, data: Path | str, models: Sequence[str] = ("camid_tiny",), epochs: int = 1,
-                 input_size: int = 32, train_extra: str = "") -> Path:
+                 input_size: int = 32) -> Path:
     """A config whose runs are ``models`` (run names; backbone camid_tiny) trained for ``epochs``."""
-    runs = "[" + ", ".join(f"{{backbone: camid_tiny, name: {m}, dropout: 0.0}}" for m in models) + "]"
-    extra = f", {train_extra}" if train_extra else ""
-    path.write_text(CONFIG.format(data=data, models=runs, epochs=epochs, input_size=input_size,
-                                  train_extra=extra))
-    return path
+    return tiny_config(path, data, runs=models, seed=7,
+                       train={"input_size": input_size, "epochs": epochs, "steps_per_epoch": 1, "val_crop": 32},
+                       predict={"tta": "none", "top_n": 1, "crop": 32, "oof_augs": ["jpeg70"], "batch_size": 40},
+                       blend={"strategies": ["gmean", "gmean+hungarian", "mean", "rms"]})
 
 
 def _keep_threads(nthreads: int) -> None:

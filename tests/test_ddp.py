@@ -6,21 +6,13 @@ import sys
 import pandas as pd
 
 from camid.train.rundir import load_checkpoint
+from tiny_config import tiny_config
 
-CFG = """
-name: ddp
-data_dir: {data}
-device: cpu
-folds: {{n_folds: 2, seed: 1}}
-models: [{{backbone: camid_tiny, dropout: 0.0}}]
-train: {{input_size: 32, warmup_input_size: 16, warmup_epochs: 1, batch_size: 4, epochs: 2, steps_per_epoch: 2,
-        lr: 0.002, keep_top: 1, val_crop: 48, num_workers: 0}}
-"""
+TRAIN = {"warmup_input_size": 16, "warmup_epochs": 1, "batch_size": 4, "orientation": "d4"}
 
 
 def test_train_under_torchrun_with_two_ranks(tmp_path, kaggle_layout):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(CFG.format(data=kaggle_layout))
+    cfg = tiny_config(tmp_path / "c.yaml", kaggle_layout, name="ddp", train=TRAIN)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "camid.cli"]
     common = ["--config", str(cfg), "--workdir", str(tmp_path)]
@@ -44,8 +36,7 @@ def test_progressive_resizing_changes_the_sample_size(tmp_path, kaggle_layout):
     from camid.train.runtime import pick_device
     from camid.train.trainer import Trainer
     from camid.workspace import Workspace
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(CFG.format(data=kaggle_layout))
+    cfg_path = tiny_config(tmp_path / "c.yaml", kaggle_layout, name="ddp", train=TRAIN)
     assert cli.main(["folds", "--config", str(cfg_path), "--workdir", str(tmp_path)]) == 0
     cfg = load_config(cfg_path)
     tr = Trainer(cfg, Workspace(tmp_path, kaggle_layout), cfg.models[0], 0, pick_device("cpu"))

@@ -13,17 +13,10 @@ from camid import cli
 from camid.data.folds import read_folds
 from camid.infer.table import read_table
 from camid.train.rundir import load_checkpoint
+from tiny_config import tiny_config
 
-TINY = """
-name: tiny
-data_dir: {data}
-device: cpu
-folds: {{n_folds: 2, seed: 1}}
-models: [{{backbone: camid_tiny, dropout: 0.0}}]
-train: {{input_size: 32, batch_size: 8, epochs: 2, steps_per_epoch: 2, lr: 0.002, cycles: 1, cycle_epochs: 1,
-        keep_top: 1, val_crop: 48, num_workers: 0, orientation: d4}}
-predict: {{tta: tta10, top_n: 2, crop: 48, oof_augs: [jpeg70, resize0.5, gamma1.2], batch_size: 40}}
-"""
+TRAIN = {"cycles": 1, "cycle_epochs": 1, "orientation": "d4"}
+PREDICT = {"tta": "tta10", "top_n": 2, "crop": 48, "oof_augs": ["jpeg70", "resize0.5", "gamma1.2"], "batch_size": 40}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +33,7 @@ def trained(tmp_path_factory):
     for i, kind in enumerate(["unalt", "manip", "unalt"]):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
             data / "test" / f"img_{i:07x}_{kind}.tif")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(TINY.format(data=data))
+    cfg = tiny_config(root / "tiny.yaml", data, train=TRAIN, predict=PREDICT)
     common = ["--config", str(cfg), "--workdir", str(root)]
     assert cli.main(["folds", *common]) == 0
     for fold in (0, 1):
@@ -114,8 +106,7 @@ def test_resume_continues_after_the_last_epoch(trained, capsys):
 
 
 def test_folds_missing_is_a_clear_error(tmp_path, capsys):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(TINY.format(data=tmp_path / "nodata"))
+    cfg = tiny_config(tmp_path / "c.yaml", tmp_path / "nodata", train=TRAIN, predict=PREDICT)
     assert cli.main(["train", "--config", str(cfg), "--workdir", str(tmp_path)]) == 2
     assert "error" in capsys.readouterr().err
 

@@ -28,6 +28,7 @@ from camid.data.samples import SampleSpec, TrainSamples, build_variants
 from camid.errors import ImageReadError
 from camid.infer.table import read_table
 from reliability_tiny import camid, jpeg_bytes, one_error
+from tiny_config import tiny_config
 
 BOMB_LIMIT = 15_000  # pixels; every good image here is far smaller, bomb.png is 40,000
 
@@ -189,24 +190,12 @@ ODD_TEST = {  # test files: readable oddities must be predicted like any other
     "img_00000a6_manip.tif": lambda: _save(_rgb(32, 32, seed=25), "TIFF"),
 }
 CLASSES = ["cam-a", "cam-b", "cam-c"]
-CONFIG = """
-name: malformed
-data_dir: {data}
-device: cpu
-seed: 3
-extra_train_dirs: {extra}
-folds: {{n_folds: 2, seed: 1}}
-models: [{{backbone: camid_tiny, dropout: 0.0}}]
-train: {{input_size: 16, batch_size: 8, epochs: 1, steps_per_epoch: 2, lr: 0.002, cycles: 0, keep_top: 1,
-        val_crop: 32, num_workers: 0, orientation: flips{extra_train}}}
-predict: {{tta: none, top_n: 1, crop: 32, oof_augs: [jpeg70], batch_size: 40}}
-"""
 
 
-def _config(path: Path, data: Path, extra: Sequence[Path] = (), extra_train: str = "") -> Path:
-    path.write_text(CONFIG.format(data=data, extra=list(map(str, extra)),
-                                  extra_train=f", {extra_train}" if extra_train else ""))
-    return path
+def _config(path: Path, data: Path, extra: Sequence[Path] = (), **train: float) -> Path:
+    return tiny_config(path, data, name="malformed", seed=3, extra_train_dirs=[str(p) for p in extra],
+                       train={"input_size": 16, "epochs": 1, "val_crop": 32, **train},
+                       predict={"tta": "none", "top_n": 1, "crop": 32, "oof_augs": ["jpeg70"], "batch_size": 40})
 
 
 def _good_photos(folder: Path, n: int, seed: int) -> None:
@@ -299,7 +288,7 @@ def test_unusable_files_are_skipped_with_reasons_and_the_run_finishes(unusable_d
 
 def test_the_skip_threshold_is_configurable_and_stops_with_a_clear_error(unusable_data, tmp_path, capsys):
     root, data = unusable_data
-    cfg = _config(tmp_path / "c.yaml", data, [root / "external"], "max_skip_fraction: 0.01")
+    cfg = _config(tmp_path / "c.yaml", data, [root / "external"], max_skip_fraction=0.01)
     _folds(tmp_path, cfg)
     capsys.readouterr()
     assert camid("train", "--config", cfg, "--workdir", tmp_path, "--fold", 0) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from camid.data.folds import check_folds_cover, read_folds
 from camid.data.layout import scan_train
@@ -170,7 +171,9 @@ def test_blend_settings_are_checked_before_any_work(ws, capsys):
     assert camid("blend", *common, "--models", "a", "--strategies", "gmean+hungrian") == 2
     assert "unknown equaliser 'hungrian'" in one_error(capsys.readouterr().err, "blend")
     cfg = Path(common[1])
-    cfg.write_text(cfg.read_text().replace("blend: {", "blend: {models: [a], weights: [1, 2], "))
+    settings = yaml.safe_load(cfg.read_text())
+    settings["blend"].update(models=["a"], weights=[1, 2])
+    cfg.write_text(yaml.safe_dump(settings))
     assert camid("blend", *common) == 2
     assert "blend.weights has 2 entries but 1 models" in one_error(capsys.readouterr().err, "blend")
     assert not (root / "oof" / "blend").exists()

@@ -9,18 +9,9 @@ import torch
 from PIL import Image
 
 from camid import cli
+from tiny_config import tiny_config
 
 CLASSES = ["cam-a", "cam-b", "cam-c"]
-TINY = """
-name: tiny
-data_dir: {data}
-device: cpu
-folds: {{n_folds: 2, seed: 1}}
-models: [{{backbone: camid_tiny, dropout: 0.0}}]
-train: {{input_size: 32, batch_size: 8, epochs: 2, steps_per_epoch: 2, lr: 0.002, cycles: 0,
-        keep_top: 2, val_crop: 48, num_workers: 0, orientation: flips}}
-predict: {{tta: tta10, top_n: {top_n}, crop: 48, batch_size: 40}}
-"""
 
 
 def photo(h: int, w: int, cls: int, seed: int) -> np.ndarray:
@@ -41,8 +32,8 @@ def train_tiny(root: Path, top_n: int = 2) -> list[str]:
         (data / "train" / cls).mkdir(parents=True, exist_ok=True)
         for i in range(4):
             Image.fromarray(photo(64, 80, c, 10 * c + i)).save(data / "train" / cls / f"{i}.jpg", quality=95)
-    cfg = root / "tiny.yaml"
-    cfg.write_text(TINY.format(data=data, top_n=top_n))
+    cfg = tiny_config(root / "tiny.yaml", data, train={"keep_top": 2},
+                      predict={"tta": "tta10", "top_n": top_n, "crop": 48, "batch_size": 40})
     common = ["--config", str(cfg), "--workdir", str(root)]
     assert cli.main(["folds", *common]) == 0
     assert cli.main(["train", *common, "--fold", "0"]) == 0

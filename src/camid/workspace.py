@@ -14,33 +14,27 @@ The data folder's own layout (``train/``, ``test/``, ``sample_submission.csv``) 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _FOLD_PREFIX = "fold"
 _TABLE_SUFFIX = ".parquet"
+_TOP_FOLDERS = ("models", "oof", "submissions", "reports")
 
 
 @dataclass(frozen=True)
 class Workspace:
     root: Path
     data_dir: Path
+    # root/<name> for each of _TOP_FOLDERS
+    models: Path = field(init=False)
+    oof: Path = field(init=False)
+    submissions: Path = field(init=False)
+    reports: Path = field(init=False)
 
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def oof(self) -> Path:
-        return self.root / "oof"
-
-    @property
-    def submissions(self) -> Path:
-        return self.root / "submissions"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
+    def __post_init__(self) -> None:
+        for name in _TOP_FOLDERS:
+            object.__setattr__(self, name, Path(self.root) / name)
 
     @property
     def folds_csv(self) -> Path:

@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from ..train import rundir
 from ..train.runtime import init_distributed, pick_device
 from ..train.trainer import Trainer
 from ..util.runtime import configure_threads
@@ -16,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="run name from the config's models (default: the first)")
     parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
-    parser.add_argument("--resume", action="store_true", help="continue from last.pt of this run")
+    parser.add_argument("--resume", action="store_true", help=f"continue from {rundir.LAST} of this run")
 
 
 def main(args: argparse.Namespace) -> int:

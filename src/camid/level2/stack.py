@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..config import StackConfig
 from ..errors import StackError
-from ..util.io import atomic_path, write_json
+from ..util.io import atomic_path, write_atomic, write_json
 from ..util.log import stage_log
 from .align import align_tables
 
@@ -80,10 +80,8 @@ def _xgb_predict(model, X):
 
 
 def _xgb_save(model, stem: Path) -> Path:
-    path = stem.with_suffix(".json")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(bytes(model.save_raw(raw_format="json")))  # loadable by Booster(model_file=...)
-    return path
+    raw = bytes(model.save_raw(raw_format="json"))  # loadable by Booster(model_file=...), never a pickle
+    return write_atomic(stem.with_suffix(".json"), lambda tmp: tmp.write_bytes(raw))
 
 
 def _lgb_fit(X, y, w, k, seed, cfg):
@@ -102,10 +100,7 @@ def _lgb_predict(model, X):
 
 
 def _lgb_save(model, stem: Path) -> Path:
-    path = stem.with_suffix(".txt")
-    with atomic_path(path) as tmp:
-        model.save_model(str(tmp))
-    return path
+    return write_atomic(stem.with_suffix(".txt"), lambda tmp: model.save_model(str(tmp)))
 
 
 def _mlp_fit(X, y, w, k, seed, cfg):
