@@ -85,7 +85,7 @@ def test_no_upward_or_sideways_import():
     assert not bad, "\n".join(bad)
 
 
-def test_no_import_cycle():
+def test_no_import_cycle() -> None:
     graph = {m: sorted({o for o, top in imports(m) if top and o != m}) for m in MODULES}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles: list[list[str]] = []
@@ -138,7 +138,7 @@ def _code_strings(tree: ast.AST) -> list[str]:
     return out
 
 
-def test_the_run_folder_names_appear_in_one_module_only():
+def test_the_run_folder_names_appear_in_one_module_only() -> None:
     owners: dict[str, set[str]] = {}
     for module, path in MODULES.items():
         for s in _code_strings(ast.parse(path.read_text())):

@@ -140,8 +140,4 @@ def test_bad_inputs_are_refused():
 def test_sample_draws_from_the_right_sets():
     rng = np.random.default_rng(0)
     drawn = {M.sample(rng) for _ in range(400)}
-    assert drawn == set(M.MANIPULATION_NAMES)
-    for _ in range(300):
-        kind, value = M.parse(M.sample(rng, "continuous"))
-        lo, hi = M.CONTINUOUS_RANGES[kind]
-        assert lo <= value <= hi
+    assert drawn == set(M.MANIPULATION_NAMES)  # the continuous ranges: tests/test_augment.py

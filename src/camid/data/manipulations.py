@@ -69,9 +69,8 @@ MANIPULATIONS: dict[str, Manipulation] = {
 }
 MANIPULATION_NAMES: tuple[str, ...] = tuple(MANIPULATIONS)
 
-# Continuous ranges used by the `continuous` training mode (docs/recipe.md §2). Note the
-# albumentations trap: RandomScale(scale_limit=(0.5, 2)) scales by 1.5-3.0 because
-# the limit is added to 1; the intended range is this one.
+# Ranges of the `continuous` training policy (docs/recipe.md §2, built in `augment`) and
+# the robustness report's shaded training ranges.
 CONTINUOUS_RANGES = {"jpeg": (70, 90), "gamma": (0.8, 1.2), "resize": (0.5, 2.0)}
 
 _NAME_RE = re.compile(r"^(jpeg|resize|gamma)(\d+(?:\.\d+)?)$")
@@ -99,14 +98,6 @@ def apply(img: np.ndarray, name: str) -> np.ndarray:
     return gamma(img, value)
 
 
-def sample(rng: np.random.Generator, mode: str = "competition") -> str:
-    """Draw a manipulation name: one of the 8, or a continuous-range one."""
-    if mode == "competition":
-        return MANIPULATION_NAMES[int(rng.integers(len(MANIPULATION_NAMES)))]
-    if mode != "continuous":
-        raise ValueError(f"unknown manipulation mode {mode!r}")
-    kind = ("jpeg", "resize", "gamma")[int(rng.integers(3))]
-    lo, hi = CONTINUOUS_RANGES[kind]
-    if kind == "jpeg":
-        return f"jpeg{int(rng.integers(int(lo), int(hi) + 1))}"
-    return f"{kind}{rng.uniform(lo, hi):.3f}"
+def sample(rng: np.random.Generator) -> str:
+    """Draw one of the 8 competition manipulations, uniformly."""
+    return MANIPULATION_NAMES[int(rng.integers(len(MANIPULATION_NAMES)))]

@@ -1,7 +1,8 @@
 """Training samples and validation variants (docs/recipe.md §2 and §4).
 
 Training sample: random crop of ``crop_factor x input`` at even offsets -> with
-probability ``p`` one manipulation (flag 1) -> random crop of the input size ->
+probability ``p`` one manipulation (flag 1: one of the 8 competition ones, or the
+``continuous`` policy of ``augment``) -> random crop of the input size ->
 orientation from the policy. Classes are sampled in balance with a fixed number
 of samples per epoch. Every random draw comes from ``(seed, epoch, index)``, so a
 run is reproducible whatever the number of DataLoader workers.
@@ -42,7 +43,15 @@ def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generato
     big = random_crop(img, spec.input_size * spec.crop_factor, rng)
     flag = int(rng.random() < spec.manip_prob)
     if flag:
-        big = manipulations.apply(np.ascontiguousarray(big), manipulations.sample(rng, spec.manip_mode))
+        big = np.ascontiguousarray(big)
+        if spec.manip_mode == "continuous":
+            from . import augment  # albumentations takes seconds to import: only this policy needs it
+
+            big = augment.continuous(big, rng)
+        elif spec.manip_mode == "competition":
+            big = manipulations.apply(big, manipulations.sample(rng))
+        else:
+            raise ValueError(f"unknown manipulation mode {spec.manip_mode!r}")
     small = random_crop(big, spec.input_size, rng)
     policy = ORIENTATION_POLICIES[spec.orientation]
     orient = policy[int(rng.integers(len(policy)))]
