@@ -92,11 +92,23 @@ def test_mismatched_tables_refused(other, message):
 
 
 def test_blend_with_equaliser_is_one_hot():
-    t = table([0.6, 0.7, 0.8, 0.9], fnames=("p", "q", "r", "s"), augs=("none",) * 4)
+    t = table([0.6, 0.7, 0.8, 0.9], fnames=("p", "q", "r", "s"), augs=("none",) * 4, labels=["a", "b", "a", "b"])
     out, info = blend_tables({"m": t}, "gmean+hungarian")
-    # all four prefer class a; two must go to b: the least confident (p, q)
+    # all four prefer class a; two (the labels' count of b) must go to b: the least confident (p, q)
     assert out["a"].tolist() == [0.0, 0.0, 1.0, 1.0]
     assert info["equalise"]["oof_unalt"]["quotas"] == [2, 2]
+
+
+@pytest.mark.parametrize("method", ["greedy", "hungarian", "flow"])
+def test_equalised_oof_of_a_perfect_model_on_imbalanced_classes_scores_one(method):
+    """OOF groups take their true class counts as quotas: balanced quotas would force 10 of
+    the 30 'a' photos into 'b' and score a perfect model 0.75."""
+    labels = ["a"] * 30 + ["b"] * 10
+    t = table([0.9 if lbl == "a" else 0.1 for lbl in labels], fnames=[f"f{i:02d}" for i in range(40)],
+              augs=("none",) * 40, labels=labels)
+    out, info = blend_tables({"m": t}, f"gmean+{method}")
+    assert (out["a"].to_numpy() == (np.array(labels) == "a")).all()
+    assert info["equalise"]["oof_unalt"]["quotas"] == [30, 10]
 
 
 def test_discover_models(tmp_path):

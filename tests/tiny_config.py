@@ -22,7 +22,8 @@ def tiny_config(path: Path, data: Path | str, *, runs: Sequence[str] | None = No
     cfg: dict[str, Any] = {"name": "tiny", "data_dir": str(data), "device": "cpu", "folds": {"n_folds": 2, "seed": 1},
                            "models": models, "train": {**TRAIN, **(train or {})}}
     if predict is not None:
-        cfg["predict"] = predict
+        # The tiny runs have no LR cycles, hence no snapshots: they average their top_n epochs.
+        cfg["predict"] = {"checkpoints": "top_n", **predict}
     cfg.update(top)
     if "blend" in cfg:  # last, so a test can replace the section by cutting the text at "blend:"
         cfg["blend"] = cfg.pop("blend")

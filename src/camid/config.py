@@ -81,7 +81,11 @@ class TrainConfig:
     cycles: int = 0  # cosine cycles after the plateau phase; each cycle end is a snapshot
     cycle_epochs: int = 5
     keep_top: int = 3
-    val_crop: int = 512  # validation mirrors the test: centre crops of this size
+    # Validation mirrors inference: centre crops of this size (None: predict.crop, the size
+    # predict's OOF rows use), seen through the first view of predict.tta (``val_view``).
+    val_crop: int | None = None
+    val_every: int = 1  # validate every k epochs (and always at cycle ends and the last epoch)
+    preload: bool = False  # decode every training photo into memory once (small data sets: the demo)
     num_workers: int = 4
     amp: bool = True  # autocast on CUDA only
     channels_last: bool = True
@@ -101,7 +105,10 @@ class PredictConfig:
 
     tta: TtaPolicy = "tta10"
     reduce: str = "gmean"  # one of REDUCTION_POWERS: over TTA views
-    top_n: int = 3  # snapshot checkpoints averaged per run
+    # Which checkpoints of a run are averaged: the cycle-end snapshots (the recipe's snapshot
+    # ensemble), the top_n by validation score, or both (snapshots + top_n epochs).
+    checkpoints: Literal["snapshots", "top_n", "both"] = "snapshots"
+    top_n: int = 3
     oof_augs: list[str] = field(default_factory=lambda: ["all"])
     oof_manip_per_image: int | None = None  # None: every listed manipulation; k: a seeded subset of k
     crop: int = 512  # OOF images are centre crops of this size, like the test set
@@ -168,6 +175,15 @@ class Config:
         """Stable hash of the resolved config, recorded next to every output."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def val_crop(self) -> int:
+        """Side of the validation centre crops: ``train.val_crop``, else ``predict.crop``."""
+        return self.train.val_crop or self.predict.crop
+
+    def val_view(self) -> Literal["whole", "centre"]:
+        """The first view of ``predict.tta``, the one validation scores: the whole crop for the
+        ``full`` policies, else its centre crop at the network's input size."""
+        return "whole" if self.predict.tta in ("full", "full_d4") else "centre"
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -257,6 +273,23 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.manip_prob must be in [0, 1]")
     if cfg.train.input_size % 2 or cfg.train.input_size < 8:
         raise ConfigError("train.input_size must be even (colour-filter grid) and >= 8")
+    for m in cfg.models:
+        if m.input_size is not None and (m.input_size % 2 or m.input_size < 8):
+            raise ConfigError(f"models[{m.run_name}].input_size must be even (colour-filter grid) and >= 8, "
+                              f"got {m.input_size}")
+    if cfg.train.warmup_input_size is not None and (cfg.train.warmup_input_size % 2 or cfg.train.warmup_input_size < 8):
+        raise ConfigError(f"train.warmup_input_size must be even (colour-filter grid) and >= 8, "
+                          f"got {cfg.train.warmup_input_size}")
+    if cfg.train.manip_prob > 0 and cfg.train.crop_factor < 2:
+        # resize0.5 (or the continuous policy's 0.5) of a crop_factor x input crop must still cover the input
+        raise ConfigError(f"train.crop_factor must be >= 2 when manipulations are drawn (manip_prob > 0): a 0.5 "
+                          f"resize of a {cfg.train.crop_factor}x crop is smaller than the input and would be "
+                          "padded")
+    if cfg.train.val_every < 1:
+        raise ConfigError(f"train.val_every must be >= 1, got {cfg.train.val_every}")
+    if cfg.val_view() == "centre" and cfg.val_crop() < max([cfg.train.input_size] + [m.input_size or 0 for m in cfg.models]):
+        raise ConfigError(f"validation crops ({cfg.val_crop()} px) are smaller than the network input "
+                          f"({cfg.train.input_size} px); raise predict.crop or train.val_crop")
     if cfg.predict.reduce not in REDUCTION_POWERS:
         raise ConfigError(f"predict.reduce: {cfg.predict.reduce!r} is not one of {list(REDUCTION_POWERS)}")
     names = [m.run_name for m in cfg.models]

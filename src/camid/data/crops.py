@@ -7,6 +7,7 @@ sees the same 8x8/16x16 block grid as the full image.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
@@ -28,6 +29,7 @@ C = TypeVar("C", bound=Croppable)
 
 GRID = 2  # colour-filter (Bayer) period
 MCU = 16  # JPEG minimum coded unit for 4:2:0
+BLOCK = 8  # JPEG DCT block
 
 
 def pad_to(img: C, size: int) -> C | np.ndarray:
@@ -60,28 +62,55 @@ def random_crop(img: Croppable, size: int, rng: np.random.Generator, align: int 
     return img[y:y + size, x:x + size]
 
 
+# Source pixels kept beyond the bicubic kernel's reach (2) around a resized region.
+_RESIZE_MARGIN = 4
+# A scale p/q needs region origins on multiples of q; beyond this q, resize the whole photo.
+_MAX_DENOMINATOR = 64
+
+
+def _resize_span(length: int, size: int, scale: float) -> tuple[int, int, int]:
+    """``(start, stop, offset)``: resizing source ``[start, stop)`` by ``scale`` and cropping
+    ``[offset, offset + size)`` gives the whole photo's resized centre crop, pixel for pixel.
+
+    With an exact factor, output pixel ``i`` samples source ``(i + 0.5) / scale - 0.5``; a
+    region starting at ``start`` with ``start * scale`` an integer samples at the same
+    phases, so its outputs are the full resize's, away from the region's own borders."""
+    full = manipulations.resized_length(length, scale)
+    o = centre_offset(full, size)
+    den = Fraction(scale).limit_denominator(1000).denominator
+    if den > _MAX_DENOMINATOR:
+        return 0, length, o
+    first = math.floor((o + 0.5) / scale - 0.5) - _RESIZE_MARGIN
+    last = math.ceil((o + size - 0.5) / scale - 0.5) + _RESIZE_MARGIN + 1
+    start = max(0, first) // den * den
+    return start, min(length, last), o - round(start * scale)
+
+
 def manipulated_centre_crop(img: np.ndarray, name: str, size: int) -> np.ndarray:
     """The test-set recipe: manipulate the photo, then take its centre ``size`` crop.
 
-    Only an MCU-aligned centre region large enough for the final crop is
-    manipulated (a 12-megapixel resize per variant would dominate the run time),
-    and the crop is taken where the full photo's centre crop falls. The pixels
-    equal manipulating the whole photo for JPEG, gamma and the 0.5/2.0 resizes;
-    for 0.8/1.5 the bicubic sampling phase can differ by a fraction of a pixel.
+    Only a centre region large enough for the final crop is manipulated (a 12-megapixel
+    resize per variant would dominate the run time), and the crop is taken where the full
+    photo's centre crop falls. The pixels equal manipulating the whole photo: JPEG and gamma
+    regions start on the 16-px MCU grid (same blocks as the whole photo), resize regions on
+    origins where the exact factor puts output pixels at the same sampling phases.
     """
     if name == "none":
         return np.ascontiguousarray(centre_crop(img, size))
     kind, value = manipulations.parse(name)
-    scale = value if kind == "resize" else 1.0
-    img = pad_to(img, int(math.ceil(size / scale)))
     h, w = img.shape[:2]
-    need = int(math.ceil(size / scale)) + 3 * MCU
+    if kind == "resize":
+        if min(manipulations.resized_length(h, value), manipulations.resized_length(w, value)) < size:
+            return np.ascontiguousarray(centre_crop(manipulations.apply(img, name), size))  # small: padded like the test
+        y0, y1, oy = _resize_span(h, size, value)
+        x0, x1, ox = _resize_span(w, size, value)
+        out = manipulations.apply(np.ascontiguousarray(img[y0:y1, x0:x1]), name)
+        return np.ascontiguousarray(out[oy:oy + size, ox:ox + size])
+    img = np.asarray(pad_to(img, size))
+    h, w = img.shape[:2]
+    need = size + 3 * MCU
     ph, pw = min(h, need), min(w, need)
     y, x = centre_offset(h, ph, MCU), centre_offset(w, pw, MCU)
     out = manipulations.apply(np.ascontiguousarray(img[y:y + ph, x:x + pw]), name)
-    full_h, full_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    oy = centre_offset(full_h, size) - int(round(y * full_h / h))
-    ox = centre_offset(full_w, size) - int(round(x * full_w / w))
-    oy = min(max(oy, 0), out.shape[0] - size)
-    ox = min(max(ox, 0), out.shape[1] - size)
-    return np.ascontiguousarray(pad_to(out, size)[oy:oy + size, ox:ox + size])
+    oy, ox = centre_offset(h, size) - y, centre_offset(w, size) - x
+    return np.ascontiguousarray(out[oy:oy + size, ox:ox + size])

@@ -5,8 +5,11 @@ validation, out-of-fold variants, the robustness report and the simulator.
 
 - JPEG: Pillow's libjpeg(-turbo) with the standard IJG tables scaled to the
   quality, 4:2:0 chroma subsampling (libjpeg's and OpenCV's default), no optimisation.
-- Resize: OpenCV ``INTER_CUBIC`` (the organisers' "bicubic"), output size
-  ``round(side * scale)``.
+- Resize: OpenCV ``INTER_CUBIC`` (the organisers' "bicubic") by exactly ``scale``
+  (``fx = fy = scale``), output size ``side * scale`` rounded half to even as OpenCV
+  does. An exact factor keeps the sampling phase of every output pixel a function of
+  its position only, so a centre region resized on its own reproduces the whole photo's
+  pixels (``crops.manipulated_centre_crop``).
 - Gamma: ``255 * (x / 255) ** gamma`` rounded half up, through a 256-entry table.
 """
 from __future__ import annotations
@@ -33,14 +36,21 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return decode_bytes(encode_jpeg(img, quality, "4:2:0"))
 
 
+def resized_length(length: int, scale: float) -> int:
+    """The side of a resized image: OpenCV's ``cvRound(length * scale)`` (half to even)."""
+    return max(1, int(np.rint(length * scale)))
+
+
 def resize(img: np.ndarray, scale: float) -> np.ndarray:
-    """Bicubic resize by ``scale`` like OpenCV ``INTER_CUBIC``."""
+    """Bicubic resize by exactly ``scale`` (OpenCV ``INTER_CUBIC`` with ``fx = fy = scale``)."""
     _check_image(img)
     if not 0.05 <= scale <= 20:
         raise ValueError(f"resize scale out of range: {scale}")
     h, w = img.shape[:2]
-    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-    return cv2.resize(img, size, interpolation=cv2.INTER_CUBIC)
+    if resized_length(h, scale) != int(np.rint(h * scale)) or resized_length(w, scale) != int(np.rint(w * scale)):
+        # a side that would round to 0: OpenCV refuses fx/fy then, so give the size explicitly
+        return cv2.resize(img, (resized_length(w, scale), resized_length(h, scale)), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
 
 
 def gamma_table(gamma: float) -> np.ndarray:

@@ -10,7 +10,7 @@ run is reproducible whatever the number of DataLoader workers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch
 from ..errors import ImageReadError
 from ..util.log import progress
 from . import fastjpeg, manipulations
-from .crops import manipulated_centre_crop, random_crop
+from .crops import BLOCK, GRID, MCU, centre_offset, manipulated_centre_crop, random_crop
 from .images import read_image
 from .orientation import ORIENTATION_POLICIES
 
@@ -32,27 +32,51 @@ class SampleSpec:
     orientation: str = "d4"
 
 
+def _allowed(pre: int, input_size: int) -> tuple[str, ...]:
+    """Competition manipulations that leave a ``pre``-px crop at least ``input_size`` wide."""
+    return tuple(n for n in manipulations.MANIPULATION_NAMES
+                 if not n.startswith("resize") or int(pre * manipulations.parse(n)[1]) >= input_size)
+
+
 def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generator,
-                    spec: SampleSpec) -> tuple[torch.Tensor, int]:
+                    spec: SampleSpec, fixed_manip: bool = False) -> tuple[torch.Tensor, int]:
     """One augmented crop (uint8 CHW tensor) and its manip flag.
+
+    The first crop sits on the 16-px JPEG MCU grid of the photo and the final one on its 8-px
+    block grid (unless a resize moved the grid), because the test crops are centre crops of
+    the photo (or of its recompression) and so keep that grid: the network sees the camera's
+    and the manipulation's JPEG blocks at the phase it will be tested at; both grids keep the
+    2x2 colour-filter period. A photo smaller than the first crop is taken whole, and then only
+    manipulations that leave at least the input size are drawn (pseudo-labelled test crops,
+    small external photos). ``fixed_manip``: an already manipulated test crop, flagged 1 and
+    never manipulated again.
 
     ``img`` may be a ``fastjpeg.LazyCrop``: the crops below then stay undecoded until
     numpy needs pixels, so only the 2x crop (manipulated samples) or only the final
     crop (the others) is decoded. Same draws, same pixels as with the decoded array.
     """
-    big = random_crop(img, spec.input_size * spec.crop_factor, rng)
-    flag = int(rng.random() < spec.manip_prob)
-    if flag:
+    h, w = img.shape[:2]
+    pre = min(spec.input_size * spec.crop_factor, max(spec.input_size, min(h, w) // GRID * GRID))
+    big = random_crop(img, pre, rng, align=MCU)
+    align = BLOCK
+    flag = 1 if fixed_manip else int(rng.random() < spec.manip_prob)
+    if flag and not fixed_manip:
         big = np.ascontiguousarray(big)
         if spec.manip_mode == "continuous":
             from . import augment  # albumentations takes seconds to import: only this policy needs it
 
+            before = big.shape
             big = augment.continuous(big, rng)
+            align = BLOCK if big.shape == before else GRID
         elif spec.manip_mode == "competition":
-            big = manipulations.apply(big, manipulations.sample(rng))
+            allowed = manipulations.MANIPULATION_NAMES if pre == spec.input_size * spec.crop_factor \
+                else _allowed(pre, spec.input_size)
+            name = allowed[int(rng.integers(len(allowed)))]
+            big = manipulations.apply(big, name)
+            align = GRID if name.startswith("resize") else BLOCK
         else:
             raise ValueError(f"unknown manipulation mode {spec.manip_mode!r}")
-    small = random_crop(big, spec.input_size, rng)
+    small = random_crop(big, spec.input_size, rng, align=align)
     policy = ORIENTATION_POLICIES[spec.orientation]
     orient = policy[int(rng.integers(len(policy)))]
     x = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)
@@ -60,16 +84,36 @@ def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generato
 
 
 class TrainSamples(torch.utils.data.Dataset):
-    """Balanced-class random samples; ``len`` is the number of samples per epoch."""
+    """Balanced-class random samples; ``len`` is the number of samples per epoch.
+
+    Classes are drawn in turn whatever their image counts (the recipe's balanced sampling),
+    then an image of the class uniformly. ``fixed_manip`` marks images that are already
+    manipulated (pseudo-labelled ``_manip`` test crops): flag 1, no further manipulation."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], n_classes: int,
-                 length: int, spec: SampleSpec, seed: int):
+                 length: int, spec: SampleSpec, seed: int, fixed_manip: Sequence[bool] | None = None):
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.fixed_manip = np.zeros(len(self.paths), bool) if fixed_manip is None else np.asarray(fixed_manip, bool)
+        if len(self.fixed_manip) != len(self.paths):
+            raise ValueError(f"{len(self.fixed_manip)} manip flags for {len(self.paths)} images")
         self.by_class = [np.flatnonzero(self.labels == c) for c in range(n_classes)]
         self.present = [c for c in range(n_classes) if len(self.by_class[c])]
         self.length, self.spec, self.seed = length, spec, seed
+        self.images: dict[int, np.ndarray] = {}  # preloaded decodes, by index
         self.set_epoch(0)
+
+    def preload(self, desc: str | None = "preload") -> list[tuple[str, str]]:
+        """Decode every image once into memory (small data sets: the demo, tests), so sampling
+        costs a crop instead of a decode; DataLoader workers forked afterwards share the pages.
+        Returns the unreadable files (path, reason); they stay on the lazy path and are skipped."""
+        bad = []
+        for i, path in enumerate(progress(self.paths, desc) if desc else self.paths):
+            try:
+                self.images[i] = read_image(path)
+            except ImageReadError as exc:
+                bad.append((path, exc.reason))
+        return bad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -85,9 +129,9 @@ class TrainSamples(torch.utils.data.Dataset):
         members = self.by_class[self.class_order[i]]
         idx = int(members[rng.integers(len(members))])
         try:
-            # Region decoding when the photo allows it (fastjpeg), else a full decode.
-            img = fastjpeg.open_image(self.paths[idx])
-            x, flag = training_sample(img, rng, self.spec)
+            # Preloaded, else region decoding when the photo allows it (fastjpeg), else a full decode.
+            img = self.images[idx] if idx in self.images else fastjpeg.open_image(self.paths[idx])
+            x, flag = training_sample(img, rng, self.spec, bool(self.fixed_manip[idx]))
         except ImageReadError as exc:
             return {"skip": self.paths[idx], "reason": exc.reason}
         return {"image": x, "manip": float(flag), "label": int(self.labels[idx])}
@@ -114,6 +158,17 @@ class VariantSet:
     aug: list[str]
     fnames: list[str]
     skipped: list[tuple[str, str]]
+
+    def view(self, rule: str, size: int) -> VariantSet:
+        """The variants as the first view of a TTA policy sees them: ``whole`` crops, or their
+        ``centre`` ``size`` crop (the same even-offset box as the first TTA view)."""
+        if rule == "whole" or size >= min(self.images.shape[-2:]):
+            return self
+        if rule != "centre":
+            raise ValueError(f"unknown validation view {rule!r}")
+        h, w = self.images.shape[-2:]
+        y, x = centre_offset(h, size), centre_offset(w, size)
+        return replace(self, images=self.images[..., y:y + size, x:x + size].contiguous())
 
 
 def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence[int],

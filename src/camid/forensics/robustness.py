@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import Config
-from ..data.crops import manipulated_centre_crop
+from ..config import Config, from_dict
+from ..data.crops import centre_offset, manipulated_centre_crop
 from ..data.folds import read_folds
 from ..data.images import probe_image, read_image
+from ..data import manipulations
 from ..data.manipulations import CONTINUOUS_RANGES, MANIPULATION_NAMES
-from ..errors import DataError, ImageReadError, UsageError
+from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..infer.ensemble import Ensemble
 from ..train.rundir import RunDir
 from ..util.io import write_atomic, write_csv, write_json
@@ -75,18 +76,29 @@ def grid(val_crop: int, input_size: int, max_side: int) -> list[Point]:
     return pts
 
 
-def training_range(kind: str, value: float, input_size: int) -> bool:
+def trained_values(kind: str) -> tuple[float, ...]:
+    """The discrete values a ``competition``-mode run was trained on (the 8 manipulations)."""
+    return tuple(manipulations.parse(n)[1] for n in MANIPULATION_NAMES if n.startswith(kind))
+
+
+def training_range(kind: str, value: float, input_size: int, mode: str = "continuous") -> bool:
+    """Whether a point was seen in training: the input size, the continuous ranges, or in
+    ``competition`` mode only the 8 discrete values."""
     if kind == "crop":
         return value == input_size
     if kind == "none":
         return True
+    if mode == "competition":
+        return any(abs(value - v) < 1e-9 for v in trained_values(kind))
     lo, hi = CONTINUOUS_RANGES[kind]
     return lo <= value <= hi
 
 
 def evaluate_points(ens: Ensemble, photos: pd.DataFrame, points: Sequence[Point],
-                    batch_size: int) -> dict[tuple[str, int], list[int]]:
-    """(aug, crop) -> [correct, total] over the photos; each photo is decoded once."""
+                    batch_size: int, view: str = "whole") -> dict[tuple[str, int], list[int]]:
+    """(aug, crop) -> [correct, total] over the photos; each photo is decoded once. Every crop
+    is seen through ``view`` (the run's validation view: whole, or its centre at the input
+    size), so points of the training range reproduce the validation numbers."""
     variants = sorted({(p.aug, p.crop) for p in points})
     index = {c: i for i, c in enumerate(ens.classes)}
     counts = {v: [0, 0] for v in variants}
@@ -104,6 +116,9 @@ def evaluate_points(ens: Ensemble, photos: pd.DataFrame, points: Sequence[Point]
         y = np.asarray(labels)
         for aug, crop in variants:
             x = torch.stack([torch.from_numpy(manipulated_centre_crop(im, aug, crop)).permute(2, 0, 1) for im in imgs])
+            if view == "centre" and crop > ens.input_size:
+                oy, ox = centre_offset(crop, ens.input_size), centre_offset(crop, ens.input_size)
+                x = x[..., oy:oy + ens.input_size, ox:ox + ens.input_size]
             flags = torch.full((len(imgs),), float(aug != "none"))
             pred = ens.predict_whole(x, flags, batch_size).argmax(1).numpy()
             counts[(aug, crop)][0] += int((pred == y).sum())
@@ -111,14 +126,15 @@ def evaluate_points(ens: Ensemble, photos: pd.DataFrame, points: Sequence[Point]
     return counts
 
 
-def results_frame(points: Sequence[Point], counts: dict, input_size: int, run: str, fold: int) -> pd.DataFrame:
+def results_frame(points: Sequence[Point], counts: dict, input_size: int, run: str, fold: int,
+                  mode: str = "continuous") -> pd.DataFrame:
     rows = []
     for p in points:
         correct, total = counts[(p.aug, p.crop)]
         rows.append({"run": run, "fold": fold, "kind": p.kind, "value": p.value, "aug": p.aug, "crop": p.crop,
                      "manip": p.manip, "n": total, "correct": correct,
                      "accuracy": correct / total if total else float("nan"),
-                     "in_training_range": training_range(p.kind, p.value, input_size),
+                     "in_training_range": training_range(p.kind, p.value, input_size, mode),
                      "competition_point": p.aug in MANIPULATION_NAMES})
     return pd.DataFrame(rows)
 
@@ -126,7 +142,7 @@ def results_frame(points: Sequence[Point], counts: dict, input_size: int, run: s
 PANELS = {"jpeg": "JPEG quality", "gamma": "gamma", "resize": "resize factor", "crop": "crop size (px, unaltered)"}
 
 
-def plot(df: pd.DataFrame, path: Path, title: str, input_size: int) -> Path:
+def plot(df: pd.DataFrame, path: Path, title: str, input_size: int, mode: str = "continuous") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -137,6 +153,9 @@ def plot(df: pd.DataFrame, path: Path, title: str, input_size: int) -> Path:
         if kind == "crop":
             ax.axvline(input_size, color="tab:green", alpha=0.4, lw=6, label=f"train input {input_size}")
             ax.set_xscale("log", base=2)
+        elif mode == "competition":  # only the 8 discrete values were trained: mark them, shade no range
+            for i, v in enumerate(trained_values(kind)):
+                ax.axvline(v, color="tab:green", alpha=0.35, lw=6, label="trained values" if i == 0 else None)
         else:
             lo, hi = CONTINUOUS_RANGES[kind]
             ax.axvspan(lo, hi, color="tab:green", alpha=0.15, label=f"training range {lo:g}-{hi:g}")
@@ -180,24 +199,31 @@ def _max_side(photos: pd.DataFrame) -> int:
 
 def run_report(cfg: Config, ws: Workspace, run_name: str, fold: int, out: Path, device: torch.device,
                max_images: int | None = None) -> pd.DataFrame:
-    files = RunDir(ws.run_dir(run_name, fold)).checkpoint_files(cfg.predict.top_n)
+    files = RunDir(ws.run_dir(run_name, fold)).checkpoint_files(cfg.predict.top_n, cfg.predict.checkpoints)
     if not files:
         raise UsageError(f"no trained checkpoints in {ws.run_dir(run_name, fold)}; train it first "
                         f"(`camid train --model {run_name} --fold {fold}`)")
     ens = Ensemble(files, device, cfg.predict.tta, cfg.predict.reduce, cfg.predict.amp)
-    val_crop = int(ens.train_config["train"]["val_crop"])  # the crop this run was validated on
+    try:  # the crop, view and manipulation mode this run was validated and trained with
+        run_cfg = from_dict(Config, ens.train_config, "checkpoint config")
+    except ConfigError:
+        run_cfg = cfg  # a checkpoint of another camid version: the current settings are the best guess
+    val_crop, view, mode = run_cfg.val_crop(), run_cfg.val_view(), run_cfg.train.manip_mode
     photos = held_out(ws, fold, ens.classes, max_images, cfg.seed)
     points = grid(val_crop, ens.input_size, _max_side(photos))
     stage_log("robustness", f"{run_name} fold {fold}: {len(files)} checkpoint(s), {len(photos)} held-out photos "
-                            f"from {ws.folds_csv}, {len({(p.aug, p.crop) for p in points})} variants")
-    counts = evaluate_points(ens, photos, points, cfg.predict.batch_size)
-    df = results_frame(points, counts, ens.input_size, run_name, fold)
+                            f"from {ws.folds_csv}, {len({(p.aug, p.crop) for p in points})} variants, "
+                            f"{view} view like its validation")
+    counts = evaluate_points(ens, photos, points, cfg.predict.batch_size, view)
+    df = results_frame(points, counts, ens.input_size, run_name, fold, mode)
     write_csv(out / "robustness.csv", df)
     write_json(out / "robustness.json", {"run": run_name, "fold": fold, "checkpoints": [str(f) for f in files],
                                          "val_crop": val_crop, "input_size": ens.input_size,
-                                         "images": len(photos), "training_ranges": CONTINUOUS_RANGES})
+                                         "images": len(photos), "view": view, "manip_mode": mode,
+                                         "training_ranges": CONTINUOUS_RANGES if mode == "continuous" else
+                                         {k: trained_values(k) for k in ("jpeg", "gamma", "resize")}})
     plot(df, out / "robustness.png", f"{run_name} fold {fold}: {len(photos)} held-out photos, "
                                      f"{len(files)} checkpoint(s), centre crops of {val_crop} px",
-         ens.input_size)
+         ens.input_size, mode)
     stage_log("robustness", f"wrote robustness.csv, robustness.json and robustness.png to {out}")
     return df

@@ -124,7 +124,8 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     folds = read_folds(ws.folds_csv, classes)
     tta, out = cfg.predict.tta, ws.table(mcfg.run_name, cfg.predict.tta)
     run_dirs = {int(k): RunDir(ws.run_dir(mcfg.run_name, int(k))) for k in sorted(folds["fold"].unique()) if k >= 0}
-    per_fold = {k: files for k, d in run_dirs.items() if (files := d.checkpoint_files(cfg.predict.top_n))}
+    policy = cfg.predict.checkpoints
+    per_fold = {k: files for k, d in run_dirs.items() if (files := d.checkpoint_files(cfg.predict.top_n, policy))}
     folds_hash = folds_sha256(ws.folds_csv)
     for k in per_fold:
         run_dirs[k].check_folds(folds_hash, ws.folds_csv)
@@ -147,14 +148,15 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
         ens = Ensemble(files, device, tta, cfg.predict.reduce, cfg.predict.amp)
         if ens.classes != classes:
             raise DataError(f"{files[0]}: trained on classes {ens.classes}, data has {classes}")
-        stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s), TTA {tta}")
+        stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s) by predict.checkpoints = "
+                             f"{policy} ({', '.join(f.name for f in files)}), TTA {tta}")
         frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped))
         test_probs.append(predict_test(ens, test_images, cfg.predict.batch_size))
     fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
     frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
                          "unknown", [""] * len(test_images), fold_avg, classes))
     table = pd.concat(frames, ignore_index=True)
-    meta = {**stamp, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta, "reduce": cfg.predict.reduce,
+    meta = {**stamp, "checkpoint_policy": policy, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta, "reduce": cfg.predict.reduce,
             "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device),
             "skipped": dict(sorted(skipped.items()))}
     if skipped:

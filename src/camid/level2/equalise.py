@@ -274,9 +274,20 @@ def row_groups(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero(mask) for name, mask in groups.items() if mask.any()}
 
 
+def label_quotas(labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Per-class counts of the true labels: the quotas of an OOF group."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.bincount([index[lbl] for lbl in labels], minlength=len(classes)).astype(np.int64)
+
+
 def equalise_table(df: pd.DataFrame, classes: list[str], method: str,
                    floor: float = DEFAULT_FLOOR) -> tuple[pd.DataFrame, dict]:
     """Replace each row's probabilities by the one-hot vector of its equalised class.
+
+    Test groups get the balanced quotas (the competition's test set has as many images
+    of every class); OOF groups get their true class counts, because the training set
+    need not be balanced, and an OOF score under balanced quotas would punish a perfect
+    model on imbalanced classes (30 A + 10 B images: 0.75 instead of 1.0).
 
     The table schema has only class columns after the keys, so an equalised
     table stores the decision as exact 0/1 probabilities: argmax is the
@@ -288,10 +299,11 @@ def equalise_table(df: pd.DataFrame, classes: list[str], method: str,
     info: dict[str, dict] = {}
     for name, rows in row_groups(df).items():
         start = time.perf_counter()
-        q = quotas(probs[rows])
+        q = label_quotas(df["label"].to_numpy()[rows], classes) if name.startswith("oof") else quotas(probs[rows])
         assign, used = solve(probs[rows], method, q, floor)
         onehot[rows, assign] = 1.0
         info[name] = {"rows": int(len(rows)), "quotas": q.tolist(), "solver": used,
+                      "quota_rule": "labels" if name.startswith("oof") else "balanced",
                       "seconds": round(time.perf_counter() - start, 4)}
     out = df.copy()
     out[classes] = onehot

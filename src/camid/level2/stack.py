@@ -1,5 +1,8 @@
 """Level-2 stackers trained on the OOF table (docs/recipe.md §7b): xgb, lgb, mlp.
 
+Sample weights reproduce the metric (``metric_weights``: unaltered rows together 0.7,
+manipulated rows 0.3) times the optional per-class weights.
+
 Features per row: every model's class probabilities, optionally their logs
 (``log(max(p, floor))``), and the ``manip`` flag. Target: the OOF label.
 
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import StackConfig
+from ..data.competition import MANIP_WEIGHT, UNALT_WEIGHT
 from ..errors import StackError
 from ..util.io import atomic_path, write_atomic, write_json
 from ..util.log import stage_log
@@ -174,6 +178,23 @@ def class_weights(labels: np.ndarray, classes: Sequence[str], weights: Sequence[
     return np.asarray(weights, dtype=np.float64)[labels]
 
 
+def metric_weights(manip: np.ndarray, is_test: np.ndarray) -> np.ndarray:
+    """Per-row weights under which the training rows count like the metric: all unaltered rows
+    together weigh ``UNALT_WEIGHT``, all manipulated ones ``MANIP_WEIGHT`` (the OOF table holds
+    several manipulated variants per unaltered photo, which unweighted would dominate the fit).
+    Scaled to mean 1 over the training rows; test rows get 0."""
+    manip = np.asarray(manip) == 1
+    train = ~np.asarray(is_test, bool)
+    w = np.zeros(len(manip))
+    n_u, n_m = int((train & ~manip).sum()), int((train & manip).sum())
+    if n_u:
+        w[train & ~manip] = UNALT_WEIGHT / n_u
+    if n_m:
+        w[train & manip] = MANIP_WEIGHT / n_m
+    total = w[train].sum()
+    return w * (train.sum() / total) if total > 0 else w
+
+
 def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence[str] | np.ndarray,
         is_test: np.ndarray,
         k: int, cfg: StackConfig, base_seed: int, save_dir: Path | None = None) -> tuple[np.ndarray, dict]:
@@ -218,7 +239,7 @@ def run(kind: str, tables: dict[str, pd.DataFrame], settings: StackConfig, floor
     is_test = (keys["split"] == "test").to_numpy()
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index.get(lbl, 0) for lbl in keys["label"]], dtype=np.int64)  # test rows: dummy 0
-    w = class_weights(y, classes, settings.class_weights)
+    w = class_weights(y, classes, settings.class_weights) * metric_weights(keys["manip"].to_numpy(), is_test)
     X = features(arrays, keys["manip"].to_numpy(), settings.log_features, floor)
     save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

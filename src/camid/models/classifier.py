@@ -1,5 +1,5 @@
 """The camera-model classifier (docs/recipe.md §3): backbone feature map -> global
-average pooling -> concatenate the ``manip`` flag -> dropout -> linear layer to the classes.
+average pooling -> dropout -> concatenate the ``manip`` flag -> linear layer to the classes.
 
 Global pooling (instead of the fixed 7x7 pool inside pretrainedmodels' ``logits()``) is
 what lets one network train on 480/512 crops and still run on any input of at least 32 px.
@@ -18,7 +18,11 @@ from .registry import BackboneSpec, get_spec, load_pretrained
 
 
 class CamidNet(nn.Module):
-    """Backbone -> global average pool -> [features, manip] -> dropout -> linear."""
+    """Backbone -> global average pool -> dropout -> [features, manip] -> linear.
+
+    Dropout acts on the pooled features only: on the concatenated vector it would zero the
+    manip flag in ``dropout`` of the training samples and scale it by ``1/(1-dropout)`` in
+    the others, so the head would learn a flag it cannot trust."""
 
     # Buffers registered in __init__ (declared here for their type).
     _scale: torch.Tensor
@@ -69,7 +73,7 @@ class CamidNet(nn.Module):
         flag = manip.reshape(-1, 1).to(pooled.dtype)
         if flag.shape[0] != pooled.shape[0]:
             raise ValueError(f"manip has {flag.shape[0]} flags for a batch of {pooled.shape[0]}")
-        return self.head(self.dropout(torch.cat([pooled, flag], dim=1)))
+        return self.head(torch.cat([self.dropout(pooled), flag], dim=1))
 
 
 def build_model(

@@ -214,12 +214,27 @@ class RunDir:
             raise DataError(f"{self.path} was trained on other folds than {folds_csv} "
                             "(re-made since); retrain it (`camid train-all`) before predicting")
 
-    def checkpoint_files(self, top_n: int) -> list[Path]:
-        """The best ``top_n`` kept checkpoints of a finished run ([] when it has not finished)."""
+    def checkpoint_files(self, top_n: int, policy: str = "top_n") -> list[Path]:
+        """The checkpoints inference averages ([] when the run has not finished).
+
+        ``snapshots``: every cycle-end snapshot (the snapshot ensemble of Huang et al.; a run
+        trained without cycles has none and falls back to its best epoch); ``top_n``: the best
+        ``top_n`` kept checkpoints by validation score, snapshots or not; ``both``: the
+        snapshots plus the best ``top_n`` epochs."""
         index = self.path / INDEX
         if not index.is_file():
             return []
-        entries = json.loads(index.read_text())["checkpoints"][:top_n]
+        ranked = json.loads(index.read_text())["checkpoints"]
+        snaps = sorted((e for e in ranked if e.get("kind") == "snapshot"), key=lambda e: e["epoch"])
+        epochs = [e for e in ranked if e.get("kind") != "snapshot"]
+        if policy == "top_n":
+            entries = ranked[:top_n]
+        elif policy == "snapshots":
+            entries = snaps or epochs[:1]
+        elif policy == "both":
+            entries = snaps + epochs[:top_n]
+        else:
+            raise ValueError(f"unknown checkpoint policy {policy!r}; choose snapshots, top_n or both")
         files = [self.path / e["file"] for e in entries]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:

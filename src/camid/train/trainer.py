@@ -76,6 +76,9 @@ def evaluate(model: CamidNet, val: VariantSet, device: torch.device, batch_size:
     return ValResult(lu / max(nu, 1), lm / max(nm, 1), cu / max(nu, 1), cm / max(nm, 1))
 
 
+_NO_VAL = ValResult(float("nan"), float("nan"), float("nan"), float("nan"))  # an epoch that was not validated
+
+
 @dataclass
 class RunState:
     epoch: int = 0
@@ -142,12 +145,15 @@ class Trainer:
             val_df = val_df.sample(self.t.max_val_images, random_state=self.cfg.seed).sort_values("fname")
         augs = ["none", *manipulations.MANIPULATION_NAMES]
         val_df = val_df.iloc[self.dist.rank::self.dist.world]  # DDP: each rank scores a shard
+        crop, rule = self.cfg.val_crop(), self.cfg.val_view()
         self.val = build_variants(val_df["path"].tolist(), val_df["fname"].tolist(),
-                                  val_df["label"].map(index).tolist(), augs, self.t.val_crop, desc="validation")
+                                  val_df["label"].map(index).tolist(), augs, crop,
+                                  desc="validation").view(rule, self.input_size)
         for path, reason in self.val.skipped:
             self.state.skipped[path] = reason
-        stage_log("train", f"validation: {len(self.val.images)} centre crops of {self.t.val_crop} px "
-                           f"({len(augs)} variants per image)")
+        seen = "the whole crop" if rule == "whole" else f"its centre {self.input_size} px"
+        stage_log("train", f"validation: {len(self.val.images)} centre crops of {crop} px ({len(augs)} variants "
+                           f"per image), scored on {seen}: the first view of predict.tta = {self.cfg.predict.tta}")
 
     def input_size_at(self, epoch: int) -> int:
         """Progressive resizing: ``warmup_input_size`` for the first ``warmup_epochs`` epochs."""
@@ -191,6 +197,12 @@ class Trainer:
             return None
         k = epoch - self.t.epochs
         return k // self.t.cycle_epochs, k % self.t.cycle_epochs
+
+    def _validates(self, epoch: int) -> bool:
+        """Every ``val_every`` epochs, at every cycle end (a snapshot needs its numbers) and at the end."""
+        pos = self._cycle_position(epoch)
+        cycle_end = pos is not None and pos[1] == self.t.cycle_epochs - 1
+        return (epoch + 1) % self.t.val_every == 0 or cycle_end or epoch == self.total_epochs - 1
 
     def _lr_for_step(self, epoch: int, step: int, steps: int) -> float | None:
         pos = self._cycle_position(epoch)
@@ -266,15 +278,17 @@ class Trainer:
         self.state.best = self.run_dir.keep(self.state.best, epoch, cycle, val.score, val.loss, self.t.keep_top,
                                             lambda: self._checkpoint(epoch, val, with_optimizer=False))
 
-    def _log(self, epoch: int, stats: dict, val: ValResult) -> None:
+    def _log(self, epoch: int, stats: dict, val: ValResult | None) -> None:
+        v = val or _NO_VAL
         row = {"epoch": epoch + 1, "phase": "plateau" if self._cycle_position(epoch) is None else "cycle",
-               "lr": self.opt.param_groups[0]["lr"], **stats, "val_loss": val.loss,
-               "val_acc_unalt": val.acc_unalt, "val_acc_manip": val.acc_manip, "val_score": val.score}
+               "lr": self.opt.param_groups[0]["lr"], **stats, "val_loss": v.loss,
+               "val_acc_unalt": v.acc_unalt, "val_acc_manip": v.acc_manip, "val_score": v.score}
         self.state.history.append(row)
         self.run_dir.write_log(self.state.history)
+        scored = (f"val_loss {v.loss:.4f} val_acc unalt {v.acc_unalt:.3f} manip {v.acc_manip:.3f} "
+                  f"score {v.score:.4f}") if val is not None else "not validated (train.val_every)"
         stage_log("train", f"{self.mcfg.run_name} fold{self.fold} epoch {epoch + 1}: loss {stats['train_loss']:.4f} "
-                           f"val_loss {val.loss:.4f} val_acc unalt {val.acc_unalt:.3f} manip {val.acc_manip:.3f} "
-                           f"score {val.score:.4f} ({stats['images_per_s']:.0f} img/s)")
+                           f"{scored} ({stats['images_per_s']:.0f} img/s)")
 
     def _resume(self) -> int:
         resumed = self.run_dir.resume(self.classes, self.folds_sha256, self.ws.folds_csv)
@@ -299,14 +313,17 @@ class Trainer:
                            f"{self.t.steps_per_epoch} steps x batch {self.batch_size}, input {self.input_size}")
         for epoch in range(start, self.total_epochs):
             stats = self._train_epoch(epoch)
-            val = evaluate(self.model, self.val, self.device, self.batch_size, self.t.amp, self.dist)
-            if self._cycle_position(epoch) is None:
-                self.plateau.step(val.loss)
+            val = None
+            if self._validates(epoch):
+                val = evaluate(self.model, self.val, self.device, self.batch_size, self.t.amp, self.dist)
+                if self._cycle_position(epoch) is None:
+                    self.plateau.step(val.loss)
             self.state.epoch = epoch
             if self.dist.main:  # one writer; the other ranks hold identical weights
                 self._log(epoch, stats, val)
-                self._keep(epoch, val)
-                self.run_dir.save_last(self._checkpoint(epoch, val, with_optimizer=True))
+                if val is not None:
+                    self._keep(epoch, val)
+                self.run_dir.save_last(self._checkpoint(epoch, val or _NO_VAL, with_optimizer=True))
                 self._write_skips()
         if self.dist.main:
             self._finish()
