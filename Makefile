@@ -7,13 +7,15 @@ VENV ?= .venv
 CONFIG ?= configs/demo.yaml
 DATA ?= data/simulated
 GPUS ?=
+ROUND ?= 1
+MESSAGE ?= camid $(notdir $(SUBMISSION))
 SUBMISSION ?= submissions/gmean+hungarian.csv
 SOLUTION ?= $(DATA)/solution.csv
 SIM_ARGS ?=
 CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo data folds train-all predict blend submission score bench filter-external robustness prnu clean-outputs
+.PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit bench filter-external robustness prnu clean-outputs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -39,16 +41,27 @@ folds: venv
 	$(CAMID) folds --config $(CONFIG) --data $(DATA)
 
 train-all: venv
-	$(CAMID) train-all --config $(CONFIG) --data $(DATA) $(if $(GPUS),--gpus $(GPUS))
+	$(CAMID) train-all --config $(CONFIG) --data $(DATA) --round $(ROUND) $(if $(GPUS),--gpus $(GPUS))
 
 predict: venv
-	$(CAMID) predict --config $(CONFIG) --data $(DATA) $(if $(GPUS),--gpus $(GPUS))
+	$(CAMID) predict --config $(CONFIG) --data $(DATA) --round $(ROUND) $(if $(GPUS),--gpus $(GPUS))
 
 blend: venv
-	$(CAMID) blend --config $(CONFIG) --data $(DATA)
+	$(CAMID) blend --config $(CONFIG) --data $(DATA) --round $(ROUND)
 
 submission: venv
-	$(CAMID) submission --config $(CONFIG) --data $(DATA)
+	$(CAMID) submission --config $(CONFIG) --data $(DATA) --round $(ROUND)
+
+# Balanced pseudo-labels from round $(ROUND)'s level 2, for `make train-all ROUND=$(ROUND)+1`.
+pseudo: venv
+	$(CAMID) pseudo --config $(CONFIG) --data $(DATA) --round $(ROUND)
+
+# The competition on Kaggle through the official kaggle CLI (your own credentials, network).
+kaggle-data: venv
+	$(CAMID) kaggle download --data $(DATA)
+
+kaggle-submit: venv
+	$(CAMID) kaggle submit $(SUBMISSION) --message "$(MESSAGE)" --data $(DATA)
 
 score: venv
 	$(CAMID) score $(SUBMISSION) --solution $(SOLUTION)
@@ -65,12 +78,15 @@ robustness: venv
 prnu: venv
 	$(CAMID) prnu --config $(CONFIG) --data $(DATA)
 
-# The whole chain on the simulated competition with the CPU profile.
+# The whole recipe on the simulated competition with the CPU profile: round 1 (train, predict,
+# level 2 with PRNU clustering and stackers), balanced pseudo-labels, round 2, the final score.
+DEMO_SUBMISSION ?= submissions/r2/gmean+prnu+hungarian.csv
 demo: venv
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory data folds train-all predict blend submission CONFIG=$(CONFIG) DATA=$(DATA) && \
-	$(CAMID) score $(SUBMISSION) --solution $(SOLUTION) && \
-	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs: models/ oof/ submissions/"
+	$(MAKE) --no-print-directory data folds train-all predict blend submission pseudo CONFIG=$(CONFIG) DATA=$(DATA) && \
+	$(MAKE) --no-print-directory train-all predict blend submission CONFIG=$(CONFIG) DATA=$(DATA) ROUND=2 && \
+	$(CAMID) score $(DEMO_SUBMISSION) --solution $(SOLUTION) && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs: models/ oof/ submissions/ (round 2: submissions/r2/)"
 
 clean-outputs:
-	rm -rf models/*/ models/folds.csv oof/*.parquet oof/*.json submissions/*.csv submissions/*.png
+	rm -rf models/*/ models/folds.csv oof/*.parquet oof/*.json oof/*.csv oof/*/ submissions/*.csv submissions/*.png submissions/*/

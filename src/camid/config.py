@@ -5,6 +5,7 @@ not be silently ignored). Each stage owns one section; defaults are the Kaggle r
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -86,6 +87,9 @@ class TrainConfig:
     val_crop: int | None = None
     val_every: int = 1  # validate every k epochs (and always at cycle ends and the last epoch)
     preload: bool = False  # decode every training photo into memory once (small data sets: the demo)
+    # Pseudo-labelled test crops (camid.data.pseudo) added to the training photos; rounds >= 2
+    # set it to the previous round's oof/pseudo-r<N>.csv. They only ever train.
+    pseudo_labels: str | None = None
     num_workers: int = 4
     amp: bool = True  # autocast on CUDA only
     channels_last: bool = True
@@ -143,6 +147,21 @@ class StackConfig:
 
 
 @dataclass
+class PrnuClusterConfig:
+    """The ``+prnu`` level-2 step (``camid.level2.prnu_cluster``): test crops clustered by sensor noise."""
+
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.5, 2.0])  # resizes tried for _manip crops
+    max_shift: int = 2  # +- pixels searched around a resized crop's expected position
+    accept_z: float = 5.0  # a crop takes a cluster's class when its z-score reaches this...
+    margin_z: float = 2.5  # ...and beats the runner-up cluster by this
+    member_z: float = 1.5  # an unaltered crop in a coherent cluster takes its class above this z
+    min_cluster_z: float = 1.0  # mean pairwise z-score for a cluster to be used at all
+    min_cluster_size: int = 3
+    seed: int = 0
+    workers: int = 0  # residual extraction processes; 0: all cores
+
+
+@dataclass
 class BlendConfig:
     strategies: list[str] = field(default_factory=lambda: ["gmean", "gmean+hungarian"])
     models: list[str] = field(default_factory=list)  # table stems in oof/; empty = all
@@ -150,6 +169,17 @@ class BlendConfig:
     weights: list[float] = field(default_factory=list)  # one per entry of `models`; empty = equal
     floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
     stack: StackConfig = field(default_factory=StackConfig)
+    prnu: PrnuClusterConfig = field(default_factory=PrnuClusterConfig)
+
+
+@dataclass
+class PseudoConfig:
+    """``camid pseudo``: balanced pseudo-labels from a round's level 2 for the next round."""
+
+    strategy: str = "gmean+prnu+hungarian"  # the level-2 table whose test predictions are taken
+    per_class: int | None = None  # crops per class and per half (unalt/manip); None: fraction
+    fraction: float = 0.8  # of each class's share of a half (the 2nd place: 105 of 132)
+    min_confidence: float = 0.0  # and never a crop below this level-2 probability
 
 
 @dataclass
@@ -167,6 +197,20 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+
+    def for_round(self, round_: int, pseudo_labels: str) -> Config:
+        """The config of training round ``round_ >= 2``: the same runs, named ``<run>-r<N>``,
+        trained on the photos plus the pseudo-labelled crops in ``pseudo_labels``."""
+        out = copy.deepcopy(self)
+        if round_ <= 1:
+            return out
+        for m in out.models:
+            m.name = f"{m.run_name}-r{round_}"
+        if out.train.pseudo_labels is None:
+            out.train.pseudo_labels = pseudo_labels
+        out.blend.models = [f"{m}-r{round_}" for m in self.blend.models]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -285,9 +329,15 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"train.crop_factor must be >= 2 when manipulations are drawn (manip_prob > 0): a 0.5 "
                           f"resize of a {cfg.train.crop_factor}x crop is smaller than the input and would be "
                           "padded")
+    p = cfg.pseudo
+    if p.per_class is not None and p.per_class < 1:
+        raise ConfigError(f"pseudo.per_class must be >= 1, got {p.per_class}")
+    if not 0.0 < p.fraction <= 1.0:
+        raise ConfigError(f"pseudo.fraction must be in (0, 1], got {p.fraction}")
     if cfg.train.val_every < 1:
         raise ConfigError(f"train.val_every must be >= 1, got {cfg.train.val_every}")
-    if cfg.val_view() == "centre" and cfg.val_crop() < max([cfg.train.input_size] + [m.input_size or 0 for m in cfg.models]):
+    largest_input = max([cfg.train.input_size] + [m.input_size or 0 for m in cfg.models])
+    if cfg.val_view() == "centre" and cfg.val_crop() < largest_input:
         raise ConfigError(f"validation crops ({cfg.val_crop()} px) are smaller than the network input "
                           f"({cfg.train.input_size} px); raise predict.crop or train.val_crop")
     if cfg.predict.reduce not in REDUCTION_POWERS:

@@ -4,7 +4,9 @@
     models/<run>/fold<k>/                a training run (contents: ``camid.train.rundir``)
     models/level2/<stacker>/             level-2 stacker models
     oof/<run>.<tta>.parquet              probability tables (format: ``camid.infer.table``)
-    oof/blend/<strategy>.parquet         level-2 tables
+    oof/blend/<strategy>.parquet         level-2 tables (``+prnu`` ones with a ``.prnu.csv`` report)
+    oof/prnu/test_residuals.npz          cached noise residuals of the test crops
+    oof/pseudo-r<N>.csv                  pseudo-labelled test crops chosen from round N (``camid pseudo``)
     submissions/<strategy>.csv           submissions, and ``scores.csv``
     reports/robustness/<run>-fold<k>/    ``camid robustness``
     reports/prnu/                        ``camid prnu``
@@ -14,27 +16,60 @@ The data folder's own layout (``train/``, ``test/``, ``sample_submission.csv``) 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 _FOLD_PREFIX = "fold"
 _TABLE_SUFFIX = ".parquet"
 _TOP_FOLDERS = ("models", "oof", "submissions", "reports")
+_ROUND_RE = re.compile(r"-r(\d+)$")
+
+
+def _round_of(run_name: str) -> int:
+    m = _ROUND_RE.search(run_name)
+    return int(m.group(1)) if m and int(m.group(1)) >= 2 else 1
 
 
 @dataclass(frozen=True)
 class Workspace:
+    """The work dir of one training round. Round 1 is the layout above; round ``N >= 2`` (the
+    second-device steps: trained on the training photos plus round ``N-1``'s pseudo-labelled
+    test crops) keeps its runs as ``models/<run>-r<N>/`` and its level-2 outputs apart::
+
+        oof/blend-r<N>/  models/level2-r<N>/  submissions/r<N>/
+
+    while the folds, the probability tables (``oof/<run>-r<N>.<tta>.parquet``) and the
+    residual cache are shared."""
+
     root: Path
     data_dir: Path
-    # root/<name> for each of _TOP_FOLDERS
+    round: int = 1
+    # root/<name> for each of _TOP_FOLDERS (submissions: of this round)
     models: Path = field(init=False)
     oof: Path = field(init=False)
     submissions: Path = field(init=False)
     reports: Path = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.round < 1:
+            raise ValueError(f"training rounds count from 1, got {self.round}")
         for name in _TOP_FOLDERS:
             object.__setattr__(self, name, Path(self.root) / name)
+        if self.round > 1:
+            object.__setattr__(self, "submissions", Path(self.root) / "submissions" / self._suffix[1:])
+
+    @property
+    def _suffix(self) -> str:
+        return "" if self.round == 1 else f"-r{self.round}"
+
+    def round_run(self, run_name: str) -> str:
+        """A config run's name in this round: ``densenet201`` in round 1, ``densenet201-r2`` in round 2."""
+        return run_name + self._suffix
+
+    def pseudo_labels(self, round_: int | None = None) -> Path:
+        """Pseudo-labels chosen from round ``round_``'s level 2 (default: this round's)."""
+        return self.oof / f"pseudo-r{round_ or self.round}.csv"
 
     @property
     def folds_csv(self) -> Path:
@@ -58,9 +93,11 @@ class Workspace:
         return self.oof / f"{run_name}.{tta}{_TABLE_SUFFIX}"
 
     def table_runs(self, tta: str) -> list[str]:
-        """Run names with a table ``oof/<run>.<tta>.parquet`` (level-2 tables live in ``oof/blend/``)."""
+        """Run names of this round with a table ``oof/<run>.<tta>.parquet`` (level-2 tables live
+        in ``oof/blend*/``): round 1 the runs without a ``-r<N>`` suffix, round N those with ``-rN``."""
         suffix = f".{tta}{_TABLE_SUFFIX}"
-        return sorted(p.name[: -len(suffix)] for p in self.oof.glob(f"*{suffix}"))
+        runs = sorted(p.name[: -len(suffix)] for p in self.oof.glob(f"*{suffix}"))
+        return [r for r in runs if _round_of(r) == self.round]
 
     def predict_log(self, run_name: str) -> Path:
         """Output of a queued ``camid predict`` job for one run."""
@@ -68,10 +105,19 @@ class Workspace:
 
     @property
     def blend_dir(self) -> Path:
-        return self.oof / "blend"
+        return self.oof / f"blend{self._suffix}"
 
     def blend_table(self, strategy: str) -> Path:
         return self.blend_dir / f"{strategy}{_TABLE_SUFFIX}"
+
+    def prnu_report(self, strategy: str) -> Path:
+        """Per test crop: its sensor cluster and whether it confirmed the class (``+prnu`` strategies)."""
+        return self.blend_dir / f"{strategy}.prnu.csv"
+
+    @property
+    def prnu_residuals(self) -> Path:
+        """Cache of the test crops' noise residuals for PRNU clustering."""
+        return self.oof / "prnu" / "test_residuals.npz"
 
     def blend_strategies(self) -> list[str]:
         """Strategies that have a level-2 table, sorted."""
@@ -79,7 +125,7 @@ class Workspace:
 
     @property
     def level2(self) -> Path:
-        return self.models / "level2"
+        return self.models / f"level2{self._suffix}"
 
     def level2_dir(self, stacker: str) -> Path:
         return self.level2 / stacker

@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command | Group] = {
     "train-all": Command("camid.cli.train_all", "train every (backbone, fold) job of a config"),
     "predict": Command("camid.cli.predict", "out-of-fold and test probability tables with TTA"),
     "blend": Command("camid.cli.blend", "average / equalise / stack probability tables"),
+    "pseudo": Command("camid.cli.pseudo", "balanced pseudo-labels from a round's level 2 for the next round"),
     "submission": Command("camid.cli.submission", "write validated submission CSVs and the score table"),
     "score": Command("camid.cli.score", "score a submission against a solution file"),
     "filter-external": Command("camid.cli.filter_external", "filter external photos by EXIF, size, quality"),
@@ -40,6 +41,10 @@ COMMANDS: dict[str, Command | Group] = {
                           "accuracy vs JPEG quality, gamma, resize and crop size (PNG + CSV)"),
     "prnu": Command("camid.cli.prnu", "PRNU sensor-fingerprint baseline: device verification ROC/AUC/EER"),
     "bench": Command("camid.cli.bench", "benchmarks: sample pipeline, equalisation, stackers, GPU"),
+    "kaggle": Group("the competition on Kaggle, through the official kaggle CLI and your credentials", {
+        "download": Command("camid.cli.kaggle_download", "download and unpack the competition data"),
+        "submit": Command("camid.cli.kaggle_submit", "validate and submit a submission CSV (a late submission)"),
+    }),
 }
 
 

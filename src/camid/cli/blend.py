@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 
 from ..level2.strategies import blend
-from .common import add_common_arguments, names, resolve
+from .common import add_common_arguments, add_round_argument, names, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_round_argument(parser)
     parser.add_argument("--strategies", default=None,
                         help="comma-separated strategies (default: config blend.strategies), "
                              "e.g. gmean,rms+hungarian,pmean0.5+flow")

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..config import Config, load_config
+from ..errors import UsageError
 from ..workspace import Workspace
 
 
@@ -15,12 +16,22 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_config: str | 
     parser.add_argument("--workdir", default=".", help="folder holding models/, oof/, submissions/ (default: .)")
 
 
+def add_round_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--round", type=int, default=1, metavar="N",
+                        help="training round: 1 (default), or N >= 2 to train/predict/blend the runs <run>-rN on "
+                             "the photos plus round N-1's pseudo-labels (camid pseudo --round N-1)")
+
+
 def resolve(args: argparse.Namespace) -> tuple[Config, Workspace]:
     cfg = load_config(args.config)
     data_dir = Path(args.data or cfg.data_dir)
     if args.data:
         cfg.data_dir = str(args.data)
-    return cfg, Workspace(Path(args.workdir), data_dir)
+    round_ = int(getattr(args, "round", 1) or 1)
+    if round_ < 1:
+        raise UsageError(f"--round counts from 1, got {round_}")
+    ws = Workspace(Path(args.workdir), data_dir, round_)
+    return cfg.for_round(round_, str(ws.pseudo_labels(round_ - 1))), ws
 
 
 def names(csv: str) -> list[str]:

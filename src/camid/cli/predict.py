@@ -13,11 +13,12 @@ from ..train.runtime import pick_device
 from ..util.io import remove_stale_temps
 from ..util.runtime import configure_threads
 from ..workspace import Workspace
-from .common import add_common_arguments, names, resolve
+from .common import add_common_arguments, add_round_argument, names, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_round_argument(parser)
     parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
     parser.add_argument("--gpus", default="", help="GPU ids: with several, one run per GPU at a time (like train-all)")
@@ -44,7 +45,8 @@ def _queue_runs(args: argparse.Namespace, ws: Workspace, runs: Sequence[ModelCon
         def build(slot: str) -> list[str]:
             cmd = [sys.executable, "-m", "camid.cli", "predict", "--config", args.config, "--workdir", args.workdir,
                    "--models", run, "--gpus", "0"]  # the job sees only its own GPU, as device 0
-            return cmd + (["--data", args.data] if args.data else []) + (["--force"] if args.force else [])
+            return cmd + (["--data", args.data] if args.data else []) + (["--force"] if args.force else []) + \
+                ["--round", str(args.round)]
         return build
 
     jobs = [Job(f"predict {m.run_name}", command(m.run_name), ws.predict_log(m.run_name)) for m in runs]

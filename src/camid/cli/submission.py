@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 
 from ..level2.submission import write_submissions
-from .common import add_common_arguments, resolve
+from .common import add_common_arguments, add_round_argument, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_round_argument(parser)
     parser.add_argument("--strategies", default=None,
                         help="'all' (default: every oof/blend/*.parquet), 'config' (blend.strategies) "
                              "or a comma-separated list")

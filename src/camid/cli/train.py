@@ -9,11 +9,12 @@ from ..train import rundir
 from ..train.runtime import init_distributed, pick_device
 from ..train.trainer import Trainer
 from ..util.runtime import configure_threads
-from .common import add_common_arguments, resolve
+from .common import add_common_arguments, add_round_argument, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_round_argument(parser)
     parser.add_argument("--model", default=None, help="run name from the config's models (default: the first)")
     parser.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")

@@ -17,11 +17,12 @@ from ..train.jobs import Job, run_queue
 from ..train.rundir import RunDir
 from ..train.trainer import is_done
 from ..util.log import stage_log
-from .common import add_common_arguments, names, resolve
+from .common import add_common_arguments, add_round_argument, names, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_round_argument(parser)
     parser.add_argument("--gpus", default="",
                         help="comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
     parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
@@ -34,7 +35,7 @@ def _job_cmd(args: argparse.Namespace, run: str, fold: int, device: str, nproc: 
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = launcher + ["-m", "camid.cli", "train", "--config", args.config, "--workdir", args.workdir,
-           "--model", run, "--fold", str(fold), "--device", device, "--resume"]
+           "--model", run, "--fold", str(fold), "--device", device, "--resume", "--round", str(args.round)]
     return cmd + (["--data", args.data] if args.data else [])
 
 

@@ -101,7 +101,8 @@ def manipulated_centre_crop(img: np.ndarray, name: str, size: int) -> np.ndarray
     h, w = img.shape[:2]
     if kind == "resize":
         if min(manipulations.resized_length(h, value), manipulations.resized_length(w, value)) < size:
-            return np.ascontiguousarray(centre_crop(manipulations.apply(img, name), size))  # small: padded like the test
+            # a small photo: resized whole and padded, like the test recipe does
+            return np.ascontiguousarray(centre_crop(manipulations.apply(img, name), size))
         y0, y1, oy = _resize_span(h, size, value)
         x0, x1, ox = _resize_span(w, size, value)
         out = manipulations.apply(np.ascontiguousarray(img[y0:y1, x0:x1]), name)

@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 
 from ..config import Config, from_dict
+from ..data import manipulations
 from ..data.crops import centre_offset, manipulated_centre_crop
 from ..data.folds import read_folds
 from ..data.images import probe_image, read_image
-from ..data import manipulations
 from ..data.manipulations import CONTINUOUS_RANGES, MANIPULATION_NAMES
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..infer.ensemble import Ensemble

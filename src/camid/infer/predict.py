@@ -156,7 +156,8 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
                          "unknown", [""] * len(test_images), fold_avg, classes))
     table = pd.concat(frames, ignore_index=True)
-    meta = {**stamp, "checkpoint_policy": policy, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta, "reduce": cfg.predict.reduce,
+    meta = {**stamp, "checkpoint_policy": policy, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta,
+            "reduce": cfg.predict.reduce,
             "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device),
             "skipped": dict(sorted(skipped.items()))}
     if skipped:

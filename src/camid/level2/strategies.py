@@ -2,9 +2,12 @@
 
 Strategy names (one output table each, ``oof/blend/<strategy>.parquet``)::
 
-    <base>[+<equaliser>]
+    <base>[+prnu][+<equaliser>]
     base      gmean | mean | rms | pmean<p>   (averages: power means of the models)
               xgb | lgb | mlp                  (stackers, see ``camid.level2.stack``)
+    prnu      test crops confirmed by their sensor-noise cluster take its class
+              (``camid.level2.prnu_cluster``; valid when each class's test photos
+              come from one device, as in the competition)
     equaliser greedy | hungarian | flow        (see ``camid.level2.equalise``)
 
 Averages are weighted power means per class, then rows are renormalised:
@@ -30,10 +33,10 @@ import pandas as pd
 from ..config import REDUCTION_POWERS, Config
 from ..errors import StrategyError, TableError
 from ..infer.table import class_columns, read_table, write_table
-from ..util.io import remove_stale_temps, sha256_file
+from ..util.io import remove_stale_temps, sha256_file, write_csv
 from ..util.log import stage_log
 from ..workspace import Workspace
-from . import equalise, stack
+from . import equalise, prnu_cluster, stack
 from .align import align_tables
 from .average import power_mean
 from .metrics import score_table
@@ -48,6 +51,7 @@ class Strategy:
     base: str  # gmean, mean, rms, pmean<p>, or a stacker name
     power: float | None  # power-mean exponent for averages, None for stackers
     equaliser: str | None
+    prnu: bool = False  # PRNU test clustering before the equaliser
 
     @property
     def is_stacker(self) -> bool:
@@ -55,19 +59,24 @@ class Strategy:
 
 
 def parse_strategy(name: str) -> Strategy:
-    """``'gmean+hungarian'`` -> Strategy(base='gmean', power=0, equaliser='hungarian')."""
-    base, plus, eq = name.strip().partition("+")
-    if plus and eq not in equalise.METHODS:
-        raise StrategyError(f"strategy {name!r}: unknown equaliser {eq!r}; choose from {', '.join(equalise.METHODS)}")
+    """``'gmean+prnu+hungarian'`` -> Strategy(base='gmean', power=0, equaliser='hungarian', prnu=True)."""
+    base, *steps = name.strip().split("+")
+    prnu = bool(steps) and steps[0] == "prnu"
+    rest = steps[1:] if prnu else steps
+    if len(rest) > 1 or (rest and rest[0] not in equalise.METHODS):
+        hint = " (prnu comes before the equaliser: <base>+prnu+<equaliser>)" if "prnu" in rest else ""
+        raise StrategyError(f"strategy {name!r}: after the base come an optional +prnu and an optional equaliser "
+                            f"({', '.join(equalise.METHODS)}){hint}")
+    eq = rest[0] if rest else None
     if base in REDUCTION_POWERS:
-        return Strategy(name, base, REDUCTION_POWERS[base], eq or None)
+        return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu)
     m = _PMEAN_RE.match(base)
     if m:
-        return Strategy(name, base, float(m.group(1)), eq or None)
+        return Strategy(name, base, float(m.group(1)), eq, prnu)
     if base in STACKERS:
-        return Strategy(name, base, None, eq or None)
+        return Strategy(name, base, None, eq, prnu)
     raise StrategyError(f"unknown strategy {name!r}: base must be one of {', '.join((*REDUCTION_POWERS, *STACKERS))} "
-                        "or pmean<p>, optionally +greedy, +hungarian or +flow")
+                        "or pmean<p>, optionally +prnu, then optionally +greedy, +hungarian or +flow")
 
 
 def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
@@ -129,12 +138,20 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
     inputs = [{"model": m, "path": str(p), "sha256": sha256_file(p)} for m, p in paths.items()]
     read_seconds = round(time.perf_counter() - t0, 3)
     cache: dict[str, tuple[pd.DataFrame, dict]] = {}  # gmean and gmean+flow share one average
+    refined: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = {}  # gmean+prnu, gmean+prnu+greedy: one clustering
     for st in strategies:
         start = time.perf_counter()
         if st.base not in cache:
             cache[st.base] = base_table(st, tables, weights, cfg, ws)
         out, info = cache[st.base][0], dict(cache[st.base][1])
         classes = class_columns(out)
+        if st.prnu:
+            if st.base not in refined:
+                refined[st.base] = prnu_cluster.refine_table(out, classes, ws.data_dir, ws.prnu_residuals,
+                                                             cfg.blend.prnu, cfg.blend.floor)
+            out, info["prnu"], report = refined[st.base][0], refined[st.base][1], refined[st.base][2]
+            if len(report):
+                write_csv(ws.prnu_report(st.name), report)
         if st.equaliser:
             out, info["equalise"] = equalise.equalise_table(out, classes, st.equaliser, cfg.blend.floor)
             for group, g in info["equalise"].items():
@@ -144,7 +161,7 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
         rep = score_table(out, classes)
         path = ws.blend_table(st.name)
         meta = {"stage": "blend", "strategy": st.name, "base": st.base, "power": st.power,
-                "equaliser": st.equaliser, "tta": tta, "inputs": inputs, "weights": weights,
+                "equaliser": st.equaliser, "prnu": st.prnu, "tta": tta, "inputs": inputs, "weights": weights,
                 "floor": cfg.blend.floor, "config": cfg.name, "config_digest": cfg.digest(),
                 "read_seconds": read_seconds, "seconds": round(time.perf_counter() - start, 3),
                 "oof_score": rep.score, "oof_unalt": rep.acc_unalt, "oof_manip": rep.acc_manip, **info}

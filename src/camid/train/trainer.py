@@ -25,9 +25,11 @@ from ..data.competition import weighted
 from ..data.folds import check_folds_cover, read_folds
 from ..data.images import probe_image
 from ..data.layout import resolve_classes, scan_train
+from ..data.pseudo import read_pseudo
 from ..data.samples import SampleSpec, TrainSamples, VariantSet, build_variants, collate
 from ..errors import DataError, ImageReadError
 from ..models.classifier import CamidNet, build_model
+from ..util.io import sha256_file
 from ..util.log import progress, stage_log
 from ..workspace import Workspace
 from . import rundir
@@ -134,13 +136,28 @@ class Trainer:
         if self.t.decode_cache:  # else $CAMID_DECODE_CACHE, if set, decides
             fastjpeg.set_default_cache(self.t.decode_cache)  # inherited by the DataLoader workers
         train_df, val_df = self._split()
+        train_df = train_df.assign(fixed_manip=False)
+        if self.t.pseudo_labels:
+            pseudo = read_pseudo(self.t.pseudo_labels, self.classes)
+            train_df = pd.concat([train_df, pseudo.assign(fixed_manip=pseudo["manip"] == 1)[
+                ["fname", "path", "label", "fixed_manip"]]], ignore_index=True)
+            per_half = pseudo.groupby("half").size().to_dict()
+            stage_log("train", f"read {self.t.pseudo_labels}: {len(pseudo)} pseudo-labelled test crops {per_half} "
+                               "join the training photos (train only, never validated)")
         index = {c: i for i, c in enumerate(self.classes)}
         spec = SampleSpec(self.input_size, self.t.crop_factor, self.t.manip_prob, self.t.manip_mode,
                           self.t.orientation)
         length = self.t.steps_per_epoch * self.batch_size * self.dist.world
-        self._report_small(train_df["path"], spec.input_size * spec.crop_factor)
+        self._report_small(train_df["path"], spec.input_size * spec.crop_factor, spec.input_size)
         self.train_set = TrainSamples(train_df["path"].tolist(), train_df["label"].map(index).tolist(),
-                                      len(self.classes), length, spec, self.cfg.seed + 1000 * self.fold)
+                                      len(self.classes), length, spec, self.cfg.seed + 1000 * self.fold,
+                                      fixed_manip=train_df["fixed_manip"].tolist())
+        if self.t.preload:
+            t0 = time.time()
+            for path, reason in self.train_set.preload("preload"):
+                self.state.skipped[path] = reason
+            stage_log("train", f"preloaded {len(self.train_set.images)} training photos into memory "
+                               f"in {time.time() - t0:.1f} s (train.preload)")
         if self.t.max_val_images and len(val_df) > self.t.max_val_images:
             val_df = val_df.sample(self.t.max_val_images, random_state=self.cfg.seed).sort_values("fname")
         augs = ["none", *manipulations.MANIPULATION_NAMES]
@@ -161,18 +178,26 @@ class Trainer:
             return self.t.warmup_input_size
         return self.input_size
 
-    def _report_small(self, paths: pd.Series, crop: int) -> None:
-        """Photos smaller than the first crop are reflect-padded; say how many (header reads only)."""
-        small = []
+    def _report_small(self, paths: pd.Series, crop: int, input_size: int) -> None:
+        """Say how many photos are smaller than the first crop (taken whole, fewer resizes drawn)
+        or than the input (reflect-padded); header reads only."""
+        small, tiny = [], []
         for path in progress(paths, "image sizes"):
             try:
-                if min(probe_image(path)) < crop:
-                    small.append(path)
+                side = min(probe_image(path))
             except ImageReadError as exc:  # empty, not an image, corrupt header, decompression bomb
                 self.state.skipped[path] = exc.reason
+                continue
+            if side < input_size:
+                tiny.append(path)
+            elif side < crop:
+                small.append(path)
         if small:
-            stage_log("train", f"{len(small)} of {len(paths)} training images are smaller than the {crop} px "
-                               f"crop and will be reflect-padded, e.g. {small[0]}")
+            stage_log("train", f"{len(small)} of {len(paths)} training images are smaller than the {crop} px first "
+                               f"crop: taken whole, with only the resizes that keep {input_size} px, e.g. {small[0]}")
+        if tiny:
+            stage_log("train", f"{len(tiny)} of {len(paths)} training images are smaller than the {input_size} px "
+                               f"input and will be reflect-padded, e.g. {tiny[0]}")
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         self.train_set.set_epoch(epoch)
@@ -339,8 +364,11 @@ class Trainer:
 
 
 def train_digest(cfg: Config, mcfg: ModelConfig) -> str:
-    """What makes a run's checkpoints: changing blend or predict settings must not retrain."""
-    return section_digest(cfg.train, cfg.folds, mcfg, cfg.seed, cfg.classes, cfg.extra_train_dirs)
+    """What makes a run's checkpoints: changing blend or predict settings must not retrain;
+    new pseudo-labels (their content, not only their path) must."""
+    pseudo = cfg.train.pseudo_labels
+    pseudo_hash = sha256_file(Path(pseudo)) if pseudo and Path(pseudo).is_file() else pseudo
+    return section_digest(cfg.train, cfg.folds, mcfg, cfg.seed, cfg.classes, cfg.extra_train_dirs, pseudo_hash)
 
 
 def is_done(ws: Workspace, cfg: Config, run_name: str, fold: int) -> bool:

@@ -1,0 +1,373 @@
+"""PRNU test clustering: the test images of one class share one device, so their sensor noise agrees.
+
+The 4th place (Guanshuo Xu) went from 0.976 to 0.987 on the private leaderboard by building
+reference patterns from clusters of test images. Here, for a test set in which every class's
+photos come from ONE device (the competition's design):
+
+1. every test crop's noise residual (``prnu.query_residual``: wavelet denoiser, zero-mean,
+   Wiener in the DFT domain) is normalised to unit energy;
+2. the unaltered crops are clustered by residual correlation into as many clusters as there
+   are classes (spectral clustering on the positive part of the pairwise z-scores);
+3. each cluster is named by the probabilities of the level-2 strategy it refines: a
+   cluster-by-class Hungarian assignment on the summed log-probabilities of its members (a
+   cluster-level vote under the rule "one device per class, one class per device");
+4. a cluster counts only when its members really share a pattern (mean pairwise z-score
+   ``min_cluster_z``) and it has ``min_cluster_size`` members; its fingerprint is the sum of
+   its members' normalised residuals;
+5. every test crop is scored against every fingerprint (its own residual left out): a z-score
+   at zero shift, and for ``_manip`` crops also after resampling the fingerprint the way the
+   competition's bicubic resize would have moved it (``scales``, with a +-``max_shift`` pixel
+   search because centre-crop offsets are rounded); a crop whose best z-score reaches
+   ``accept_z`` and beats the runner-up by ``margin_z`` is assigned to that cluster's class;
+   an unaltered crop is also assigned to its own (coherent) cluster's class when its z-score
+   against that cluster reaches ``member_z`` (membership is decided by all links at once).
+
+Crops that are not accepted keep the strategy's probabilities, so an unconfident clustering
+changes nothing. z-scores are standardised by the spread of the scores against the clusters a
+crop does not belong to (a robust estimate), so they read as standard deviations of noise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from scipy import fft as sfft
+from scipy.cluster.vq import kmeans2
+from scipy.optimize import linear_sum_assignment
+
+from ..config import PrnuClusterConfig
+from ..data.images import read_image
+from ..data.layout import scan_test
+from ..errors import DataError, ImageReadError
+from ..forensics import prnu
+from ..util.io import write_atomic, write_json
+from ..util.log import stage_log
+from ..util.pool import parallel_map
+
+# Canvas on which a fingerprint, known only on the centre crop, is resized like a whole photo.
+_CANVAS = 4
+
+
+ClusterSettings = PrnuClusterConfig  # the blend.prnu section of the config
+
+
+@dataclass
+class ClusterResult:
+    cluster_of_unalt: np.ndarray  # (n_unalt,) cluster index of each unaltered crop
+    cluster_class: np.ndarray  # (k,) class index named for each cluster
+    cluster_ok: np.ndarray  # (k,) bool: the cluster is coherent enough to be used
+    cluster_z: np.ndarray  # (k,) mean within-cluster pairwise z-score
+    z: np.ndarray  # (n, k) best z-score of each crop against each cluster fingerprint
+    scale: np.ndarray  # (n,) resize factor of the best match (1.0: none)
+    accepted: np.ndarray  # (n,) bool
+    label: np.ndarray  # (n,) class index of accepted crops, -1 otherwise
+    info: dict = field(default_factory=dict)
+
+
+def normalise(residuals: np.ndarray) -> np.ndarray:
+    """(n, h, w) residuals -> zero-mean, unit-norm float32 vectors (n, h*w)."""
+    r = residuals.reshape(len(residuals), -1).astype(np.float32)
+    r -= r.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(r, axis=1, keepdims=True)
+    return r / np.maximum(norm, 1e-12)
+
+
+def _robust_sd(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    mad = float(np.median(np.abs(x - np.median(x))))
+    return 1.4826 * mad if mad > 0 else float(x.std() or 1.0)
+
+
+def pairwise_z(r: np.ndarray) -> np.ndarray:
+    """Correlation of unit residuals scaled by sqrt(pixels): ~N(0, 1) for unrelated sensors."""
+    c = (r @ r.T) * np.sqrt(r.shape[1])
+    off = ~np.eye(len(c), dtype=bool)
+    c /= _robust_sd(c[off])
+    np.fill_diagonal(c, 0.0)
+    return c
+
+
+def spectral_clusters(z: np.ndarray, k: int, seed: int = 0, restarts: int = 10) -> np.ndarray:
+    """Normalised spectral clustering (Ng-Jordan-Weiss) on the affinity max(z, 0)."""
+    n = len(z)
+    if n <= k:
+        return np.arange(n)
+    w = np.maximum(z, 0.0)
+    d = w.sum(axis=1) + 1e-9
+    lap = w / np.sqrt(d[:, None] * d[None, :])
+    _, vecs = np.linalg.eigh(lap)
+    v = vecs[:, -k:]
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    best: tuple[float, np.ndarray] | None = None
+    for r in range(restarts):
+        cent, lab = kmeans2(v, k, seed=seed + r, minit="++")
+        inertia = float(((v - cent[lab]) ** 2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, lab)
+    assert best is not None
+    return best[1]
+
+
+def name_clusters(members: np.ndarray, probs: np.ndarray, k_clusters: int, floor: float = 1e-7) -> np.ndarray:
+    """Class of each cluster: the one-to-one assignment maximising the members' joint likelihood."""
+    logp = np.log(np.clip(probs, floor, None))
+    votes = np.zeros((k_clusters, probs.shape[1]))
+    for c in range(k_clusters):
+        votes[c] = logp[members == c].sum(axis=0)
+    rows, cols = linear_sum_assignment(-votes)
+    out = np.full(k_clusters, -1, dtype=np.int64)
+    out[rows] = cols
+    return out
+
+
+def warp_fingerprint(f: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where a centre-crop fingerprint's pattern lands in the centre crop of a photo resized by ``scale``.
+
+    The fingerprint is placed at the centre of a blank canvas, the canvas is resized with the
+    competition's bicubic resize and the centre crop of the original size is taken, exactly as
+    the test crops were made; returns the pattern and the mask of pixels it covers."""
+    h, w = f.shape
+    ch, cw = _CANVAS * h, _CANVAS * w
+    canvas = np.zeros((ch, cw), np.float32)
+    cover = np.zeros((ch, cw), np.float32)
+    y0, x0 = (ch - h) // 2 // 2 * 2, (cw - w) // 2 // 2 * 2
+    canvas[y0:y0 + h, x0:x0 + w] = f
+    cover[y0:y0 + h, x0:x0 + w] = 1.0
+    rc = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    rv = cv2.resize(cover, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    oy, ox = (rc.shape[0] - h) // 2 // 2 * 2, (rc.shape[1] - w) // 2 // 2 * 2
+    mask = rv[oy:oy + h, ox:ox + w] > 0.999
+    pattern = np.where(mask, rc[oy:oy + h, ox:ox + w], 0.0).astype(np.float32)
+    return pattern, mask
+
+
+def _window(max_shift: int) -> np.ndarray:
+    return np.r_[0:max_shift + 1, -max_shift:0]
+
+
+def score_against(r: np.ndarray, shape: tuple[int, int], fingerprints: np.ndarray, manip: np.ndarray,
+                  members: np.ndarray, unalt_index: np.ndarray, s: ClusterSettings) -> tuple[np.ndarray, np.ndarray]:
+    """z-like scores (n, k) of every crop against every fingerprint, and the scale of each crop's best.
+
+    ``fingerprints`` (k, h*w) are sums of unit residuals; a crop's own residual is left out of
+    its cluster's fingerprint. ``_manip`` crops are also scored against fingerprints resampled
+    like a resized photo, the best of +-max_shift circular shifts (an FFT cross-correlation)."""
+    n, k = len(r), len(fingerprints)
+    d = r.shape[1]
+    own = np.full(n, -1, dtype=np.int64)
+    own[unalt_index] = members
+    raw = np.zeros((n, k))
+    for i in range(n):
+        f = fingerprints
+        if own[i] >= 0:
+            f = fingerprints.copy()
+            f[own[i]] -= r[i]
+        raw[i] = (f @ r[i]) / np.maximum(np.linalg.norm(f, axis=1), 1e-12) * np.sqrt(d)
+    best_scale = np.ones(n)
+    todo = np.flatnonzero(manip == 1)
+    if not s.scales or not len(todo):
+        return raw, best_scale
+    h, w = shape
+    pats = np.stack([warp_fingerprint(fingerprints[c].reshape(h, w), sc)[0]
+                     for sc in s.scales for c in range(k)])  # (S*k, h, w), scale-major
+    norms = np.linalg.norm(pats.reshape(len(pats), -1), axis=1)
+    spec = np.conj(sfft.rfft2(pats))
+    win = _window(s.max_shift)
+    for j in todo:
+        q = r[j].reshape(h, w)
+        xc = sfft.irfft2(sfft.rfft2(q)[None] * spec, s=(h, w))
+        best = xc[:, win % h][:, :, win % w].reshape(len(pats), -1).max(axis=1)
+        vals = (best / np.maximum(norms, 1e-12) * np.sqrt(d)).reshape(len(s.scales), k)
+        top = vals.max(axis=1)
+        if top.max() > raw[j].max():
+            best_scale[j] = s.scales[int(top.argmax())]
+        raw[j] = np.maximum(raw[j], vals.max(axis=0))
+    return raw, best_scale
+
+
+def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray,
+                 s: ClusterSettings | None = None, floor: float = 1e-7) -> ClusterResult:
+    """Cluster test crops by sensor pattern and decide which predictions the clusters confirm.
+
+    ``residuals`` (n, h, w) post-processed noise residuals of the test crops, ``manip`` (n,) their
+    0/1 flag, ``probs`` (n, k) the strategy's class probabilities (rows in the same order)."""
+    s = s or ClusterSettings()
+    n, k = probs.shape
+    shape = residuals.shape[1:]
+    r = normalise(residuals)
+    unalt = np.flatnonzero(manip == 0)
+    zu = pairwise_z(r[unalt])
+    members = spectral_clusters(zu, k, s.seed)
+    n_clusters = int(members.max()) + 1 if len(members) else 0
+    names = name_clusters(members, probs[unalt], n_clusters, floor)
+    coherence = np.zeros(n_clusters)
+    sizes = np.bincount(members, minlength=n_clusters)
+    for c in range(n_clusters):
+        m = members == c
+        if m.sum() >= 2:
+            block = zu[np.ix_(m, m)]
+            coherence[c] = block.sum() / (m.sum() * (m.sum() - 1))
+    ok = (coherence >= s.min_cluster_z) & (sizes >= s.min_cluster_size) & (names >= 0)
+    fingerprints = np.stack([r[unalt][members == c].sum(axis=0) for c in range(n_clusters)])
+    raw, scale = score_against(r, shape, fingerprints, manip, members, unalt, s)
+    # Most (crop, cluster) pairs are unrelated: their spread is the noise. _manip crops are the
+    # best of many trials (shifts, scales), so their noise sits higher and is narrower:
+    # standardise each half by its own null (median and MAD of the scores that are not a row's best).
+    z = np.zeros_like(raw)
+    for half in (0, 1):
+        rows = np.flatnonzero(manip == half)
+        if not len(rows):
+            continue
+        block = raw[rows][:, ok] if ok.any() else raw[rows]
+        null = np.sort(block, axis=1)[:, :-1] if block.shape[1] > 1 else block
+        centre = float(np.median(null))
+        z[rows] = (raw[rows] - centre) / _robust_sd(null)
+    z[:, ~ok] = -np.inf
+    order = np.sort(z, axis=1)
+    best = z.argmax(axis=1)
+    top, second = order[:, -1], order[:, -2] if n_clusters > 1 else np.full(n, -np.inf)
+    with np.errstate(invalid="ignore"):  # -inf - -inf: no usable cluster at all
+        margin = np.where(np.isfinite(second), top - second, np.inf)
+    accepted = np.isfinite(top) & (top >= s.accept_z) & (margin >= s.margin_z)
+    label = np.where(accepted, names[best], -1)
+    # Spectral membership uses every pairwise link at once, so it is surer than any single
+    # z-score: an unaltered crop in a coherent cluster takes its class unless it barely
+    # correlates with that cluster's fingerprint at all.
+    own_z = z[unalt, members]
+    by_member = ok[members] & (own_z >= s.member_z)
+    accepted[unalt[by_member]] = True
+    label[unalt[by_member]] = names[members[by_member]]
+    info = {"clusters": int(n_clusters), "usable_clusters": int(ok.sum()),
+            "accepted": int(accepted.sum()), "accepted_unalt": int(accepted[manip == 0].sum()),
+            "accepted_manip": int(accepted[manip == 1].sum()),
+            "cluster_sizes": sizes.tolist(), "cluster_z": np.round(coherence, 2).tolist()}
+    return ClusterResult(members, names, ok, coherence, z, scale, accepted, label, info)
+
+
+def apply_clusters(probs: np.ndarray, result: ClusterResult, floor: float = 1e-7) -> np.ndarray:
+    """Accepted crops become (near) one-hot on their cluster's class; the others are unchanged."""
+    out = np.array(probs, dtype=np.float64, copy=True)
+    rows = np.flatnonzero(result.accepted)
+    k = out.shape[1]
+    out[rows] = floor
+    out[rows, result.label[rows]] = 1.0 - floor * (k - 1)
+    return out
+
+
+# ------------------------------------------------------------------ the level-2 step
+
+_RESIDUAL_VERSION = 1  # bump when the residual definition changes, so a cache is not reused
+
+
+def _residual_job(path: str) -> np.ndarray | str:
+    try:
+        img = read_image(path)
+    except ImageReadError as exc:
+        return exc.reason
+    return prnu.query_residual(img)[0].astype(np.float16)
+
+
+def test_residuals(data_dir: Path, cache: Path, workers: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Post-processed noise residuals of every test crop (fname order), cached in ``cache``.
+
+    The cache is reused when the test files (names, sizes, modification times) and the residual
+    definition are unchanged; residuals are stored as float16 (2640 crops of 512 px: 1.4 GB)."""
+    test = scan_test(data_dir)
+    stamp = {"version": _RESIDUAL_VERSION, "settings": asdict(prnu.PrnuSettings()),
+             "files": [[f, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
+                       for f, p in zip(test["fname"], test["path"], strict=True)]}
+    meta = cache.with_suffix(".json")
+    if cache.is_file() and meta.is_file() and json.loads(meta.read_text()) == stamp:
+        with np.load(cache, allow_pickle=False) as z:
+            stage_log("blend", f"read {len(test)} test residuals from {cache}")
+            return test, z["residuals"]
+    t0 = time.perf_counter()
+    out = list(parallel_map(_residual_job, test["path"].tolist(), workers, "test residuals"))
+    bad = [(f, r) for f, r in zip(test["fname"], out, strict=True) if isinstance(r, str)]
+    if bad:
+        raise DataError(f"{len(bad)} test crop(s) cannot be read for PRNU clustering, e.g. {bad[:3]}")
+    shapes = sorted({r.shape for r in out})  # type: ignore[union-attr]
+    if len(shapes) != 1:
+        raise DataError(f"PRNU clustering needs test crops of one size; found {shapes[:5]}")
+    residuals = np.stack(out)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a temp name
+            np.savez(fh, residuals=residuals)
+
+    write_atomic(cache, save)
+    write_json(meta, stamp)
+    stage_log("blend", f"wrote {len(test)} test residuals ({shapes[0][1]}x{shapes[0][0]}) to {cache} "
+                       f"in {time.perf_counter() - t0:.1f} s")
+    return test, residuals
+
+
+def solution_labels(data_dir: Path) -> pd.Series | None:
+    """The simulated competition's true camera per test file, when ``solution.csv`` exists."""
+    path = Path(data_dir) / "solution.csv"
+    if not path.is_file():
+        return None
+    sol = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return sol.set_index("fname")["camera"] if {"fname", "camera"} <= set(sol.columns) else None
+
+
+def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache: Path, settings: ClusterSettings,
+                 floor: float) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """The ``+prnu`` step on a level-2 table: test rows confirmed by their sensor cluster become
+    (near) one-hot on the cluster's class; OOF rows and unconfirmed test rows are unchanged.
+
+    OOF rows are left alone on purpose: they are photos of the TRAINING devices, so clustering
+    them would not measure what clustering does on the unseen test device; the local CV of a
+    ``+prnu`` strategy is its base's. Returns the table, a summary, and one report row per test
+    crop (cluster, best z-score, scale, accepted, class) for ``oof/blend/<strategy>.prnu.csv``."""
+    test, residuals = test_residuals(data_dir, cache, settings.workers or (os.cpu_count() or 1))
+    rows = np.flatnonzero((table["split"] == "test").to_numpy())
+    by_name = pd.Series(rows, index=table["fname"].to_numpy()[rows])
+    missing = sorted(set(test["fname"]) - set(by_name.index))
+    if missing:
+        raise DataError(f"the level-2 table has no rows for {len(missing)} test file(s), e.g. {missing[:3]}")
+    order = by_name.loc[test["fname"]].to_numpy()
+    probs = table[classes].to_numpy(dtype=np.float64)[order]
+    manip = test["manip"].to_numpy().astype(int)
+    k = len(classes)
+    t0 = time.perf_counter()
+    if (manip == 0).sum() < 2 * k:
+        stage_log("blend", f"PRNU clustering needs at least {2 * k} unaltered test crops, has {(manip == 0).sum()}: "
+                           "nothing changed")
+        return table, {"skipped": "too few unaltered test crops"}, pd.DataFrame()
+    res = cluster_test(residuals.astype(np.float32), manip, probs, settings, floor)
+    refined = apply_clusters(probs, res, floor)
+    out = table.copy()
+    out.loc[out.index[order], classes] = refined
+    report = pd.DataFrame({"fname": test["fname"].to_numpy(), "manip": manip,
+                           "cluster": -1, "best_z": np.round(res.z.max(axis=1), 3),
+                           "scale": res.scale, "accepted": res.accepted,
+                           "class": [classes[c] if c >= 0 else "" for c in res.label],
+                           "before": [classes[c] for c in probs.argmax(axis=1)],
+                           "after": [classes[c] for c in refined.argmax(axis=1)]})
+    report.loc[manip == 0, "cluster"] = res.cluster_of_unalt
+    info = dict(res.info, seconds=round(time.perf_counter() - t0, 2),
+                changed=int((report["before"] != report["after"]).sum()))
+    truth = solution_labels(data_dir)
+    if truth is not None and set(test["fname"]) <= set(truth.index):
+        y = truth.loc[test["fname"]].to_numpy()
+        u = manip == 0
+        clusters = res.cluster_of_unalt
+        info["purity"] = round(float(sum(pd.Series(y[u][clusters == c]).value_counts().iloc[0]
+                                         for c in np.unique(clusters)) / u.sum()), 4)
+        acc = report["accepted"].to_numpy()
+        info["accepted_precision"] = round(float((report["class"].to_numpy()[acc] == y[acc]).mean()), 4) \
+            if acc.any() else None
+    stage_log("blend", f"PRNU clustering: {info['usable_clusters']}/{info['clusters']} coherent clusters, "
+                       f"{info['accepted_unalt']}/{int((manip == 0).sum())} unaltered and {info['accepted_manip']}/"
+                       f"{int((manip == 1).sum())} manipulated crops confirmed, {info['changed']} predictions changed"
+                       + (f"; against the solution: cluster purity {info['purity']:.3f}, confirmed precision "
+                          f"{info['accepted_precision']}" if "purity" in info else "") + f" ({info['seconds']} s)")
+    return out, info, report

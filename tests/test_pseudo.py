@@ -1,0 +1,128 @@
+"""Balanced pseudo-labels and the second training round."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from camid import cli
+from camid.config import load_config
+from camid.data.pseudo import read_pseudo
+from camid.errors import DataError, StrategyError
+from camid.infer.table import read_table
+from camid.level2 import pseudo
+from camid.workspace import Workspace
+from tiny_config import tiny_config
+from trained_tiny import CLASSES, photo
+
+
+def _test_rows(n_per_class: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for half in (0, 1):
+        for c, cls in enumerate(CLASSES):
+            for i in range(n_per_class):
+                rows.append({"fname": f"img_{half}{c}{i:02d}_{'manip' if half else 'unalt'}.tif", "manip": half,
+                             "label": cls if i % 4 else CLASSES[(c + 1) % 3], "confidence": float(rng.random())})
+    return pd.DataFrame(rows)
+
+
+def test_selection_is_balanced_per_class_and_half_and_takes_the_most_confident():
+    test = _test_rows(8)
+    chosen = pseudo.select(test, CLASSES, per_class=3, fraction=0.8, min_confidence=0.0)
+    counts = chosen.groupby(["half", "label"]).size()
+    assert (counts == 3).all() and len(counts) == 6
+    for (half, cls), grp in chosen.groupby(["half", "label"]):
+        pool = test[(test["manip"] == (half == "manip")) & (test["label"] == cls)]
+        assert set(grp["fname"]) == set(pool.nlargest(3, "confidence")["fname"])
+
+
+def test_selection_by_fraction_and_floor():
+    test = _test_rows(10)  # 30 crops per half: a class's share is 10
+    chosen = pseudo.select(test, CLASSES, per_class=None, fraction=0.5, min_confidence=0.0)
+    assert (chosen.groupby(["half", "label"]).size() == 5).all()
+    floor = pseudo.select(test, CLASSES, per_class=None, fraction=1.0, min_confidence=0.9)
+    assert (floor["confidence"] >= 0.9).all()
+
+
+def test_confidences_come_from_the_strategy_before_its_equaliser():
+    assert pseudo.confidence_strategy("gmean+prnu+hungarian") == "gmean+prnu"
+    assert pseudo.confidence_strategy("xgb+greedy") == "xgb"
+    assert pseudo.confidence_strategy("gmean") == "gmean"
+
+
+@pytest.fixture(scope="module")
+def round_two(tmp_path_factory):
+    """A tiny competition, round 1 trained and predicted, a blend, pseudo-labels and round 2."""
+    root = tmp_path_factory.mktemp("rounds")
+    data = root / "data"
+    for c, cls in enumerate(CLASSES):
+        (data / "train" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(photo(64, 80, c, 10 * c + i)).save(data / "train" / cls / f"{i}.jpg", quality=95)
+    (data / "test").mkdir()
+    names = []
+    for c in range(3):
+        for i in range(4):
+            for half in ("unalt", "manip"):
+                name = f"img_{c}{i}{half[0]}_{half}.tif"
+                Image.fromarray(photo(48, 48, c, 100 + 10 * c + i)).save(data / "test" / name)
+                names.append((name, CLASSES[c]))
+    pd.DataFrame({"fname": [n for n, _ in names], "camera": CLASSES[0]}).to_csv(data / "sample_submission.csv",
+                                                                               index=False)
+    cfg = tiny_config(root / "tiny.yaml", data, predict={"tta": "none", "top_n": 1, "crop": 48, "batch_size": 40},
+                      blend={"strategies": ["gmean", "gmean+hungarian"]},
+                      pseudo={"strategy": "gmean+hungarian", "per_class": 2})
+    common = ["--config", str(cfg), "--workdir", str(root)]
+    for argv in (["folds"], ["train-all"], ["predict"], ["blend"], ["submission"], ["pseudo"],
+                 ["train-all", "--round", "2"], ["predict", "--round", "2"], ["blend", "--round", "2"],
+                 ["submission", "--round", "2"]):
+        assert cli.main([*argv, *common]) == 0, argv
+    return root, data, cfg
+
+
+def test_round_two_trains_on_photos_plus_pseudo_labels_and_keeps_its_outputs_apart(round_two):
+    root, data, cfg = round_two
+    ws1, ws2 = Workspace(root, data), Workspace(root, data, 2)
+    labels = read_pseudo(ws1.pseudo_labels(), CLASSES)
+    assert len(labels) == 2 * 3 * 2  # 2 per class and half
+    assert labels["fname"].str.endswith(".tif").all()  # test crops only: never a training photo
+    assert (labels.groupby(["half", "label"]).size() == 2).all()
+    for k in (0, 1):
+        assert (root / "models" / "camid_tiny-r2" / f"fold{k}" / "done.json").is_file()
+    assert (root / "models" / "camid_tiny" / "fold0" / "done.json").is_file()  # round 1 untouched
+    assert ws2.table_runs("none") == ["camid_tiny-r2"] and ws1.table_runs("none") == ["camid_tiny"]
+    assert ws2.blend_table("gmean").is_file() and ws1.blend_table("gmean").is_file()
+    assert ws2.scores_csv.is_file() and ws2.scores_csv != ws1.scores_csv
+
+
+def test_round_two_oof_rows_come_from_fold_models_that_never_saw_those_photos(round_two):
+    root, data, _ = round_two
+    table = read_table(Workspace(root, data, 2).table("camid_tiny-r2", "none"))
+    folds = pd.read_csv(root / "models" / "folds.csv")
+    oof = table[table["split"] == "oof"].merge(folds[["fname", "fold"]], on="fname", suffixes=("", "_truth"))
+    assert len(oof) and (oof["fold"] == oof["fold_truth"]).all()
+    assert set(table.loc[table["split"] == "oof", "fname"]) == set(folds["fname"])  # no pseudo crop is an OOF row
+    log = (root / "models" / "camid_tiny-r2" / "fold0" / "train.out")
+    assert not log.exists() or "pseudo-labelled" in log.read_text()
+
+
+def test_pseudo_refuses_without_the_confidence_table(round_two, tmp_path):
+    root, data, cfg = round_two
+    c = load_config(cfg)
+    c.pseudo.strategy = "gmean+prnu+hungarian"
+    with pytest.raises(StrategyError, match="gmean"):
+        pseudo.make_pseudo(c, Workspace(root, data))
+
+
+def test_a_pseudo_file_with_a_missing_crop_or_unknown_class_is_refused(tmp_path):
+    good = pd.DataFrame({"fname": ["a.tif"], "path": [str(tmp_path / "a.tif")], "label": ["cam-a"], "manip": [0],
+                         "confidence": [0.9], "half": ["unalt"]})
+    good.to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(DataError, match="do not exist"):
+        read_pseudo(tmp_path / "p.csv", CLASSES)
+    (tmp_path / "a.tif").write_bytes(b"x")
+    good.assign(label="cam-z").to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(DataError, match="not in the class list"):
+        read_pseudo(tmp_path / "p.csv", CLASSES)
