@@ -159,3 +159,23 @@ def test_read_image_refuses_decompression_bombs(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)
     with pytest.raises(errors.ImageReadError, match="too large"):
         images.read_image(p)
+
+
+def test_external_photos_only_ever_train(kaggle_layout, tmp_path):
+    """Extra-folder photos get fold -1 (train only): the OOF score keeps meaning the
+    competition's training devices held out; the kaggle photos keep their stratified folds."""
+    extra = tmp_path / "extra"
+    for cls in ("cam-a", "cam-b"):
+        (extra / cls).mkdir(parents=True)
+        for i in range(5):
+            write_jpeg(extra / cls / f"e{i}.jpg")
+    _, scan = layout.scan_train(kaggle_layout, None, [extra])
+    out = folds.make_folds(scan.table, "kfold", 2, seed=3)
+    ext = out[out["source"] != "train"]
+    assert len(ext) == 10 and (ext["fold"] == -1).all()
+    own = out[out["source"] == "train"]
+    assert set(own["fold"]) == {0, 1}
+    alone = folds.make_folds(scan.table[scan.table["source"] == "train"], "kfold", 2, seed=3)
+    assert own.set_index("fname")["fold"].equals(alone.set_index("fname")["fold"])  # same folds as without them
+    mixed = folds.make_folds(scan.table, "kfold", 2, seed=3, external="kfold")
+    assert set(mixed.loc[mixed["source"] != "train", "fold"]) == {0, 1}

@@ -45,6 +45,8 @@ class FoldsConfig:
     n_folds: int = 5
     holdout_fraction: float = 0.2
     seed: int = 42
+    # Photos of extra_train_dirs: train_only (fold -1, never OOF rows) or split like train/.
+    external: Literal["train_only", "kfold"] = "train_only"
 
 
 @dataclass

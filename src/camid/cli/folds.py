@@ -21,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
     for path, reason in scan.skipped:
         stage_log("folds", f"skipped {path}: {reason}")
     f = cfg.folds
-    folds = make_folds(scan.table, f.mode, f.n_folds, f.holdout_fraction, f.seed)
+    folds = make_folds(scan.table, f.mode, f.n_folds, f.holdout_fraction, f.seed, external=f.external)
     out = write_folds(folds, args.out or ws.folds_csv)
     counts = folds.groupby("fold").size().to_dict()
     stage_log("folds", f"wrote {out} ({f.mode}, seed {f.seed}): images per fold {counts}")

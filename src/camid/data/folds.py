@@ -27,17 +27,30 @@ def _assign_folds(labels: pd.Series, n_folds: int, seed: int) -> np.ndarray:
 
 def make_folds(table: pd.DataFrame, mode: str = "kfold", n_folds: int = 5,
                holdout_fraction: float = 0.2, seed: int = 42,
-               group_col: str | None = None) -> pd.DataFrame:
+               group_col: str | None = None, external: str = "train_only") -> pd.DataFrame:
     """Deterministic stratified folds.
 
     ``kfold``: every image gets a fold in ``0..n_folds-1`` and is validated once.
     ``holdout``: ``fold=0`` is the held-out set, ``fold=-1`` always trains.
     With ``group_col`` (e.g. near-duplicate clusters) a whole group shares one fold.
+    ``external``: photos of the extra folders (``source`` other than ``train``) get
+    ``fold=-1`` with ``train_only`` (the default): they always train and are never OOF rows,
+    so the out-of-fold score keeps meaning "photos of the competition's training devices,
+    held out"; with ``kfold`` they are split like the rest.
     """
     table = table.sort_values("fname", ignore_index=True)
     if table["fname"].duplicated().any():
         dup = table.loc[table["fname"].duplicated(), "fname"].tolist()[:5]
         raise DataError(f"duplicate file keys in training table: {dup}")
+    if external not in ("train_only", "kfold"):
+        raise DataError(f"unknown external-folds rule {external!r}; choose train_only or kfold")
+    if external == "train_only" and "source" in table.columns and (table["source"] != "train").any():
+        own = table[table["source"] == "train"]
+        if own.empty:
+            raise DataError("every training image comes from an extra folder: nothing is left to validate on")
+        folded = make_folds(own, mode, n_folds, holdout_fraction, seed, group_col, "kfold")
+        rest = table[table["source"] != "train"].assign(fold=-1)
+        return pd.concat([folded, rest], ignore_index=True).sort_values("fname", ignore_index=True)
     groups = table[group_col] if group_col else table["fname"]
     # One row per group, labelled by its most common class, so stratification still holds.
     per_group = (table.assign(_g=groups).groupby("_g", sort=True)["label"]

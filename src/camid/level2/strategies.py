@@ -63,10 +63,12 @@ def parse_strategy(name: str) -> Strategy:
     base, *steps = name.strip().split("+")
     prnu = bool(steps) and steps[0] == "prnu"
     rest = steps[1:] if prnu else steps
-    if len(rest) > 1 or (rest and rest[0] not in equalise.METHODS):
-        hint = " (prnu comes before the equaliser: <base>+prnu+<equaliser>)" if "prnu" in rest else ""
-        raise StrategyError(f"strategy {name!r}: after the base come an optional +prnu and an optional equaliser "
-                            f"({', '.join(equalise.METHODS)}){hint}")
+    if "prnu" in rest:
+        raise StrategyError(f"strategy {name!r}: prnu comes before the equaliser: <base>+prnu+<equaliser>")
+    if len(rest) > 1:
+        raise StrategyError(f"strategy {name!r}: after the base come an optional +prnu and one optional equaliser")
+    if rest and rest[0] not in equalise.METHODS:
+        raise StrategyError(f"strategy {name!r}: unknown equaliser {rest[0]!r}; choose from {', '.join(equalise.METHODS)}")
     eq = rest[0] if rest else None
     if base in REDUCTION_POWERS:
         return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu)
