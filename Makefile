@@ -56,8 +56,17 @@ score: venv
 bench: venv
 	$(CAMID) bench
 
+# With SRC (a real scrape): RULES defaults to configs/external_rules.yaml and OUT is required.
+# Without SRC: the simulated pool of `camid simulate --external N` (make data with
+# simulate.external_per_class > 0), its generated rules, and a score against its truth.
 filter-external: venv
-	$(CAMID) filter-external $(SRC) --rules $(or $(RULES),configs/external_rules.yaml) --out $(OUT)
+ifeq ($(strip $(SRC)),)
+	$(CAMID) filter-external $(DATA)/external --rules $(or $(RULES),$(DATA)/external_rules.yaml) \
+	  --out $(or $(OUT),$(DATA)/external_kept) --truth $(or $(TRUTH),$(DATA)/external_truth.csv)
+else
+	$(CAMID) filter-external $(SRC) --rules $(or $(RULES),configs/external_rules.yaml) --out $(OUT) \
+	  $(if $(TRUTH),--truth $(TRUTH))
+endif
 
 robustness: venv
 	$(CAMID) robustness --config $(CONFIG) --data $(DATA)

@@ -36,6 +36,25 @@ class SimulateConfig:
     height: int = 1200
     test_crop: int = 512
     seed: int = 2018
+    # External pool (OUT/external/, camid.data.external_pool): files per class, 0 = no pool,
+    # and how many further devices (C, D, ...) of each model shoot it.
+    external_per_class: int = 0
+    external_devices: int = 4
+
+    def external_problem(self) -> str:
+        """Why the external-pool keys cannot work ("" when they can)."""
+        if self.external_per_class < 0:
+            return f"simulate.external_per_class (--external) must be >= 0, got {self.external_per_class}"
+        if not 1 <= self.external_devices <= MAX_EXTERNAL_DEVICES:
+            return (f"simulate.external_devices (--external-devices) must be in [1, {MAX_EXTERNAL_DEVICES}], "
+                    f"got {self.external_devices}")
+        return ""
+
+
+# SimulateConfig fields that only shape the external pool: they never change train/ or test/.
+EXTERNAL_FIELDS: tuple[str, ...] = ("external_per_class", "external_devices")
+# The pool's devices are C..Z (A shoots train/, B test/).
+MAX_EXTERNAL_DEVICES = 24
 
 
 @dataclass
@@ -247,6 +266,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 
 def _check(cfg: Config) -> None:
+    if cfg.simulate.external_problem():
+        raise ConfigError(cfg.simulate.external_problem())
     if cfg.folds.mode == "kfold" and cfg.folds.n_folds < 2:
         raise ConfigError("folds.n_folds must be >= 2 for kfold")
     if not 0.0 < cfg.folds.holdout_fraction < 1.0:

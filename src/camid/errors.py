@@ -68,6 +68,10 @@ class RulesError(CamidError, ValueError):
     """The external-data rules file is invalid."""
 
 
+class TruthError(CamidError, ValueError):
+    """A truth file to score the external-data filter against is missing or malformed."""
+
+
 def run_guarded(command: str, fn: Callable[[], int | None]) -> int:
     try:
         rc = fn()
