@@ -13,7 +13,8 @@ SIM_ARGS ?=
 CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo data folds train-all predict blend submission score bench filter-external robustness prnu clean-outputs
+.PHONY: venv test lint demo data folds train-all predict blend submission score bench filter-external robustness prnu \
+	prnu-dresden clean-outputs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -72,7 +73,11 @@ robustness: venv
 	$(CAMID) robustness --config $(CONFIG) --data $(DATA)
 
 prnu: venv
-	$(CAMID) prnu --config $(CONFIG) --data $(DATA)
+	$(CAMID) prnu evaluate --config $(CONFIG) --data $(DATA)
+
+# BENCHMARKS.md's Dresden table (real photos in ../shared/data/dresden_prnu; whole frame takes minutes).
+prnu-dresden: venv
+	$(VENV)/bin/python benchmarks/dresden_prnu.py $(PRNU_ARGS)
 
 # The whole chain on the simulated competition with the CPU profile.
 demo: venv

@@ -1,5 +1,5 @@
 """PRNU baseline: residual shapes and invariances, post-processing, detectors, ROC, and
-device verification on a small simulated competition (`camid prnu`)."""
+device verification on a small simulated competition (`camid prnu evaluate`)."""
 from __future__ import annotations
 
 import json
@@ -157,7 +157,7 @@ def simulated(tmp_path_factory) -> Path:
 
 def test_prnu_command_separates_devices_on_simulated_data(simulated, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = cli.main(["prnu", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(simulated),
+    rc = cli.main(["prnu", "evaluate", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(simulated),
                    "--workdir", str(tmp_path), "--out", str(out), "--n-ref", "7", "--n-query", "3",
                    "--workers", "2"])
     assert rc == 0
@@ -197,6 +197,6 @@ def test_prnu_without_solution_is_a_clear_error(simulated, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train").symlink_to(simulated / "train")
-    rc = cli.main(["prnu", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(data),
+    rc = cli.main(["prnu", "evaluate", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(data),
                    "--workdir", str(tmp_path), "--workers", "1"])
     assert rc == 2 and "solution.csv" in capsys.readouterr().err

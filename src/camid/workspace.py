@@ -7,7 +7,7 @@
     oof/blend/<strategy>.parquet         level-2 tables
     submissions/<strategy>.csv           submissions, and ``scores.csv``
     reports/robustness/<run>-fold<k>/    ``camid robustness``
-    reports/prnu/                        ``camid prnu``
+    reports/prnu/                        ``camid prnu evaluate``
 
 The data folder's own layout (``train/``, ``test/``, ``sample_submission.csv``) belongs to
 ``camid.data.layout``.
