@@ -261,6 +261,17 @@ def test_cli_external_flag_and_config_key(tmp_path: Path):
     assert cli.main(["simulate", str(tmp_path / "x"), "--config", str(cfg), "--external", "-1"]) == 2
 
 
+@pytest.mark.parametrize(("key", "value"), [("external_per_class", -1), ("external_devices", 0),
+                                            ("external_devices", 25)])
+def test_config_refuses_impossible_external_keys(tmp_path: Path, key: str, value: int):
+    from camid.config import load_config
+    from camid.errors import ConfigError
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"simulate:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"simulate.{key}"):
+        load_config(cfg)
+
+
 def test_refuses_an_external_folder_it_did_not_write(tmp_path: Path):
     (tmp_path / "external").mkdir()
     (tmp_path / "external" / "mine.jpg").write_bytes(b"x")

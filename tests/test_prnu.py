@@ -13,6 +13,7 @@ import pytest
 from camid import cli
 from camid.data import simulate as sim
 from camid.forensics import prnu
+from conftest import with_prnu
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = sim.SimOptions(n_classes=4, train_per_class=10, test_per_class=3, width=256, height=256,
@@ -31,9 +32,7 @@ def scene(h: int = 128, w: int = 128, seed: int = 0, texture: float = 4.0) -> np
 def shoot(k: np.ndarray, seed: int) -> np.ndarray:
     """A photo of a synthetic device with multiplicative PRNU ``k`` and shot noise."""
     h, w = k.shape
-    img = scene(h, w, seed=seed) * (1 + k[..., None])
-    img += np.random.default_rng(seed + 999).normal(0, 1.0, img.shape)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return with_prnu(scene(h, w, seed=seed), k, seed)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from scipy import ndimage, stats
 from camid import cli
 from camid.data import manipulations
 from camid.forensics import prnu, prnu_tools
+from conftest import with_prnu
 
 H, W = 160, 240  # a small landscape "sensor"
 
@@ -32,9 +33,7 @@ def scene(h: int, w: int, seed: int) -> np.ndarray:
 def shoot(k: np.ndarray, seed: int) -> np.ndarray:
     """A photo of a synthetic device: multiplicative PRNU ``k`` plus shot noise."""
     h, w = k.shape
-    img = scene(h, w, seed=seed) * (1 + k[..., None])
-    img += np.random.default_rng(seed + 999).normal(0, 1.0, img.shape)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return with_prnu(scene(h, w, seed=seed), k, seed)
 
 
 def save(path: Path, img: np.ndarray) -> Path:

@@ -25,6 +25,12 @@ TtaPolicy = Literal["none", "tta10", "tta40", "full", "full_d4"]
 TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)
 
 
+# SimulateConfig fields that only shape the external pool: they never change train/ or test/.
+EXTERNAL_FIELDS: tuple[str, ...] = ("external_per_class", "external_devices")
+# The pool's devices are C..Z (A shoots train/, B test/).
+MAX_EXTERNAL_DEVICES = 24
+
+
 @dataclass(frozen=True)
 class SimulateConfig:
     """`camid simulate` defaults (command-line options override them)."""
@@ -49,12 +55,6 @@ class SimulateConfig:
             return (f"simulate.external_devices (--external-devices) must be in [1, {MAX_EXTERNAL_DEVICES}], "
                     f"got {self.external_devices}")
         return ""
-
-
-# SimulateConfig fields that only shape the external pool: they never change train/ or test/.
-EXTERNAL_FIELDS: tuple[str, ...] = ("external_per_class", "external_devices")
-# The pool's devices are C..Z (A shoots train/, B test/).
-MAX_EXTERNAL_DEVICES = 24
 
 
 @dataclass
@@ -266,8 +266,9 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 
 def _check(cfg: Config) -> None:
-    if cfg.simulate.external_problem():
-        raise ConfigError(cfg.simulate.external_problem())
+    problem = cfg.simulate.external_problem()
+    if problem:
+        raise ConfigError(problem)
     if cfg.folds.mode == "kfold" and cfg.folds.n_folds < 2:
         raise ConfigError("folds.n_folds must be >= 2 for kfold")
     if not 0.0 < cfg.folds.holdout_fraction < 1.0:

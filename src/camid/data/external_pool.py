@@ -68,9 +68,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -666,10 +664,11 @@ def _verdicts(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _check_plan(captures: Sequence[Capture]) -> None:
-    """The truth relies on this; that the filter can tell each camera's EXIF identity from the
-    others (foreign models, firmware patterns, editors) is checked by the tests against
-    ``forensics.filter_external``'s own matching, which this package cannot import."""
-    assert not any(cap.device in sim.DEVICES for cap in captures)  # A trains, B tests: never the pool
+    """Devices A (train) and B (test) never shoot the pool. The truth's other invariant, that
+    the filter can tell each camera's EXIF identity from the others (foreign models, firmware
+    patterns, editors), needs ``forensics.filter_external``'s matching, which ``data`` cannot
+    import: ``tests/test_external_pool.py`` checks it."""
+    assert not any(cap.device in sim.DEVICES for cap in captures)
 
 
 # --------------------------------------------------------------------------- driver
@@ -689,20 +688,12 @@ def _prepare(out: Path, opts: SimOptions, overwrite: bool) -> bool:
             raise SimulateError(f"{out}: {', '.join(present)} exist(s) but were not written by "
                                 "`camid simulate --external` (no external.json); move them away")
         return False
-    try:
-        state = json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
-        raise SimulateError(f"{marker}: unreadable ({exc}); delete it and {POOL_DIR}/ and re-run") from exc
+    state = sim.read_marker(marker, f"delete it and {POOL_DIR}/ and re-run")
     same = (state.get("options") == _pool_options(opts)
             and state.get("format_version") == POOL_FORMAT_VERSION)
     if same and state.get("complete") and not overwrite:
         return True
-    for name in _OWNED:  # ours: an interrupted run, other options, or --overwrite
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    sim.remove_outputs(out, _OWNED)  # ours: an interrupted run, other options, or --overwrite
     return False
 
 

@@ -698,10 +698,7 @@ def _prepare_out(out: Path, opts: SimOptions, overwrite: bool) -> bool:
             raise SimulateError(f"{out} is not empty and was not written by `camid simulate`; "
                                 "choose an empty or new folder (nothing there was touched)")
         return False
-    try:
-        state = json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
-        raise SimulateError(f"{marker}: unreadable ({exc}); delete the folder and re-run") from exc
+    state = read_marker(marker, "delete the folder and re-run")
     same = state.get("options") == opts.to_dict() and state.get("format_version") == FORMAT_VERSION
     if same and state.get("complete") and not overwrite:
         return True
@@ -710,13 +707,26 @@ def _prepare_out(out: Path, opts: SimOptions, overwrite: bool) -> bool:
                             f"{state.get('options')} (format {state.get('format_version')}); "
                             "pass --overwrite to replace it, or choose another folder")
     # Ours (an interrupted run, or --overwrite): remove only what this command writes.
-    for name in _OWNED:
+    remove_outputs(out, _OWNED)
+    return False
+
+
+def read_marker(marker: Path, remedy: str) -> dict[str, Any]:
+    """The JSON of a completion marker; a SimulateError saying ``remedy`` when it is unreadable."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise SimulateError(f"{marker}: unreadable ({exc}); {remedy}") from exc
+
+
+def remove_outputs(out: Path, names: Sequence[str]) -> None:
+    """Remove the files and folders ``names`` under ``out``: only what a simulate command wrote."""
+    for name in names:
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    return False
 
 
 def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
