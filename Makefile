@@ -15,7 +15,8 @@ SIM_ARGS ?=
 CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit bench filter-external robustness prnu clean-outputs
+.PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit \
+	bench filter-external robustness prnu prnu-dresden clean-outputs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -69,14 +70,27 @@ score: venv
 bench: venv
 	$(CAMID) bench
 
+# With SRC (a real scrape): RULES defaults to configs/external_rules.yaml and OUT is required.
+# Without SRC: the simulated pool of `camid simulate --external N` (make data with
+# simulate.external_per_class > 0), its generated rules, and a score against its truth.
 filter-external: venv
-	$(CAMID) filter-external $(SRC) --rules $(or $(RULES),configs/external_rules.yaml) --out $(OUT)
+ifeq ($(strip $(SRC)),)
+	$(CAMID) filter-external $(DATA)/external --rules $(or $(RULES),$(DATA)/external_rules.yaml) \
+	  --out $(or $(OUT),$(DATA)/external_kept) --truth $(or $(TRUTH),$(DATA)/external_truth.csv)
+else
+	$(CAMID) filter-external $(SRC) --rules $(or $(RULES),configs/external_rules.yaml) --out $(OUT) \
+	  $(if $(TRUTH),--truth $(TRUTH))
+endif
 
 robustness: venv
 	$(CAMID) robustness --config $(CONFIG) --data $(DATA)
 
 prnu: venv
-	$(CAMID) prnu --config $(CONFIG) --data $(DATA)
+	$(CAMID) prnu evaluate --config $(CONFIG) --data $(DATA)
+
+# BENCHMARKS.md's Dresden table (real photos in ../shared/data/dresden_prnu; whole frame takes minutes).
+prnu-dresden: venv
+	$(VENV)/bin/python benchmarks/dresden_prnu.py $(PRNU_ARGS)
 
 # The whole recipe on the simulated competition with the CPU profile: round 1 (train, predict,
 # level 2 with PRNU clustering and stackers), balanced pseudo-labels, round 2, the final score.

@@ -8,6 +8,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def with_prnu(scene: np.ndarray, k: np.ndarray, seed: int) -> np.ndarray:
+    """A synthetic device's photo of ``scene``: multiplicative PRNU ``k`` plus seeded shot noise."""
+    img = scene * (1 + k[..., None])
+    img += np.random.default_rng(seed + 999).normal(0, 1.0, img.shape)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
 def write_jpeg(path: Path, h: int = 64, w: int = 80, seed: int = 0, quality: int = 95) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

@@ -6,12 +6,30 @@ import pytest
 from camid import cli
 
 
-@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
-def test_every_subcommand_has_help(name, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main([name, "--help"])
-    assert exc.value.code == 0
-    assert f"camid {name}" in capsys.readouterr().out
+def _every_command(commands, prefix=()):
+    """The path of every command and group, nested ones included: ("prnu",), ("prnu", "match"), ..."""
+    for name, entry in commands.items():
+        yield (*prefix, name)
+        if isinstance(entry, cli.Group):
+            yield from _every_command(entry.commands, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", sorted(_every_command(cli.COMMANDS)), ids=" ".join)
+def test_every_subcommand_has_help(path, capsys):
+    entry = cli.Group("camid", cli.COMMANDS)
+    for name in path:
+        assert isinstance(entry, cli.Group)
+        entry = entry.commands[name]
+    if isinstance(entry, cli.Group):  # the dispatcher lists a group's commands itself
+        assert cli.main([*path, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert all(name in out for name in entry.commands)
+    else:
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*path, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+    assert f"camid {' '.join(path)}" in out
 
 
 def test_top_level_help_lists_every_subcommand_and_unknown_is_refused(capsys):

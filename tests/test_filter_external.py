@@ -136,7 +136,7 @@ def judged(tmp_path_factory) -> dict[str, dict]:
 def test_rules_give_every_reason(judged, name):
     _, cls, codes = CASES[name]
     row = judged[name]
-    got = {fe._reason_code(r) for r in row["reasons"].split(";") if r}
+    got = {fe.reason_code(r) for r in row["reasons"].split(";") if r}
     assert (row["class"], got) == (cls, codes), row["reasons"]
     assert row["decision"] == ("keep" if not codes else "reject")
 

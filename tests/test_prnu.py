@@ -1,5 +1,5 @@
 """PRNU baseline: residual shapes and invariances, post-processing, detectors, ROC, and
-device verification on a small simulated competition (`camid prnu`)."""
+device verification on a small simulated competition (`camid prnu evaluate`)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import pytest
 from camid import cli
 from camid.data import simulate as sim
 from camid.forensics import prnu
+from conftest import with_prnu
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = sim.SimOptions(n_classes=4, train_per_class=10, test_per_class=3, width=256, height=256,
@@ -31,9 +32,7 @@ def scene(h: int = 128, w: int = 128, seed: int = 0, texture: float = 4.0) -> np
 def shoot(k: np.ndarray, seed: int) -> np.ndarray:
     """A photo of a synthetic device with multiplicative PRNU ``k`` and shot noise."""
     h, w = k.shape
-    img = scene(h, w, seed=seed) * (1 + k[..., None])
-    img += np.random.default_rng(seed + 999).normal(0, 1.0, img.shape)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return with_prnu(scene(h, w, seed=seed), k, seed)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +156,7 @@ def simulated(tmp_path_factory) -> Path:
 
 def test_prnu_command_separates_devices_on_simulated_data(simulated, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = cli.main(["prnu", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(simulated),
+    rc = cli.main(["prnu", "evaluate", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(simulated),
                    "--workdir", str(tmp_path), "--out", str(out), "--n-ref", "7", "--n-query", "3",
                    "--workers", "2"])
     assert rc == 0
@@ -197,6 +196,6 @@ def test_prnu_without_solution_is_a_clear_error(simulated, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     (data / "train").symlink_to(simulated / "train")
-    rc = cli.main(["prnu", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(data),
+    rc = cli.main(["prnu", "evaluate", "--config", str(REPO / "configs" / "demo.yaml"), "--data", str(data),
                    "--workdir", str(tmp_path), "--workers", "1"])
     assert rc == 2 and "solution.csv" in capsys.readouterr().err

@@ -26,6 +26,12 @@ TtaPolicy = Literal["none", "tta10", "tta40", "full", "full_d4"]
 TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)
 
 
+# SimulateConfig fields that only shape the external pool: they never change train/ or test/.
+EXTERNAL_FIELDS: tuple[str, ...] = ("external_per_class", "external_devices")
+# The pool's devices are C..Z (A shoots train/, B test/).
+MAX_EXTERNAL_DEVICES = 24
+
+
 @dataclass(frozen=True)
 class SimulateConfig:
     """`camid simulate` defaults (command-line options override them)."""
@@ -37,6 +43,19 @@ class SimulateConfig:
     height: int = 1200
     test_crop: int = 512
     seed: int = 2018
+    # External pool (OUT/external/, camid.data.external_pool): files per class, 0 = no pool,
+    # and how many further devices (C, D, ...) of each model shoot it.
+    external_per_class: int = 0
+    external_devices: int = 4
+
+    def external_problem(self) -> str:
+        """Why the external-pool keys cannot work ("" when they can)."""
+        if self.external_per_class < 0:
+            return f"simulate.external_per_class (--external) must be >= 0, got {self.external_per_class}"
+        if not 1 <= self.external_devices <= MAX_EXTERNAL_DEVICES:
+            return (f"simulate.external_devices (--external-devices) must be in [1, {MAX_EXTERNAL_DEVICES}], "
+                    f"got {self.external_devices}")
+        return ""
 
 
 @dataclass
@@ -309,6 +328,9 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 
 def _check(cfg: Config) -> None:
+    problem = cfg.simulate.external_problem()
+    if problem:
+        raise ConfigError(problem)
     if cfg.folds.mode == "kfold" and cfg.folds.n_folds < 2:
         raise ConfigError("folds.n_folds must be >= 2 for kfold")
     if not 0.0 < cfg.folds.holdout_fraction < 1.0:

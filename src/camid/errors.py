@@ -68,6 +68,14 @@ class RulesError(CamidError, ValueError):
     """The external-data rules file is invalid."""
 
 
+class TruthError(CamidError, ValueError):
+    """A truth file to score the external-data filter against is missing or malformed."""
+
+
+class FingerprintError(CamidError, ValueError):
+    """A PRNU fingerprint file that cannot be used (missing, not camid's, another format version)."""
+
+
 def run_guarded(command: str, fn: Callable[[], int | None]) -> int:
     try:
         rc = fn()

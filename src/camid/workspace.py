@@ -9,7 +9,7 @@
     oof/pseudo-r<N>.csv                  pseudo-labelled test crops chosen from round N (``camid pseudo``)
     submissions/<strategy>.csv           submissions, and ``scores.csv``
     reports/robustness/<run>-fold<k>/    ``camid robustness``
-    reports/prnu/                        ``camid prnu``
+    reports/prnu/                        ``camid prnu evaluate``
 
 The data folder's own layout (``train/``, ``test/``, ``sample_submission.csv``) belongs to
 ``camid.data.layout``.

@@ -23,6 +23,9 @@ class Command:
 class Group:
     help: str
     commands: dict[str, Command | Group] = field(default_factory=dict)
+    # Said (as the error, exit code 2) when options come where a subcommand is expected:
+    # where the options of an older, single-command form of the group went.
+    moved: str = ""
 
 
 COMMANDS: dict[str, Command | Group] = {
@@ -39,7 +42,15 @@ COMMANDS: dict[str, Command | Group] = {
     "identify": Command("camid.cli.identify", "identify the camera model of arbitrary photos"),
     "robustness": Command("camid.cli.robustness",
                           "accuracy vs JPEG quality, gamma, resize and crop size (PNG + CSV)"),
-    "prnu": Command("camid.cli.prnu", "PRNU sensor-fingerprint baseline: device verification ROC/AUC/EER"),
+    "prnu": Group("PRNU sensor fingerprints: fingerprint a device, match photos, evaluate", {
+        "evaluate": Command("camid.cli.prnu_evaluate",
+                            "competition folders: device vs model verification ROC/AUC/EER"),
+        "fingerprint": Command("camid.cli.prnu_fingerprint",
+                               "a device fingerprint (.npz) from photos (files and/or folders)"),
+        "match": Command("camid.cli.prnu_match",
+                         "NCC/PCE of photos against a fingerprint, decision at a PCE threshold"),
+    }, moved="the competition evaluation is now `camid prnu evaluate` (same options: --config, --data, --out, "
+             "--n-ref, ...); see `camid prnu --help` for fingerprint and match"),
     "bench": Command("camid.cli.bench", "benchmarks: sample pipeline, equalisation, stackers, GPU"),
     "kaggle": Group("the competition on Kaggle, through the official kaggle CLI and your credentials", {
         "download": Command("camid.cli.kaggle_download", "download and unpack the competition data"),
@@ -72,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help"):
             parser.print_help()
             return 0
+        if argv[0].startswith("-") and node.moved:
+            print(f"{prog}: error: {node.moved}", file=sys.stderr)
+            return 2
         if argv[0] not in node.commands:
             parser.print_usage(sys.stderr)
             print(f"{prog}: unknown subcommand {argv[0]!r}; choose from {', '.join(node.commands)}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..config import Config, load_config
@@ -37,3 +38,8 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Workspace]:
 def names(csv: str) -> list[str]:
     """``"a,b,,c"`` -> ``["a", "b", "c"]``: comma-separated option values."""
     return [n for n in csv.split(",") if n]
+
+
+def workers(n: int | None) -> int:
+    """``--workers`` (None: all cores), at least 1."""
+    return max(1, n or os.cpu_count() or 1)

@@ -1,4 +1,5 @@
-"""`camid filter-external SRC --rules R --out DIR`: keep only untouched camera originals of the known classes."""
+"""`camid filter-external SRC --rules R --out DIR [--truth CSV]`: keep only untouched camera originals of the
+known classes; with ``--truth``, score the decisions against a pool's truth."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..forensics.filter_external import DEFAULT_REPORT_NAME, filter_external
+from ..forensics.filter_score import load_truth, score_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-all", action="store_true",
                         help="decode every readable JPEG, not only those passing the header "
                              "checks (slower; reports truncation and duplicates for all files)")
+    parser.add_argument("--truth", type=Path, metavar="CSV",
+                        help="score the decisions against a pool's truth (`camid simulate --external` "
+                             "writes DATA/external_truth.csv): precision/recall of keep, reason "
+                             "confusion, written next to the report")
     parser.set_defaults(copy=False)
 
 
 def main(args: argparse.Namespace) -> int:
-    filter_external(args.src, args.rules, Path(args.out), args.train, args.copy, args.workers, args.report,
-                    args.decode_all)
+    if args.truth:
+        load_truth(args.truth)  # a missing or malformed truth file fails before minutes of reading
+    report = filter_external(args.src, args.rules, Path(args.out), args.train, args.copy, args.workers,
+                             args.report, args.decode_all)
+    if args.truth:
+        score_files(report, args.truth, report.parent)
     return 0

@@ -1,4 +1,4 @@
-"""`camid simulate OUT`: a simulated competition in the Kaggle layout."""
+"""`camid simulate OUT [--external N]`: a simulated competition in the Kaggle layout (and an external pool)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, metavar="H", help="photo height in pixels (even)")
     parser.add_argument("--test-crop", type=int, metavar="C", help="side of the centre test crops")
     parser.add_argument("--seed", type=int, metavar="S", help="master seed (>= 0)")
+    parser.add_argument("--external", dest="external_per_class", type=int, metavar="N",
+                        help="also write OUT/external/, a scrape-like pool of N files per class from "
+                             "further devices (plus external_truth.csv, external_rules.yaml); 0: none")
+    parser.add_argument("--external-devices", dest="external_devices", type=int, metavar="K",
+                        help="devices per class in the external pool (C, D, ...; never A or B)")
     parser.add_argument("--workers", type=int, metavar="W", default=None,
                         help="worker processes (default: all CPU cores); does not change the output")
     parser.add_argument("--overwrite", action="store_true",

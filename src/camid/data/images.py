@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,31 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MAX_PIXELS = 250_000_000
 # Pillow's codes for chroma subsampling.
 JPEG_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+
+# ITU-T T.81 Annex K tables in natural (row-major) order, which is also the order of
+# Pillow's ``Image.quantization`` and of libjpeg's ``quantval`` that ImageMagick reads.
+STD_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61,
+    12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77,
+    24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101,
+    72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
+STD_CHROMINANCE = np.array([
+    17, 18, 24, 47, 99, 99, 99, 99,
+    18, 21, 26, 66, 99, 99, 99, 99,
+    24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32, dtype=np.int64)
+
+
+def scaled_table(base: np.ndarray, quality: int, force_baseline: bool = True) -> np.ndarray:
+    """libjpeg's ``jpeg_set_quality`` scaling of a standard table (the cjpeg/Pillow tables)."""
+    quality = min(max(int(quality), 1), 100)
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    table = np.clip((base * scale + 50) // 100, 1, 32767)
+    return np.minimum(table, 255) if force_baseline else table
 
 
 def apply_pixel_limit() -> None:
@@ -120,9 +146,18 @@ def encode_jpeg(img: np.ndarray, quality: int, subsampling: str = "4:2:0") -> by
     the encoder of the competition's JPEG manipulations and of the simulated cameras."""
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    return _save_jpeg(img, subsampling, quality=int(quality))
+
+
+def encode_jpeg_tables(img: np.ndarray, qtables: Sequence[Sequence[int]], subsampling: str = "4:2:0") -> bytes:
+    """Baseline JPEG with its own quantisation tables (luminance, chrominance; natural order),
+    as an editor that does not use the IJG tables writes them."""
+    return _save_jpeg(img, subsampling, qtables=[list(t) for t in qtables])
+
+
+def _save_jpeg(img: np.ndarray, subsampling: str, **tables: Any) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLING[subsampling],
-                              optimize=False)
+    Image.fromarray(img).save(buf, format="JPEG", subsampling=JPEG_SUBSAMPLING[subsampling], optimize=False, **tables)
     return buf.getvalue()
 
 

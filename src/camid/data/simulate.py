@@ -8,6 +8,7 @@ from simulated cameras::
     OUT/sample_submission.csv                   fname,camera (camera = first class)
     OUT/solution.csv                            fname,camera,manipulation (`none` for _unalt)
     OUT/simulate.json                           options, camera models, completion marker
+    OUT/external/, external_truth.csv, ...      only with --external N (camid.data.external_pool)
 
 A camera MODEL is a processing pipeline (colour-filter pattern, demosaicing,
 white balance and colour matrix, tone curve, denoise/sharpening, JPEG quality and
@@ -27,6 +28,7 @@ import functools
 import json
 import os
 import shutil
+import string
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -38,7 +40,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..config import SimulateConfig
+from ..config import EXTERNAL_FIELDS, MAX_EXTERNAL_DEVICES, SimulateConfig
 from ..errors import SimulateError
 from ..util.io import atomic_path, write_csv, write_json
 from ..util.log import stage_log
@@ -71,7 +73,9 @@ DISCRETE_CHOICES: dict[str, tuple[Any, ...]] = {
 
 # Independent random streams: the second seed word says what a generator is for.
 _S_ASSIGN, _S_MODEL, _S_DEVICE, _S_PRNU, _S_SCENE, _S_SENSOR, _S_NAMES = range(1, 8)
-_DEVICE_CODE = {"A": 0, "B": 1}
+# A and B keep codes 0 and 1 (their bytes must never change); C, D, ... are the
+# external pool's further devices (camid.data.external_pool).
+DEVICE_CODES = {d: i for i, d in enumerate(string.ascii_uppercase[:len(DEVICES) + MAX_EXTERNAL_DEVICES])}
 _TONE_LUT_SIZE = 4096  # the sensor's 12-bit ADC resolution
 _BT601 = np.array([[0.299, 0.587, 0.114],
                    [-0.168736, -0.331264, 0.5],
@@ -116,9 +120,14 @@ class SimOptions(SimulateConfig):
             raise SimulateError(f"seed must be >= 0, got {self.seed}")
         if self.n_classes * self.test_per_class * 2 > 16 ** 7 // 4:
             raise SimulateError("too many test images for unique 7-hex-digit names")
+        problem = self.external_problem()
+        if problem:
+            raise SimulateError(problem)
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The options that determine train/ and test/ (the marker's). The external pool has
+        its own marker, so changing its size never invalidates the competition files."""
+        return {k: v for k, v in asdict(self).items() if k not in EXTERNAL_FIELDS}
 
 
 def class_names(n_classes: int) -> list[str]:
@@ -126,7 +135,8 @@ def class_names(n_classes: int) -> list[str]:
     return [KAGGLE_CLASSES[i] if i < len(KAGGLE_CLASSES) else f"Camera-{i + 1}" for i in range(n_classes)]
 
 
-def _rng(*words: int) -> np.random.Generator:
+def seeded_rng(*words: int) -> np.random.Generator:
+    """An independent random stream named by its seed words (seed, purpose, class, ...)."""
     return np.random.default_rng(np.random.SeedSequence([int(w) for w in words]))
 
 
@@ -175,7 +185,7 @@ def _balanced_column(pool: Sequence[Any], n: int, rng: np.random.Generator) -> l
 
 def _assign_discrete(n_classes: int, seed: int) -> list[dict[str, Any]]:
     """Joint draw of the discrete settings: balanced, shared, and unique in combination."""
-    rng = _rng(seed, _S_ASSIGN, n_classes)
+    rng = seeded_rng(seed, _S_ASSIGN, n_classes)
     columns = {key: _balanced_column(pool, n_classes, rng) for key, pool in DISCRETE_CHOICES.items()}
     for _ in range(1000):  # reshuffle until no two models share every discrete setting
         for column in columns.values():
@@ -190,10 +200,12 @@ def _flat(m: np.ndarray) -> tuple[float, ...]:
     return tuple(round(float(v), 6) for v in m.ravel())
 
 
-def _draw_model(index: int, name: str, seed: int, discrete: dict[str, Any]) -> CameraModel:
+def draw_model(index: int, name: str, seed: int, discrete: dict[str, Any]) -> CameraModel:
+    """Camera model ``index``: the given discrete choices (``DISCRETE_CHOICES`` keys) and
+    continuous settings drawn from (seed, index)."""
     # Continuous settings come from (seed, class) only, and every model draws from the
     # same ranges, so none of them is a class label on its own.
-    rng = _rng(seed, _S_MODEL, index)
+    rng = seeded_rng(seed, _S_MODEL, index)
     crosstalk = rng.uniform(0.05, 0.10, size=(3, 3))
     np.fill_diagonal(crosstalk, 0.0)
     sensor = np.eye(3) + crosstalk
@@ -222,12 +234,12 @@ def make_models(n_classes: int, seed: int) -> list[CameraModel]:
     """The camera models of a simulated competition (class i is ``class_names(n)[i]``)."""
     names = class_names(n_classes)
     discrete = _assign_discrete(n_classes, seed)
-    return [_draw_model(i, names[i], seed, discrete[i]) for i in range(n_classes)]
+    return [draw_model(i, names[i], seed, discrete[i]) for i in range(n_classes)]
 
 
 def make_device(class_index: int, device: str, seed: int) -> Device:
-    """Device ``A`` or ``B`` of model ``class_index``."""
-    rng = _rng(seed, _S_DEVICE, class_index, _DEVICE_CODE[device])
+    """Device ``A`` or ``B`` of model ``class_index`` (or an external-pool device ``C``, ``D``, ...)."""
+    rng = seeded_rng(seed, _S_DEVICE, class_index, DEVICE_CODES[device])
     return Device(class_index=class_index, device=device,
                   prnu_std=float(rng.uniform(0.007, 0.013)),
                   read_noise=float(rng.uniform(0.0005, 0.002)),
@@ -238,7 +250,7 @@ def make_device(class_index: int, device: str, seed: int) -> Device:
 def prnu(seed: int, class_index: int, device: str, height: int, width: int, std: float) -> np.ndarray:
     """The device's multiplicative fixed pattern K (zero mean, ``std``), made lazily at the
     photo size; all photos of one device share it. Read-only: it is cached."""
-    rng = _rng(seed, _S_PRNU, class_index, _DEVICE_CODE[device], height, width)
+    rng = seeded_rng(seed, _S_PRNU, class_index, DEVICE_CODES[device], height, width)
     k: np.ndarray = rng.standard_normal((height, width), dtype=np.float32)
     k = cv2.GaussianBlur(k, (0, 0), 0.5)  # real PRNU is slightly low-pass (pixel crosstalk)
     k = k * (np.float32(std) / max(float(k.std()), 1e-12))
@@ -553,13 +565,21 @@ def encode_jpeg(img: np.ndarray, model: CameraModel, quality: int | None = None)
     return images.encode_jpeg(img, int(quality or model.jpeg_quality), model.subsampling)
 
 
-def shoot(model: CameraModel, device: str, index: int, width: int, height: int, seed: int) -> bytes:
-    """Photo number ``index`` of ``device`` of ``model``: the camera's JPEG file bytes."""
-    scene = render_scene(_rng(seed, _S_SCENE, model.index, _DEVICE_CODE[device], index), height, width)
-    rng = _rng(seed, _S_SENSOR, model.index, _DEVICE_CODE[device], index)
+def capture(model: CameraModel, device: str, index: int, width: int, height: int,
+            seed: int) -> tuple[np.ndarray, Shot]:
+    """Photo number ``index`` of ``device`` of ``model`` before its JPEG encoder: the
+    developed uint8 RGB and the shot settings (the external pool re-encodes it)."""
+    scene = render_scene(seeded_rng(seed, _S_SCENE, model.index, DEVICE_CODES[device], index), height, width)
+    rng = seeded_rng(seed, _S_SENSOR, model.index, DEVICE_CODES[device], index)
     shot = draw_shot(model, rng)
     raw = expose(scene, model, make_device(model.index, device, seed), shot, rng, seed)
-    return encode_jpeg(develop(raw, model, shot), model, shot.jpeg_quality)
+    return develop(raw, model, shot), shot
+
+
+def shoot(model: CameraModel, device: str, index: int, width: int, height: int, seed: int) -> bytes:
+    """Photo number ``index`` of ``device`` of ``model``: the camera's JPEG file bytes."""
+    img, shot = capture(model, device, index, width, height, seed)
+    return encode_jpeg(img, model, shot.jpeg_quality)
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -578,7 +598,7 @@ def make_test_plan(opts: SimOptions) -> list[PlanItem]:
     the manipulations rotating over one global sequence so they are balanced overall and
     within each class; names are seeded random hex, unique."""
     n, t = opts.n_classes, opts.test_per_class
-    rng = _rng(opts.seed, _S_NAMES)
+    rng = seeded_rng(opts.seed, _S_NAMES)
     names: list[str] = []
     seen: set[str] = set()
     while len(names) < 2 * n * t:
@@ -604,7 +624,7 @@ def train_fname(name: str, index: int) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _keep_heap() -> None:
+def keep_heap() -> None:
     """Stop glibc from returning every large numpy temporary to the OS after each photo:
     re-faulting those pages cost ~15% of the run in kernel time. No-op elsewhere."""
     try:
@@ -619,7 +639,7 @@ def _keep_heap() -> None:
 
 def _init_worker(opts: SimOptions, models: list[CameraModel], out: str) -> None:
     cv2.setNumThreads(1)  # one process per core already
-    _keep_heap()
+    keep_heap()
     _WORKER.update(opts=opts, models=models, out=Path(out))
 
 
@@ -678,10 +698,7 @@ def _prepare_out(out: Path, opts: SimOptions, overwrite: bool) -> bool:
             raise SimulateError(f"{out} is not empty and was not written by `camid simulate`; "
                                 "choose an empty or new folder (nothing there was touched)")
         return False
-    try:
-        state = json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
-        raise SimulateError(f"{marker}: unreadable ({exc}); delete the folder and re-run") from exc
+    state = read_marker(marker, "delete the folder and re-run")
     same = state.get("options") == opts.to_dict() and state.get("format_version") == FORMAT_VERSION
     if same and state.get("complete") and not overwrite:
         return True
@@ -690,13 +707,26 @@ def _prepare_out(out: Path, opts: SimOptions, overwrite: bool) -> bool:
                             f"{state.get('options')} (format {state.get('format_version')}); "
                             "pass --overwrite to replace it, or choose another folder")
     # Ours (an interrupted run, or --overwrite): remove only what this command writes.
-    for name in _OWNED:
+    remove_outputs(out, _OWNED)
+    return False
+
+
+def read_marker(marker: Path, remedy: str) -> dict[str, Any]:
+    """The JSON of a completion marker; a SimulateError saying ``remedy`` when it is unreadable."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise SimulateError(f"{marker}: unreadable ({exc}); {remedy}") from exc
+
+
+def remove_outputs(out: Path, names: Sequence[str]) -> None:
+    """Remove the files and folders ``names`` under ``out``: only what a simulate command wrote."""
+    for name in names:
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    return False
 
 
 def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
@@ -709,7 +739,7 @@ def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
     if _prepare_out(out, opts, overwrite):
         stage_log("simulate", f"{out} already holds a complete simulated dataset for these options; "
                               "skipped (pass --overwrite to regenerate)")
-        return {"skipped": True, "out": str(out)}
+        return {"skipped": True, "out": str(out), **_external(out, opts, workers, overwrite)}
     start = time.perf_counter()
     models = make_models(opts.n_classes, opts.seed)
     write_json(out / MARKER, _marker_payload(opts, models, complete=False))
@@ -726,7 +756,16 @@ def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
                           f"({len(plan) // 2} unalt + {len(plan) // 2} manip) to {out / 'test'}, "
                           f"sample_submission.csv, solution.csv and {MARKER} in {wall:.1f}s")
     return {"skipped": False, "out": str(out), "n_train": n_train, "n_test": len(plan),
-            "classes": [m.name for m in models], "wall_s": wall}
+            "classes": [m.name for m in models], "wall_s": wall,
+            **_external(out, opts, workers, overwrite)}
+
+
+def _external(out: Path, opts: SimOptions, workers: int, overwrite: bool) -> dict[str, Any]:
+    """The external pool (``--external N``) next to train/ and test/, with its own marker."""
+    if not opts.external_per_class:
+        return {}
+    from .external_pool import write_pool  # imports this module: only when a pool is asked for
+    return {"external": write_pool(out, opts, workers=workers, overwrite=overwrite)}
 
 
 def _write_tables(out: Path, plan: list[PlanItem], models: list[CameraModel]) -> None:

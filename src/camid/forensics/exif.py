@@ -20,22 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-# ITU-T T.81 Annex K tables in natural (row-major) order, which is also the order of
-# Pillow's ``Image.quantization`` and of libjpeg's ``quantval`` that ImageMagick reads.
-STD_LUMINANCE = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61,
-    12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77,
-    24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101,
-    72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
-STD_CHROMINANCE = np.array([
-    17, 18, 24, 47, 99, 99, 99, 99,
-    18, 21, 26, 66, 99, 99, 99, 99,
-    24, 26, 56, 99, 99, 99, 99, 99,
-    47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32, dtype=np.int64)
+from ..data.images import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
 
 # ImageMagick's tabulated hash/sum values (index i <-> quality i+1), two-table case.
 _IM_HASH2 = (
@@ -88,14 +73,6 @@ DEFAULT_EDITOR_PATTERNS: tuple[str, ...] = (
 
 _TAG_MAKE, _TAG_MODEL, _TAG_SOFTWARE = 0x010F, 0x0110, 0x0131
 _CREATOR_TOOL = re.compile(rb'CreatorTool(?:="([^"]*)"|>([^<]*)<)')
-
-
-def scaled_table(base: np.ndarray, quality: int, force_baseline: bool = True) -> np.ndarray:
-    """libjpeg's ``jpeg_set_quality`` scaling of a standard table (the cjpeg/Pillow tables)."""
-    quality = min(max(int(quality), 1), 100)
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-    table = np.clip((base * scale + 50) // 100, 1, 32767)
-    return np.minimum(table, 255) if force_baseline else table
 
 
 # Every standard table at every quality, so matching a file's tables is one comparison.

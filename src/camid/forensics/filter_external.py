@@ -4,7 +4,7 @@ The winners scraped ~80k photos (Flickr, Yandex.Fotki, Wikimedia) and kept those
 EXIF model, size, JPEG quality and software tags say "straight out of the phone"
 (docs/competition.md, "External data"). This does that for every file under SRC:
 
-1. read each file's header (EXIF, size, quantisation tables: ``camid.exif``), in parallel;
+1. read each file's header (EXIF, size, quantisation tables: ``camid.forensics.exif``), in parallel;
 2. judge it against the rules (``configs/external_rules.yaml``; every failed check is a
    reason); files that pass are decoded (entropy-decoded in full at 1/8 scale, which
    catches truncation) and perceptually hashed -- the others need no pixel reads;
@@ -375,7 +375,8 @@ def hash_file(path: str) -> str:
 
 # ----------------------------------------------------------------------- decision
 
-def _reason_code(reason: str) -> str:
+def reason_code(reason: str) -> str:
+    """The code of a report reason (``"quality: 80 < 89"`` -> ``"quality"``), as the log counts them."""
     return reason.split(":", 1)[0].split(" of ", 1)[0]
 
 
@@ -732,7 +733,7 @@ def place_kept(rows: list[dict[str, Any]], out: Path, copy: bool,
 def _log_outcome(rows: Sequence[dict[str, Any]], duplicates: int, placed: Counter,
                  out: Path, copy: bool) -> None:
     kept = Counter(r["class"] for r in rows if r["decision"] == "keep")
-    codes = Counter(_reason_code(x) for r in rows if r["reasons"] for x in r["reasons"].split(";"))
+    codes = Counter(reason_code(x) for r in rows if r["reasons"] for x in r["reasons"].split(";"))
     stage_log(STAGE, f"kept {sum(kept.values())}/{len(rows)}: "
                      + (", ".join(f"{k}={v}" for k, v in sorted(kept.items())) or "none"))
     stage_log(STAGE, "rejection reasons (a file can have several): "

@@ -1,4 +1,4 @@
-"""A sensor-fingerprint (PRNU) baseline (``camid prnu``) for DEVICE verification (docs/recipe.md, "PRNU").
+"""A sensor-fingerprint (PRNU) baseline (``camid prnu evaluate``) for DEVICE verification (docs/recipe.md, "PRNU").
 
 Lukas, Fridrich and Goljan (2006), with the refinements of the Binghamton reference code:
 

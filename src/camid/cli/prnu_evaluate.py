@@ -1,17 +1,19 @@
-"""`camid prnu`: the PRNU sensor-fingerprint baseline, device verification ROC/AUC/EER."""
+"""`camid prnu evaluate`: the PRNU sensor-fingerprint baseline on the competition folders, device
+verification ROC/AUC/EER (plain `camid prnu` before the `prnu` group)."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..data.layout import resolve_classes
 from ..forensics.prnu import PrnuSettings, evaluate_devices, print_summary
 from ..util.log import stage_log
-from .common import add_common_arguments, resolve
+from .common import add_common_arguments, resolve, workers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Device verification on DATA/train (device A) and the device-B test crops: "
+                          "ROC, AUC, EER of PCE/NCC, and the CNN on the same pairs.")
     add_common_arguments(parser)
     parser.add_argument("--out", default=None, help="output folder (default: WORKDIR/reports/prnu)")
     parser.add_argument("--n-ref", type=int, default=30, help="device-A photos per fingerprint (default 30)")
@@ -28,10 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
     s = PrnuSettings(sigma=args.sigma, channels=args.channels, enhance=args.enhance)
-    workers = max(1, args.workers or os.cpu_count() or 1)
     out = Path(args.out) if args.out else ws.prnu_dir
     summary = evaluate_devices(ws.data_dir, ws.oof, resolve_classes(cfg, ws.data_dir), s, args.n_ref, args.n_query,
-                               args.crop, workers, out)
+                               args.crop, workers(args.workers), out)
     print_summary(summary)
     t = summary["timing"]
     stage_log("prnu", f"residual {t['residual_s_per_photo']} s per {t['crop']}x{t['crop']} photo; "
