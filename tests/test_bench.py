@@ -13,7 +13,8 @@ def test_quick_bench_prints_every_row(tmp_path, capsys):
     assert cli_main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for text in ("training sample", "4:2:0", "4:4:4", "pixel-identical", "decode 192x192 region",
-                 "first use of a photo", "2,640 images", "100,000 images", "xgb bag", "lgb bag", "mlp bag"):
+                 "first use of a photo", "2,640 images", "100,000 images", "xgb bag", "lgb bag", "mlp bag",
+                 "noise residual of a 512-px crop", "+prnu clustering, 160 + 160"):
         assert text in out, text
     table = pd.read_csv(tmp_path / "bench.csv")
     assert set(table["section"]) == set(bench.SECTIONS)

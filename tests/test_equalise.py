@@ -157,12 +157,10 @@ def test_benchmark_reports_seconds():
     assert eq.benchmark(300, k=5, hungarian_max=100)["hungarian"] is None
 
 
-def test_flow_scales():
-    import time
+def test_flow_meets_the_quotas_at_scale():
+    """30,000 rows (its speed is a benchmark row: `camid bench --only equalise`)."""
     probs = eq.synthetic_probs(30000, 10, seed=1, strength=1.0)
-    start = time.perf_counter()
     assign = eq.flow(probs)
-    assert time.perf_counter() - start < 10
     assert (np.bincount(assign, minlength=10) == eq.quotas(probs)).all()
 
 

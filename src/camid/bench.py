@@ -12,6 +12,9 @@ Sections (each row: baseline, faster variant, ratio):
   (the test set) and 100,000 images (Hungarian cannot run there: its n x n matrix).
 - ``stack``: time of one stacker bag (seeds x folds models) per learner on a synthetic
   OOF table, one thread.
+- ``prnu``: the noise residual of one 512-px test crop (one thread), and the ``+prnu``
+  clustering step on synthetic residuals shaped like the demo's and the Kaggle test set
+  (160 + 160 crops of 256 px; 1,320 + 1,320 of 512 px with ``--quick`` off).
 - ``gpu`` (CUDA only): training images/s per backbone at 480 with bf16 autocast +
   channels-last vs fp32 NCHW (TF32 off), model FLOP utilisation against the GPU's
   dense bf16 peak, and TTA40 vs single-view inference images/s.
@@ -40,7 +43,7 @@ from .util.io import write_csv, write_json
 if TYPE_CHECKING:
     from .data.fastjpeg import DecodeCache
 
-SECTIONS = ("sample", "equalise", "stack", "gpu")
+SECTIONS = ("sample", "equalise", "stack", "prnu", "gpu")
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by a substring of the CUDA
 # device name; first match wins, so the specific names come before the general ones.
@@ -246,6 +249,35 @@ def bench_equalise(quick: bool) -> list[Row]:
         raise RuntimeError("bench: equalise.benchmark did not time the flow and greedy solvers")
     rows.append(Row("equalise", "100,000 images x 10 classes", "hungarian", None, 1 / flow_s,
                     "solves/s", None, note + f"; flow {flow_s:.2f} s, greedy {greedy_s:.2f} s"))
+    return rows
+
+
+# ---------------------------------------------------------------- PRNU
+
+
+def bench_prnu(quick: bool) -> list[Row]:
+    from .forensics import prnu
+    from .level2 import prnu_cluster
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    with one_core():
+        prnu.query_residual(img)  # warm-up: wavelet tables, FFT plans
+        secs = min(_seconds(lambda: prnu.query_residual(img)) for _ in range(3))
+    rows = [Row("prnu", "noise residual of a 512-px crop", "", None, 1 / secs, "crops/s/core", None,
+                f"{secs * 1000:.0f} ms per crop (wavelet denoiser + zero-mean + DFT Wiener)")]
+    for n, side, k in ((160, 256, 10),) + (() if quick else ((1320, 512, 10),)):
+        # k devices, n unaltered + n manipulated crops each sharing its device's pattern
+        pattern = rng.standard_normal((k, side, side), dtype=np.float32)
+        res = np.empty((2 * n, side, side), np.float32)  # filled in place: the Kaggle size is 2.8 GB
+        for i in range(2 * n):
+            res[i] = rng.standard_normal((side, side), dtype=np.float32)
+            res[i] += 0.15 * pattern[i % k]
+        manip = (np.arange(2 * n) >= n).astype(int)
+        probs = np.full((2 * n, k), 1.0 / k)
+        secs = _seconds(lambda: prnu_cluster.cluster_test(res, manip, probs))
+        rows.append(Row("prnu", f"+prnu clustering, {n} + {n} crops of {side} px", "", None, 2 * n / secs,
+                        "crops/s", None, f"{secs:.1f} s for the step (residuals cached separately)"))
     return rows
 
 
@@ -483,6 +515,8 @@ def run(quick: bool, only: Sequence[str] = SECTIONS, backbones: Sequence[str] | 
             rows += bench_equalise(quick)
         elif section == "stack":
             rows += bench_stack(quick)
+        elif section == "prnu":
+            rows += bench_prnu(quick)
         else:
             rows += gpu_rows(quick, backbones, peak_tflops)
         print(f"[camid bench] {section}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)

@@ -68,7 +68,8 @@ def parse_strategy(name: str) -> Strategy:
     if len(rest) > 1:
         raise StrategyError(f"strategy {name!r}: after the base come an optional +prnu and one optional equaliser")
     if rest and rest[0] not in equalise.METHODS:
-        raise StrategyError(f"strategy {name!r}: unknown equaliser {rest[0]!r}; choose from {', '.join(equalise.METHODS)}")
+        raise StrategyError(f"strategy {name!r}: unknown equaliser {rest[0]!r}; "
+                            f"choose from {', '.join(equalise.METHODS)}")
     eq = rest[0] if rest else None
     if base in REDUCTION_POWERS:
         return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu)
