@@ -275,7 +275,7 @@ def bench_prnu(quick: bool) -> list[Row]:
             res[i] += 0.15 * pattern[i % k]
         manip = (np.arange(2 * n) >= n).astype(int)
         probs = np.full((2 * n, k), 1.0 / k)
-        secs = _seconds(lambda: prnu_cluster.cluster_test(res, manip, probs))
+        secs = _seconds(partial(prnu_cluster.cluster_test, res, manip, probs))
         rows.append(Row("prnu", f"+prnu clustering, {n} + {n} crops of {side} px", "", None, 2 * n / secs,
                         "crops/s", None, f"{secs:.1f} s for the step (residuals cached separately)"))
     return rows
