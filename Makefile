@@ -97,7 +97,8 @@ prnu-dresden: venv
 DEMO_SUBMISSION ?= submissions/r2/gmean+prnu+hungarian.csv
 demo: venv
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory data folds train-all predict blend submission pseudo CONFIG=$(CONFIG) DATA=$(DATA) && \
+	$(MAKE) --no-print-directory data filter-external folds train-all predict blend submission pseudo \
+	  CONFIG=$(CONFIG) DATA=$(DATA) && \
 	$(MAKE) --no-print-directory train-all predict blend submission CONFIG=$(CONFIG) DATA=$(DATA) ROUND=2 && \
 	$(CAMID) score $(DEMO_SUBMISSION) --solution $(SOLUTION) && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs: models/ oof/ submissions/ (round 2: submissions/r2/)"

@@ -50,7 +50,7 @@ from .crops import centre_crop
 from .manipulations import MANIPULATION_NAMES, apply
 
 # Bump when the generator changes, so an old dataset is not mistaken for a current one.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: resizes by the exact factor (manipulations.resize)
 
 KAGGLE_CLASSES: tuple[str, ...] = (
     "HTC-1-M7", "iPhone-4s", "iPhone-6", "LG-Nexus-5x", "Motorola-Droid-Maxx",
