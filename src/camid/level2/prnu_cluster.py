@@ -191,21 +191,31 @@ def score_against(r: np.ndarray, shape: tuple[int, int], fingerprints: np.ndarra
     return raw, best_scale
 
 
-def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray,
-                 s: ClusterSettings | None = None, floor: float = 1e-7) -> ClusterResult:
-    """Cluster test crops by sensor pattern and decide which predictions the clusters confirm.
+@dataclass
+class Structure:
+    """What the clustering finds from the residuals alone, before any class probability:
+    computed once per blend run and shared by every ``+prnu`` strategy."""
 
-    ``residuals`` (n, h, w) post-processed noise residuals of the test crops, ``manip`` (n,) their
-    0/1 flag, ``probs`` (n, k) the strategy's class probabilities (rows in the same order)."""
+    members: np.ndarray  # (n_unalt,) spectral cluster of each unaltered crop
+    coherence: np.ndarray  # (k,) mean within-cluster pairwise z-score
+    sizes: np.ndarray  # (k,)
+    ok: np.ndarray  # (k,) coherent and large enough to use
+    z: np.ndarray  # (n, k) standardised best score of each crop against each fingerprint (-inf: unusable)
+    scale: np.ndarray  # (n,) resize factor of the best match (1.0: none)
+
+
+def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
+                      s: ClusterSettings | None = None) -> Structure:
+    """Cluster the unaltered crops into ``k`` sensor groups and score every crop against every
+    group's fingerprint (``residuals`` (n, h, w) post-processed noise residuals, ``manip`` (n,))."""
     s = s or ClusterSettings()
-    n, k = probs.shape
+    n = len(residuals)
     shape = residuals.shape[1:]
     r = normalise(residuals)
     unalt = np.flatnonzero(manip == 0)
     zu = pairwise_z(r[unalt])
     members = spectral_clusters(zu, k, s.seed)
     n_clusters = int(members.max()) + 1 if len(members) else 0
-    names = name_clusters(members, probs[unalt], n_clusters, floor)
     coherence = np.zeros(n_clusters)
     sizes = np.bincount(members, minlength=n_clusters)
     for c in range(n_clusters):
@@ -213,7 +223,7 @@ def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray,
         if m.sum() >= 2:
             block = zu[np.ix_(m, m)]
             coherence[c] = block.sum() / (m.sum() * (m.sum() - 1))
-    ok = (coherence >= s.min_cluster_z) & (sizes >= s.min_cluster_size) & (names >= 0)
+    ok = (coherence >= s.min_cluster_z) & (sizes >= s.min_cluster_size)
     fingerprints = np.stack([r[unalt][members == c].sum(axis=0) for c in range(n_clusters)])
     raw, scale = score_against(r, shape, fingerprints, manip, members, unalt, s)
     # Most (crop, cluster) pairs are unrelated: their spread is the noise. _manip crops are the
@@ -226,9 +236,22 @@ def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray,
             continue
         block = raw[rows][:, ok] if ok.any() else raw[rows]
         null = np.sort(block, axis=1)[:, :-1] if block.shape[1] > 1 else block
-        centre = float(np.median(null))
-        z[rows] = (raw[rows] - centre) / _robust_sd(null)
+        z[rows] = (raw[rows] - float(np.median(null))) / _robust_sd(null)
     z[:, ~ok] = -np.inf
+    assert z.shape == (n, n_clusters)
+    return Structure(members, coherence, sizes, ok, z, scale)
+
+
+def decide(st: Structure, manip: np.ndarray, probs: np.ndarray, s: ClusterSettings | None = None,
+           floor: float = 1e-7) -> ClusterResult:
+    """Name the clusters by ``probs`` (n, k) and decide which crops they confirm."""
+    s = s or ClusterSettings()
+    n = len(probs)
+    unalt = np.flatnonzero(manip == 0)
+    n_clusters = len(st.ok)
+    names = name_clusters(st.members, probs[unalt], n_clusters, floor)
+    ok = st.ok & (names >= 0)
+    z = np.where(ok[None, :], st.z, -np.inf)
     order = np.sort(z, axis=1)
     best = z.argmax(axis=1)
     top, second = order[:, -1], order[:, -2] if n_clusters > 1 else np.full(n, -np.inf)
@@ -239,15 +262,24 @@ def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray,
     # Spectral membership uses every pairwise link at once, so it is surer than any single
     # z-score: an unaltered crop in a coherent cluster takes its class unless it barely
     # correlates with that cluster's fingerprint at all.
-    own_z = z[unalt, members]
-    by_member = ok[members] & (own_z >= s.member_z)
+    own_z = z[unalt, st.members]
+    by_member = ok[st.members] & (own_z >= s.member_z)
     accepted[unalt[by_member]] = True
-    label[unalt[by_member]] = names[members[by_member]]
+    label[unalt[by_member]] = names[st.members[by_member]]
     info = {"clusters": int(n_clusters), "usable_clusters": int(ok.sum()),
             "accepted": int(accepted.sum()), "accepted_unalt": int(accepted[manip == 0].sum()),
             "accepted_manip": int(accepted[manip == 1].sum()),
-            "cluster_sizes": sizes.tolist(), "cluster_z": np.round(coherence, 2).tolist()}
-    return ClusterResult(members, names, ok, coherence, z, scale, accepted, label, info)
+            "cluster_sizes": st.sizes.tolist(), "cluster_z": np.round(st.coherence, 2).tolist()}
+    return ClusterResult(st.members, names, ok, st.coherence, z, st.scale, accepted, label, info)
+
+
+def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray,
+                 s: ClusterSettings | None = None, floor: float = 1e-7) -> ClusterResult:
+    """Cluster test crops by sensor pattern and decide which predictions the clusters confirm.
+
+    ``residuals`` (n, h, w) post-processed noise residuals of the test crops, ``manip`` (n,) their
+    0/1 flag, ``probs`` (n, k) the strategy's class probabilities (rows in the same order)."""
+    return decide(cluster_structure(residuals, manip, probs.shape[1], s), manip, probs, s, floor)
 
 
 def apply_clusters(probs: np.ndarray, result: ClusterResult, floor: float = 1e-7) -> np.ndarray:
@@ -319,7 +351,8 @@ def solution_labels(data_dir: Path) -> pd.Series | None:
 
 
 def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache: Path, settings: ClusterSettings,
-                 floor: float) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+                 floor: float, structures: dict[str, Structure] | None = None,
+                 ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """The ``+prnu`` step on a level-2 table: test rows confirmed by their sensor cluster become
     (near) one-hot on the cluster's class; OOF rows and unconfirmed test rows are unchanged.
 
@@ -342,7 +375,10 @@ def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache:
         stage_log("blend", f"PRNU clustering needs at least {2 * k} unaltered test crops, has {(manip == 0).sum()}: "
                            "nothing changed")
         return table, {"skipped": "too few unaltered test crops"}, pd.DataFrame()
-    res = cluster_test(residuals.astype(np.float32), manip, probs, settings, floor)
+    structures = {} if structures is None else structures
+    if str(cache) not in structures:
+        structures[str(cache)] = cluster_structure(residuals.astype(np.float32), manip, k, settings)
+    res = decide(structures[str(cache)], manip, probs, settings, floor)
     refined = apply_clusters(probs, res, floor)
     out = table.copy()
     out.loc[out.index[order], classes] = refined

@@ -141,7 +141,8 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
     inputs = [{"model": m, "path": str(p), "sha256": sha256_file(p)} for m, p in paths.items()]
     read_seconds = round(time.perf_counter() - t0, 3)
     cache: dict[str, tuple[pd.DataFrame, dict]] = {}  # gmean and gmean+flow share one average
-    refined: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = {}  # gmean+prnu, gmean+prnu+greedy: one clustering
+    refined: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = {}  # gmean+prnu, gmean+prnu+greedy: one decision
+    structures: dict[str, prnu_cluster.Structure] = {}  # and one clustering for every base
     for st in strategies:
         start = time.perf_counter()
         if st.base not in cache:
@@ -151,7 +152,7 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
         if st.prnu:
             if st.base not in refined:
                 refined[st.base] = prnu_cluster.refine_table(out, classes, ws.data_dir, ws.prnu_residuals,
-                                                             cfg.blend.prnu, cfg.blend.floor)
+                                                             cfg.blend.prnu, cfg.blend.floor, structures)
             out, info["prnu"], report = refined[st.base][0], refined[st.base][1], refined[st.base][2]
             if len(report):
                 write_csv(ws.prnu_report(st.name), report)
