@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import Config, check_cluster, load_config
+from ..config import Config, check_cluster, dump_config, load_config
 from ..errors import UsageError
 from ..train.backends import Options, Target
 from ..workspace import Workspace
@@ -91,7 +91,9 @@ def backend_options(args: argparse.Namespace, cfg: Config) -> Options:
                    slurm_mem_gb=c.slurm_mem_gb, slurm_setup=tuple(c.slurm_setup))
 
 
-def backend_target(args: argparse.Namespace, ws: Workspace, backend: str) -> Target:
-    return Target(config=args.config, config_text=Path(args.config).read_text(encoding="utf-8"),
+def backend_target(args: argparse.Namespace, cfg: Config, ws: Workspace, backend: str) -> Target:
+    """What every job of a command shares; ray and slurm jobs get the config's text."""
+    text = Path(args.config).read_text(encoding="utf-8") if args.config else dump_config(cfg)
+    return Target(config=args.config, config_text=text,
                   workdir=Path(args.workdir), data=args.data, data_dir=ws.data_dir,
                   jobs_dir=ws.backend_dir(backend))

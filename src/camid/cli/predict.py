@@ -87,7 +87,7 @@ def _distribute(args: argparse.Namespace, cfg: Config, ws: Workspace, runs: Sequ
                 options: Options) -> int:
     """One `camid predict --models RUN` job per run: local (one per GPU at a time), ray or slurm."""
     jobs = [predict_job(cfg, ws, m.run_name, args.force) for m in runs]
-    failed = backends.run(jobs, backend_target(args, ws, options.backend), options, "predict")
+    failed = backends.run(jobs, backend_target(args, cfg, ws, options.backend), options, "predict")
     if failed:
         raise JobError(f"{len(failed)} prediction job(s) failed: {failed}")
     return 0

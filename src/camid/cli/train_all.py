@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     todo = [(r, k) for r, k in pairs if not is_done(ws, cfg, r, k)]
     stage_log("train-all", f"{len(pairs)} job(s), {len(pairs) - len(todo)} already finished, {len(todo)} to run")
     jobs = [train_job(ws, r, k) for r, k in todo]
-    failed = backends.run(jobs, backend_target(args, ws, options.backend), options, "train-all")
+    failed = backends.run(jobs, backend_target(args, cfg, ws, options.backend), options, "train-all")
     if failed:
         raise JobError(f"{len(failed)} job(s) failed: {failed}")
     stage_log("train-all", f"all {len(pairs)} job(s) done; checkpoints under {ws.models}")

@@ -150,7 +150,8 @@ def _check_fits(options: Options) -> None:
     if not any(r.get("CPU", 0) >= options.num_cpus and r.get("GPU", 0) >= options.num_gpus for r in nodes):
         have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes) or "none"
         raise UsageError(f"no node of the Ray cluster has {options.num_cpus} CPU(s) and {options.num_gpus:g} GPU(s) "
-                         f"for a job (nodes: {have}); lower cluster.num_cpus / cluster.num_gpus, or use device: cpu")
+                         f"for a job (nodes: {have}); lower cluster.num_cpus / cluster.num_gpus, use device: cpu, "
+                         "or (autoscaling) start a node that fits first")
 
 
 def run(jobs: Sequence[CamidJob], target: Target, options: Options, stage: str) -> list[Failure]:
