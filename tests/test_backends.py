@@ -13,6 +13,7 @@ Slurm job gets the preemption signal (it must be requeued and resume).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -188,7 +189,7 @@ def assert_same_runs(wd: Path, ref: Path, runs=RUNS) -> None:
 def assert_resumed(log: str, run_name: str, fold: int) -> None:
     """The log shows a resume, and no epoch finished before the kill was trained again."""
     found = re.search(r"resuming \S+ after epoch (\d+)", log)
-    assert found, log
+    assert found and int(found.group(1)) < EPOCHS, log  # interrupted before its last epoch
     for epoch in range(1, EPOCHS + 1):
         n = log.count(f"{run_name} fold{fold} epoch {epoch}:")
         assert (n == 1) if epoch <= int(found.group(1)) else (n >= 1), (epoch, log)
@@ -216,24 +217,34 @@ def parent_of(pid: int) -> int:
 
 
 class SignalWhen(threading.Thread):
-    """Once ``path`` exists, send ``sig`` to the parent of the job's process: the Ray worker
-    running it, or the submitit process of a Slurm job."""
+    """Interrupt a job in the middle of its run, at a chosen point: once ``path`` exists (its
+    first ``last.pt``), freeze the job's `camid train` process (SIGSTOP), wait for ``then`` if
+    given, and send ``sig`` to the process running it (the Ray worker, or the submitit process
+    of a Slurm job). A SIGKILLed parent takes the frozen process with it (it dies with its
+    parent); otherwise it is thawed to receive what its parent sends it."""
 
-    def __init__(self, path: Path, run_name: str, fold: int, where: str, sig: int):
+    def __init__(self, path: Path, run_name: str, fold: int, where: str, sig: int, then: Path | None = None):
         super().__init__(daemon=True)
-        self.args_ = (path, run_name, fold, where, sig)
+        self.path, self.job, self.where, self.sig, self.then = path, (run_name, fold), where, sig, then
         self.sent_to: int | None = None
         self.start()
 
     def run(self) -> None:
-        path, run_name, fold, where, sig = self.args_
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not path.exists():
+        while time.monotonic() < deadline and not self.path.exists():
+            time.sleep(0.005)
+        pid = job_pid(*self.job, self.where)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGSTOP)
+        while self.then is not None and time.monotonic() < deadline and not self.then.exists():
             time.sleep(0.01)
-        pid = job_pid(run_name, fold, where)
-        if pid is not None:
-            self.sent_to = parent_of(pid)
-            os.kill(self.sent_to, sig)
+        self.sent_to = parent_of(pid)
+        os.kill(self.sent_to, self.sig)
+        if self.sig != signal.SIGKILL:
+            time.sleep(0.5)
+            with contextlib.suppress(ProcessLookupError):  # already ended by its parent
+                os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -289,8 +300,12 @@ def test_ray_copy_storage_brings_the_run_folders_back_and_resumes_from_the_drive
     from camid.train.backends.node import NodeJob
 
     wd = workdir(world, "copy")
-    # The driver's copy of last.pt exists only once the job has sent it: kill the worker then.
-    killer = SignalWhen(wd / "models" / "a" / "fold0" / "last.pt", "a", 0, "camid-jobs", signal.SIGKILL)
+    here = pytest.importorskip("ray").get_runtime_context().get_node_id()  # the driver: this process
+    scratch = NodeJob(CamidJob("", "", (), (), (), ""), "", str(wd.absolute()), "", "", 0, 1, "copy",
+                      driver=here).local_workdir()
+    # Freeze the job after its first epoch on the node; kill its worker once the driver has that checkpoint.
+    killer = SignalWhen(scratch / "models" / "a" / "fold0" / "last.pt", "a", 0, str(scratch), signal.SIGKILL,
+                        then=wd / "models" / "a" / "fold0" / "last.pt")
     rc = run("train-all", "--config", world.cfg, "--workdir", wd, "--backend", "ray", "--storage", "copy",
              "--models", "a")
     out = capsys.readouterr().out
@@ -300,7 +315,6 @@ def test_ray_copy_storage_brings_the_run_folders_back_and_resumes_from_the_drive
     assert_resumed((wd / "models" / "a" / "fold0" / "train.out").read_text(), "a", 0)
     check_outputs_intact(wd / "models")
     assert_same_runs(wd, world.ref, runs=("a",))
-    scratch = NodeJob(CamidJob("", "", (), (), (), ""), "", str(wd.absolute()), "", "", 0, 1, "copy").local_workdir()
     assert scratch.parent.name == "camid-jobs" and not list((scratch / "models").glob("*/fold*/*")), \
         "a finished job leaves no copy of its run folder on the node"
 

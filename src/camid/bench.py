@@ -516,10 +516,17 @@ class _Timeline:
             self.seen.setdefault("step", at)
 
     def _poll(self) -> None:
+        from .train.rundir import RunDir
+        from .workspace import Workspace
+
+        ws = Workspace(self.workdir, self.workdir)
         while not self.done.is_set():
             now = time.time()
-            for log in self.workdir.glob("models/*/fold*/train.out"):
-                text = log.read_text(errors="replace")
+            for log in (RunDir(d).job_log for run in ("a", "b") for d in ws.fold_dirs(run).values()):
+                try:
+                    text = log.read_text(errors="replace")
+                except FileNotFoundError:
+                    continue
                 if _PROCESS in text:
                     self.seen.setdefault("process", now)
                 if _FIRST_STEP.search(text):
