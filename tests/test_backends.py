@@ -296,13 +296,18 @@ def test_ray_matches_local_and_a_killed_worker_resumes_from_last_pt(world, local
     assert_same_runs(wd, world.ref)  # ...and the resumed run equals the uninterrupted one
 
 
-def test_ray_copy_storage_brings_the_run_folders_back_and_resumes_from_the_drivers_copy(world, local_ray, capsys):
+def scratch_of(wd: Path) -> Path:
+    """storage copy: the job's work dir on the node (this machine's temp folder)."""
     from camid.train.backends.node import NodeJob
 
-    wd = workdir(world, "copy")
     here = pytest.importorskip("ray").get_runtime_context().get_node_id()  # the driver: this process
-    scratch = NodeJob(CamidJob("", "", (), (), (), ""), "", str(wd.absolute()), "", "", 0, 1, "copy",
-                      driver=here).local_workdir()
+    return NodeJob(CamidJob("", "", (), (), (), ""), "", str(wd.absolute()), "", "", 0, 1, "copy",
+                   driver=here).local_workdir()
+
+
+def test_ray_copy_storage_brings_the_run_folders_back_and_resumes_from_the_drivers_copy(world, local_ray, capsys):
+    wd = workdir(world, "copy")
+    scratch = scratch_of(wd)
     # Freeze the job after its first epoch on the node; kill its worker once the driver has that checkpoint.
     killer = SignalWhen(scratch / "models" / "a" / "fold0" / "last.pt", "a", 0, str(scratch), signal.SIGKILL,
                         then=wd / "models" / "a" / "fold0" / "last.pt")
@@ -317,6 +322,7 @@ def test_ray_copy_storage_brings_the_run_folders_back_and_resumes_from_the_drive
     assert_same_runs(wd, world.ref, runs=("a",))
     assert scratch.parent.name == "camid-jobs" and not list((scratch / "models").glob("*/fold*/*")), \
         "a finished job leaves no copy of its run folder on the node"
+    shutil.rmtree(scratch)
 
 
 def test_ray_predict_distributes_the_run_tables(world, local_ray, tmp_path, capsys):
@@ -337,6 +343,7 @@ def test_ray_predict_distributes_the_run_tables(world, local_ray, tmp_path, caps
     assert run("predict", "--config", world.cfg, "--workdir", there, "--backend", "ray", "--storage", "copy",
                "--models", "a") == 0
     assert "is up to date with its checkpoints; skipped" in (there / "oof" / "a.predict.out").read_text()
+    shutil.rmtree(scratch_of(there))
 
 
 # ------------------------------------------------------------------ slurm (submitit)
