@@ -9,6 +9,15 @@ DATA ?= data/simulated
 GPUS ?=
 ROUND ?= 1
 MESSAGE ?= camid $(notdir $(SUBMISSION))
+# Where train-all / predict jobs run: local (this machine's GPUS), ray or slurm (README, "Many machines").
+BACKEND ?= local
+RAY_ADDRESS ?=
+SLURM_PARTITION ?=
+SLURM_GPUS ?=
+SLURM_TIME ?=
+BACKEND_ARGS = --backend $(BACKEND)$(if $(RAY_ADDRESS), --ray-address $(RAY_ADDRESS))$(if $(SLURM_PARTITION), \
+	--slurm-partition $(SLURM_PARTITION))$(if $(SLURM_GPUS), --slurm-gpus-per-job $(SLURM_GPUS))$(if $(SLURM_TIME), \
+	--slurm-time $(SLURM_TIME))
 SUBMISSION ?= submissions/gmean+hungarian.csv
 SOLUTION ?= $(DATA)/solution.csv
 SIM_ARGS ?=
@@ -42,10 +51,10 @@ folds: venv
 	$(CAMID) folds --config $(CONFIG) --data $(DATA)
 
 train-all: venv
-	$(CAMID) train-all --config $(CONFIG) --data $(DATA) --round $(ROUND) $(if $(GPUS),--gpus $(GPUS))
+	$(CAMID) train-all --config $(CONFIG) --data $(DATA) --round $(ROUND) $(if $(GPUS),--gpus $(GPUS)) $(BACKEND_ARGS)
 
 predict: venv
-	$(CAMID) predict --config $(CONFIG) --data $(DATA) --round $(ROUND) $(if $(GPUS),--gpus $(GPUS))
+	$(CAMID) predict --config $(CONFIG) --data $(DATA) --round $(ROUND) $(if $(GPUS),--gpus $(GPUS)) $(BACKEND_ARGS)
 
 blend: venv
 	$(CAMID) blend --config $(CONFIG) --data $(DATA) --round $(ROUND)

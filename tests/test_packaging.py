@@ -19,3 +19,9 @@ def test_runtime_dependencies_are_the_requirements_pins():
 def test_the_test_extra_is_requirements_test():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert sorted(project["optional-dependencies"]["test"]) == _pins("requirements-test.txt")
+
+
+def test_the_backend_extras_pin_what_the_tests_install():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["ray"] == [p for p in _pins("requirements-test.txt") if p.startswith("ray==")]
+    assert extras["slurm"] == [p for p in _pins("requirements-test.txt") if p.startswith("submitit==")]

@@ -204,6 +204,29 @@ class PseudoConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where `train-all` and `predict` jobs run with `--backend ray|slurm` (``camid.train.backends``);
+    the command-line options of the same names override these."""
+
+    num_gpus: float = 1.0  # GPUs per job (Ray: fractional allowed, e.g. 0.5 for small backbones); 0 when device: cpu
+    num_cpus: int | None = None  # CPUs per job; None: train.num_workers + 1 (the DataLoader workers + the trainer)
+    # shared: the work dir is on a filesystem every node sees at the same path; copy: each job works in
+    # scratch_dir on its node and its outputs come back to the driver's work dir. DATA: on every node, same path.
+    storage: Literal["shared", "copy"] = "shared"
+    scratch_dir: str | None = None  # storage: copy: the jobs' folder on each node (None: the system temp folder)
+    max_retries: int = 3  # Ray: reruns of a job whose worker or node died (each resumes from last.pt)
+    ray_address: str | None = None  # None: $RAY_ADDRESS if set, else a new local instance; "auto": the running cluster
+    slurm_executor: Literal["slurm", "local"] = "slurm"  # local: submitit's LocalExecutor (same code path, no cluster)
+    slurm_partition: str | None = None
+    slurm_gpus_per_job: int = 1  # 0 when device: cpu; more than 1: the job trains with DDP (torchrun) on them
+    slurm_time_min: int = 1440  # time limit per job; a job that reaches it is requeued and resumes
+    slurm_max_requeues: int = 10  # times a job may be requeued after a time-out or preemption
+    slurm_array_parallelism: int = 64  # array jobs running at once
+    slurm_mem_gb: float | None = None
+    slurm_setup: list[str] = field(default_factory=list)  # shell lines each job runs first (source .venv/bin/activate)
+
+
+@dataclass
 class Config:
     name: str = "kaggle"
     data_dir: str = "data/simulated"
@@ -219,6 +242,7 @@ class Config:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def for_round(self, round_: int, pseudo_labels: str) -> Config:
         """The config of training round ``round_ >= 2``: the same runs, named ``<run>-r<N>``,
@@ -371,6 +395,22 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"models: duplicate run names {names}")
     if cfg.classes is not None and len(set(cfg.classes)) != len(cfg.classes):
         raise ConfigError("classes: duplicate class names")
+    check_cluster(cfg.cluster)
+
+
+def check_cluster(c: ClusterConfig, where: str = "cluster") -> None:
+    """Also run on the values after the command line has overridden them."""
+    if c.num_gpus < 0:
+        raise ConfigError(f"{where}.num_gpus must be >= 0")
+    if c.num_gpus > 1 and c.num_gpus != int(c.num_gpus):
+        raise ConfigError(f"{where}.num_gpus: fractions are for sharing one GPU; above 1 use a whole number")
+    for key in ("num_cpus", "slurm_time_min", "slurm_array_parallelism"):
+        value = getattr(c, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{where}.{key} must be >= 1")
+    for key in ("max_retries", "slurm_gpus_per_job", "slurm_max_requeues"):
+        if getattr(c, key) < 0:
+            raise ConfigError(f"{where}.{key} must be >= 0")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

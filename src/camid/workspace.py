@@ -10,6 +10,7 @@
     submissions/<strategy>.csv           submissions, and ``scores.csv``
     reports/robustness/<run>-fold<k>/    ``camid robustness``
     reports/prnu/                        ``camid prnu evaluate``
+    jobs/<backend>/                      a cluster backend's own files (submitit's job pickles and logs)
 
 The data folder's own layout (``train/``, ``test/``, ``sample_submission.csv``) belongs to
 ``camid.data.layout``.
@@ -143,3 +144,7 @@ class Workspace:
     @property
     def prnu_dir(self) -> Path:
         return self.reports / "prnu"
+
+    def backend_dir(self, backend: str) -> Path:
+        """What ``train-all``/``predict --backend BACKEND`` keeps for its jobs (``camid.train.backends``)."""
+        return Path(self.root) / "jobs" / backend

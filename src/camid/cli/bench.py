@@ -5,15 +5,16 @@ import argparse
 import time
 from pathlib import Path
 
-from ..bench import SECTIONS, format_table, machine_info, run, write_results
+from ..bench import OPTIONAL_SECTIONS, SECTIONS, format_table, machine_info, run, write_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a smoke test (seconds); ratios are then not meaningful")
     parser.add_argument("--out", default="bench_out", help="folder for bench.csv and bench.json (default: bench_out)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="run only these sections (default: all)")
+    parser.add_argument("--only", nargs="+", choices=(*SECTIONS, *OPTIONAL_SECTIONS), default=list(SECTIONS),
+                        help=f"run only these sections (default: {' '.join(SECTIONS)}; "
+                             f"{' '.join(OPTIONAL_SECTIONS)} only when named: it needs ray and submitit)")
     parser.add_argument("--backbones", nargs="+", default=None,
                         help="GPU section: backbones to time (default: the recipe's eight; --quick: the first)")
     parser.add_argument("--peak-tflops", type=float, default=None,

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from ..config import Config, load_config
+from ..config import Config, check_cluster, dump_config, load_config
 from ..errors import UsageError
+from ..train.backends import Options, Target
 from ..workspace import Workspace
 
 
@@ -43,3 +45,55 @@ def names(csv: str) -> list[str]:
 def workers(n: int | None) -> int:
     """``--workers`` (None: all cores), at least 1."""
     return max(1, n or os.cpu_count() or 1)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and the options of the ray and slurm backends (they override the config's
+    ``cluster`` section)."""
+    parser.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
+                        help="where jobs run: local (default: this machine's --gpus), ray (a Ray cluster or a "
+                             "local Ray instance), slurm (a job array through submitit)")
+    parser.add_argument("--ray-address", default=None,
+                        help="ray: the cluster to join ('auto': the one this node belongs to; default: "
+                             "cluster.ray_address, else $RAY_ADDRESS, else a new local instance)")
+    parser.add_argument("--storage", choices=("shared", "copy"), default=None,
+                        help="ray: shared (the work dir is on every node at the same path) or copy (jobs work on "
+                             "their node and send their outputs back); default: cluster.storage")
+    parser.add_argument("--slurm-partition", default=None,
+                        help="slurm: the partition (default: cluster.slurm_partition)")
+    parser.add_argument("--slurm-gpus-per-job", type=int, default=None,
+                        help="slurm: GPUs per job (default: cluster.slurm_gpus_per_job)")
+    parser.add_argument("--slurm-time", type=int, default=None, metavar="MINUTES",
+                        help="slurm: time limit per job; a job that reaches it is requeued and resumes "
+                             "(default: cluster.slurm_time_min)")
+    parser.add_argument("--slurm-executor", choices=("slurm", "local"), default=None,
+                        help="slurm: 'local' runs the array through submitit's LocalExecutor on this machine")
+
+
+def backend_options(args: argparse.Namespace, cfg: Config) -> Options:
+    """The backend settings: the config's ``cluster`` section with the command line on top."""
+    c = cfg.cluster
+    overrides = {"ray_address": args.ray_address, "storage": args.storage, "slurm_partition": args.slurm_partition,
+                 "slurm_gpus_per_job": args.slurm_gpus_per_job, "slurm_time_min": args.slurm_time,
+                 "slurm_executor": args.slurm_executor}
+    c = replace(c, **{k: v for k, v in overrides.items() if v is not None})
+    check_cluster(c, "command line / cluster")
+    cpu = cfg.device == "cpu"
+    if args.backend != "local" and getattr(args, "ddp", False):
+        raise UsageError("--ddp is for --backend local; on ray give a job several GPUs with cluster.num_gpus, "
+                         "on slurm with --slurm-gpus-per-job")
+    return Options(backend=args.backend, gpus=tuple(names(getattr(args, "gpus", ""))), ddp=getattr(args, "ddp", False),
+                   num_gpus=0.0 if cpu else c.num_gpus, num_cpus=c.num_cpus or cfg.train.num_workers + 1,
+                   storage=c.storage, scratch_dir=c.scratch_dir, max_retries=c.max_retries,
+                   ray_address=c.ray_address, slurm_executor=c.slurm_executor, slurm_partition=c.slurm_partition,
+                   slurm_gpus_per_job=0 if cpu else c.slurm_gpus_per_job, slurm_time_min=c.slurm_time_min,
+                   slurm_max_requeues=c.slurm_max_requeues, slurm_array_parallelism=c.slurm_array_parallelism,
+                   slurm_mem_gb=c.slurm_mem_gb, slurm_setup=tuple(c.slurm_setup))
+
+
+def backend_target(args: argparse.Namespace, cfg: Config, ws: Workspace, backend: str) -> Target:
+    """What every job of a command shares; ray and slurm jobs get the config's text."""
+    text = Path(args.config).read_text(encoding="utf-8") if args.config else dump_config(cfg)
+    return Target(config=args.config, config_text=text,
+                  workdir=Path(args.workdir), data=args.data, data_dir=ws.data_dir,
+                  jobs_dir=ws.backend_dir(backend))

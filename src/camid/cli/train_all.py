@@ -1,64 +1,73 @@
-"""`camid train-all`: every (backbone, fold) job of a config, one job per GPU at a time.
+"""`camid train-all`: every (backbone, fold) job of a config, on this machine's GPUs (one job
+per GPU at a time), on a Ray cluster or as a Slurm job array (``--backend``).
 
-Jobs run as separate `camid train` processes, so a crash in one (out of memory,
-a bad file) is reported and the queue goes on; finished jobs (``done.json`` with
-the same config digest) are skipped, interrupted ones resume from ``last.pt``.
+Jobs run as separate `camid train --resume` processes, so a crash in one (out of memory,
+a bad file) is reported and the others go on; finished jobs (``done.json`` with the same
+training settings) are skipped, interrupted ones resume from ``last.pt``.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
+from pathlib import Path
 
 from ..data.folds import fold_ids, read_folds
 from ..data.layout import resolve_classes
 from ..errors import JobError
-from ..train.jobs import Job, run_queue
+from ..train import backends
+from ..train.backends import CamidJob
 from ..train.rundir import RunDir
 from ..train.trainer import is_done
 from ..util.log import stage_log
-from .common import add_common_arguments, add_round_argument, names, resolve
+from ..workspace import Workspace
+from .common import (
+    add_backend_arguments,
+    add_common_arguments,
+    add_round_argument,
+    backend_options,
+    backend_target,
+    names,
+    resolve,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     add_round_argument(parser)
     parser.add_argument("--gpus", default="",
-                        help="comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
+                        help="local: comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
     parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
     parser.add_argument("--ddp", action="store_true",
-                        help="train each job on all --gpus at once with torch DDP (torchrun), one job at a time")
+                        help="local: train each job on all --gpus at once with torch DDP (torchrun), one job at a time")
+    add_backend_arguments(parser)
 
 
-def _job_cmd(args: argparse.Namespace, run: str, fold: int, device: str, nproc: int = 1) -> list[str]:
-    launcher = [sys.executable]
-    if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd = launcher + ["-m", "camid.cli", "train", "--config", args.config, "--workdir", args.workdir,
-           "--model", run, "--fold", str(fold), "--device", device, "--resume", "--round", str(args.round)]
-    return cmd + (["--data", args.data] if args.data else [])
+def train_job(ws: Workspace, run: str, fold: int) -> CamidJob:
+    """The (run, fold) job: ``camid train --model RUN --fold K --resume --round N``; a later
+    round reads the previous round's pseudo-labels."""
+    rd = RunDir(ws.run_dir(run, fold))
+
+    def rel(p: Path) -> str:
+        return p.relative_to(ws.root).as_posix()
+
+    pseudo = [ws.pseudo_labels(ws.round - 1)] if ws.round > 1 else []
+    return CamidJob(name=f"{run} fold {fold}", command="train",
+                    args=("--model", run, "--fold", str(fold), "--resume", "--round", str(ws.round)),
+                    gpu_args=("--device", "cuda"), cpu_args=("--device", "cpu"), log=rel(rd.job_log),
+                    inputs=(rel(ws.folds_csv), *map(rel, pseudo), rel(rd.path)), outputs=(rel(rd.path),),
+                    commit=rel(rd.done_path), checkpoint=rel(rd.last_path), ddp=True)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
+    options = backend_options(args, cfg)
     folds = fold_ids(read_folds(ws.folds_csv, resolve_classes(cfg, ws.data_dir)))
     wanted = names(args.models) or [m.run_name for m in cfg.models]
     pairs = [(run, k) for run in wanted for k in folds]
     todo = [(r, k) for r, k in pairs if not is_done(ws, cfg, r, k)]
     stage_log("train-all", f"{len(pairs)} job(s), {len(pairs) - len(todo)} already finished, {len(todo)} to run")
-    slots = names(args.gpus) or ["cpu"]
-    if args.ddp and len(slots) > 1:
-        slots = [",".join(slots)]  # one slot holding every GPU: a DDP job per turn
-    jobs = [Job(f"{r} fold {k}", _command(args, r, k), RunDir(ws.run_dir(r, k)).job_log) for r, k in todo]
-    failed = run_queue(jobs, slots, "train-all")
+    jobs = [train_job(ws, r, k) for r, k in todo]
+    failed = backends.run(jobs, backend_target(args, cfg, ws, options.backend), options, "train-all")
     if failed:
         raise JobError(f"{len(failed)} job(s) failed: {failed}")
     stage_log("train-all", f"all {len(pairs)} job(s) done; checkpoints under {ws.models}")
     return 0
-
-
-def _command(args: argparse.Namespace, run: str, fold: int) -> Callable[[str], list[str]]:
-    def build(slot: str) -> list[str]:
-        device = "cpu" if slot == "cpu" else "cuda"
-        return _job_cmd(args, run, fold, device, len(slot.split(",")))
-    return build

@@ -75,6 +75,11 @@ def sort_table(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["fname", "aug"], kind="mergesort", ignore_index=True)
 
 
+def sidecar(path: str | Path) -> Path:
+    """The JSON sidecar of a table (checkpoints, settings, timings), written after the table."""
+    return Path(path).with_suffix(".json")
+
+
 def write_table(df: pd.DataFrame, path: str | Path, classes: Sequence[str], meta: dict | None = None) -> Path:
     """Validate, sort and atomically write a table plus its JSON sidecar (``.json``)."""
     df = sort_table(df[KEY_COLUMNS + list(classes)])
@@ -85,7 +90,7 @@ def write_table(df: pd.DataFrame, path: str | Path, classes: Sequence[str], meta
     path = Path(path)
     write_parquet(path, df)
     if meta is not None:
-        write_json(path.with_suffix(".json"), {**meta, "classes": list(classes), "rows": len(df)})
+        write_json(sidecar(path), {**meta, "classes": list(classes), "rows": len(df)})
     return path
 
 
@@ -104,5 +109,5 @@ def read_table(path: str | Path, classes: Sequence[str] | None = None) -> pd.Dat
 
 
 def read_meta(path: str | Path) -> dict:
-    side = Path(path).with_suffix(".json")
+    side = sidecar(path)
     return json.loads(side.read_text()) if side.is_file() else {}

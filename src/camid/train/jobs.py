@@ -70,14 +70,15 @@ def _die_with_parent() -> None:
         pass
 
 
-_PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
+# preexec_fn of every job process, here and on the nodes of the ray and slurm backends (backends.node)
+DIE_WITH_PARENT = _die_with_parent if sys.platform.startswith("linux") else None
 
 
 def _launch(job: Job, slot: str, stream: bool, stage: str):
     stage_log(stage, f"start {job.name} on {'GPU ' + slot if slot != 'cpu' else 'cpu'}")
     cmd, env = job.command(slot), slot_env(slot)
     if stream or job.log is None:
-        return subprocess.Popen(cmd, env=env, preexec_fn=_PREEXEC), job, None
+        return subprocess.Popen(cmd, env=env, preexec_fn=DIE_WITH_PARENT), job, None
     job.log.parent.mkdir(parents=True, exist_ok=True)
     log = open(job.log, "a")  # noqa: SIM115 - open while the job runs; run_queue closes it
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_PREEXEC), job, log
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=DIE_WITH_PARENT), job, log

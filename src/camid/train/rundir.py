@@ -128,6 +128,22 @@ class RunDir:
     def job_log(self) -> Path:
         return self.path / JOB_LOG
 
+    @property
+    def last_path(self) -> Path:
+        """Rewritten after every epoch: a new state to resume from."""
+        return self.path / LAST
+
+    @property
+    def done_path(self) -> Path:
+        """Written last: while it is missing the folder is not a finished run."""
+        return self.path / DONE
+
+    def inference_files(self, top_n: int) -> list[Path]:
+        """What prediction reads from a finished run: the index, the done marker and the best
+        ``top_n`` checkpoints ([] when it has not finished)."""
+        files = self.checkpoint_files(top_n)
+        return [self.path / INDEX, self.done_path, *files] if files else []
+
     # -- while training -------------------------------------------------------------------
     def start(self, config_yaml: str) -> None:
         """Create the folder, drop half-written files of a killed earlier run, record the config."""
