@@ -54,10 +54,10 @@ def main(args: argparse.Namespace) -> int:
     if not 0.0 < tpr <= 1.0:
         raise UsageError(f"--unknown-tpr must be in (0, 1], got {tpr}")
     files, notes = expand_inputs(args.photos)
-    for note in notes:
-        stage_log("identify", note)
     if not files:
         raise UsageError("no photos to identify: " + "; ".join(notes))
+    for note in notes:
+        stage_log("identify", note)
     rules = find_rules(args.rules, cfg.identify.rules, args.config)
     device = pick_device(args.device or cfg.device)
     configure_threads(device)

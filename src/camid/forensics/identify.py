@@ -71,7 +71,6 @@ def expand_inputs(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     return files, notes
 
 
-
 def load_ensembles(cfg: Config, ws: Workspace, names: Sequence[str],
                    device: torch.device) -> tuple[dict[str, list[Ensemble]], list[str]]:
     """Every fold's ensemble of each run (a run without checkpoints is skipped), and their
