@@ -35,9 +35,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULES = {
-    "demo": {},  # configs/demo.yaml's own: 16 plateau epochs + 2 cosine cycles of 3, 25 steps of 64
-    # 8 + 1x3 epochs and a smaller validation sample: half the time, a much weaker classifier
-    "short": {"epochs": 8, "cycles": 1, "cycle_epochs": 3, "max_val_images": 30},
+    "demo": {},  # the profile's own (configs/demo.yaml: 10 plateau epochs + 2 cosine cycles of 4, 30 steps of 64)
+    # about half the epochs: half the time, a weaker classifier
+    "short": {"epochs": 5, "cycles": 1, "cycle_epochs": 4},
 }
 
 
@@ -46,9 +46,15 @@ def run(cmd: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "camid.cli", *cmd], check=True)
 
 
-def ensure_data(data: Path, config: Path) -> None:
+def ensure_data(data: Path, config: Path, base: dict) -> None:
+    """The simulated competition and, when the profile trains on extra folders (the demo's
+    filtered external pool), the filter's output, as `make data filter-external` make them."""
     if not (data / "train").is_dir() or not (data / "solution.csv").is_file():
         run(["simulate", str(data), "--config", str(config)])
+    missing = [d for d in base.get("extra_train_dirs") or [] if not Path(d).is_dir()]
+    if missing and (data / "external").is_dir():
+        run(["filter-external", str(data / "external"), "--rules", str(data / "external_rules.yaml"),
+             "--out", str(data / "external_kept"), "--truth", str(data / "external_truth.csv")])
 
 
 def class_config(base: dict, classes: list[str], held_out: str, data: Path, path: Path, schedule: str) -> Path:
@@ -57,6 +63,8 @@ def class_config(base: dict, classes: list[str], held_out: str, data: Path, path
     cfg["data_dir"] = str(data)
     cfg["classes"] = [c for c in classes if c != held_out]
     cfg["train"].update(SCHEDULES[schedule])
+    # relative folders as the profile means them (from the repository root), whatever the cwd of the jobs
+    cfg["extra_train_dirs"] = [str(Path(d).resolve()) for d in cfg.get("extra_train_dirs") or []]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -193,8 +201,8 @@ def main() -> int:
     args = ap.parse_args()
     args.workdir = args.workdir or REPO / "bench_out" / f"open_set_{args.schedule}"
 
-    ensure_data(args.data, args.config)
     base = yaml.safe_load(args.config.read_text())
+    ensure_data(args.data, args.config, base)
     classes = sorted(p.name for p in (args.data / "train").iterdir() if p.is_dir())
     wanted = classes if args.held_out == "all" else [
         classes[int(x)] if x.isdigit() else x for x in args.held_out.split(",") if x]

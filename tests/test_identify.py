@@ -247,7 +247,10 @@ def test_exif_agree_disagree_foreign_edited_and_missing(trained, tmp_path, capsy
              "disagree": _exif_jpeg(tmp_path / "disagree.jpg", 5, "Acme", "Acme Two", "1.0"),
              "foreign": _exif_jpeg(tmp_path / "foreign.jpg", 5, "Canon", "Canon EOS 7D", ""),
              "edited": _exif_jpeg(tmp_path / "edited.jpg", 5, "Acme", "Acme One", "Adobe Photoshop CS6 (Windows)"),
-             "nomodel": _exif_jpeg(tmp_path / "nomodel.jpg", 5, "", "", "GIMP 2.10.32")}
+             "nomodel": _exif_jpeg(tmp_path / "nomodel.jpg", 5, "", "", "GIMP 2.10.32"),
+             "tiff": tmp_path / "tagged.tif"}
+    with Image.open(files["plain"]) as im:  # a TIFF keeps Make/Model in its own first directory
+        im.save(files["tiff"], tiffinfo={271: "Acme", 272: "Acme Two"})
     # the same pixels everywhere: the verdict is one class, whatever the metadata says
     assert cli.main(["identify", str(files["plain"]), *common, "--tiles", "0", "--out", str(tmp_path / "v.csv")]) == 0
     pixels = pd.read_csv(tmp_path / "v.csv")["verdict"].iloc[0]
@@ -262,9 +265,9 @@ def test_exif_agree_disagree_foreign_edited_and_missing(trained, tmp_path, capsy
     got = {k: df.loc[str(p)] for k, p in files.items()}
     assert {k: r["exif_check"] for k, r in got.items()} == {
         "plain": "no_exif", "agree": "agree", "disagree": "disagree", "foreign": "foreign", "edited": "agree",
-        "nomodel": "no_model"}
+        "nomodel": "no_model", "tiff": "disagree"}
     assert {k: r["edited"] for k, r in got.items()} == {
-        "plain": 0, "agree": 0, "disagree": 0, "foreign": 0, "edited": 1, "nomodel": 1}
+        "plain": 0, "agree": 0, "disagree": 0, "foreign": 0, "edited": 1, "nomodel": 1, "tiff": 0}
     assert got["agree"]["exif_class"] == pixels and got["disagree"]["exif_class"] == other
     assert (got["agree"]["exif_make"], got["agree"]["exif_model"], got["agree"]["exif_software"]) == (
         "Acme", "Acme One", "1.0")

@@ -14,7 +14,8 @@ folds and runs that ``identify`` ranks classes by. Why this score and not anothe
   level, which the tables do not keep and which an average over views and checkpoints
   does not define uniquely; it would need a second calibration pass over the OOF photos.
 - ``benchmarks/open_set_loco.py`` compares it with the margin and the entropy of the same
-  probabilities on leave-one-class-out runs (BENCHMARKS.md).
+  probabilities and with the energy of the mean logits, on leave-one-class-out runs
+  (BENCHMARKS.md, "Unknown cameras").
 
 Calibration: OOF rows are photos of known cameras held out from training. The threshold
 is the largest value that accepts at least ``tpr`` of them (default 95%): a photo scoring
