@@ -25,7 +25,7 @@ CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit \
-	bench filter-external robustness prnu prnu-dresden clean-outputs
+	bench bench-open-set filter-external robustness prnu prnu-dresden clean-outputs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ score: venv
 
 bench: venv
 	$(CAMID) bench
+
+# Leave-one-class-out measurement of identify's unknown-camera rejection (BENCHMARKS.md);
+# e.g. LOCO_ARGS="--held-out 0,4,8" or "--schedule short". Hours on a 2-core CPU.
+bench-open-set: venv
+	$(VENV)/bin/python benchmarks/open_set_loco.py --config $(CONFIG) --data $(DATA) $(LOCO_ARGS)
 
 # With SRC (a real scrape): RULES defaults to configs/external_rules.yaml and OUT is required.
 # Without SRC: the simulated pool of `camid simulate --external N` (make data with

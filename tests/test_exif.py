@@ -206,3 +206,17 @@ def test_tag_helpers():
     assert normalise_model("iPhone 6") != normalise_model("iPhone 6 Plus")
     assert glob_match("  HDR+ 1.0 ", ["bullhead*", "hdr+*"]) == "hdr+*"
     assert glob_match("", [""]) == "" and glob_match("x", []) is None
+
+
+def test_tiff_tags_are_read_from_its_first_directory(tmp_path):
+    from PIL import TiffImagePlugin
+
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    ifd[0x010F], ifd[0x0110], ifd[0x0131] = "NIKON", "E995", "GIMP 2.10"
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.tif", tiffinfo=ifd)
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.tif")
+    with Image.open(tmp_path / "a.tif") as im:
+        tags = read_exif_tags(im)
+    assert (tags.make, tags.model, tags.software, tags.error) == ("NIKON", "E995", "GIMP 2.10", "")
+    with Image.open(tmp_path / "b.tif") as im:
+        assert read_exif_tags(im) == read_exif_tags(im).__class__()

@@ -152,6 +152,18 @@ class RobustnessConfig:
 
 
 @dataclass
+class IdentifyConfig:
+    """`camid identify` defaults (command-line options override them)."""
+
+    # Unknown-camera threshold: the share of known cameras' OOF photos it accepts
+    # (camid.forensics.openset); the rest of the score range is "unknown camera".
+    unknown_tpr: float = 0.95
+    # EXIF model -> class rules for the metadata cross-check: camid filter-external's file.
+    # A relative path is looked up from the current folder, then next to the config file.
+    rules: str = "configs/external_rules.yaml"
+
+
+@dataclass
 class StackConfig:
     """Level-2 stackers (strategies xgb, lgb, mlp): bags over seeds x folds grouped by image."""
 
@@ -240,6 +252,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -390,6 +403,8 @@ def _check(cfg: Config) -> None:
                           f"({cfg.train.input_size} px); raise predict.crop or train.val_crop")
     if cfg.predict.reduce not in REDUCTION_POWERS:
         raise ConfigError(f"predict.reduce: {cfg.predict.reduce!r} is not one of {list(REDUCTION_POWERS)}")
+    if not 0.0 < cfg.identify.unknown_tpr <= 1.0:
+        raise ConfigError(f"identify.unknown_tpr must be in (0, 1], got {cfg.identify.unknown_tpr}")
     names = [m.run_name for m in cfg.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"models: duplicate run names {names}")

@@ -169,13 +169,20 @@ class ExifTags:
 
 
 def read_exif_tags(im: Image.Image) -> ExifTags:
-    """Make/Model/Software from IFD0; a present but unparseable EXIF block sets ``error``.
+    """Make/Model/Software from IFD0 (of the EXIF block, or a TIFF's own first directory);
+    a present but unparseable EXIF block sets ``error``.
 
     Pillow silently returns an empty mapping for a corrupt block, so emptiness and
     Pillow's "Corrupt EXIF" warnings are turned into an explicit error here.
     """
     raw = im.info.get("exif") or b""
     if not raw:
+        if im.format == "TIFF":  # a TIFF's IFD0 is its EXIF IFD0: Make/Model/Software live there
+            try:
+                ifd0 = im.getexif()
+                return ExifTags(*(clean_tag(ifd0.get(t)) for t in (_TAG_MAKE, _TAG_MODEL, _TAG_SOFTWARE)))
+            except Exception as exc:  # hostile TIFF directories: same treatment as a broken EXIF block
+                return ExifTags(error=f"TIFF tags unparseable: {type(exc).__name__}: {exc}"[:200])
         return ExifTags()
     body = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
     if body[:4] not in (b"II*\x00", b"MM\x00*"):

@@ -9,11 +9,17 @@ whose own top-1 is the photo's top-1: a low value says the evidence is mixed.
 
 No pixel is resampled: a photo is never resized or rotated (EXIF orientation is
 ignored on purpose), because the traces live on the sensor grid.
+
+Open set (``camid.forensics.openset``): the photo's score is its top probability; below
+the threshold calibrated on the runs' OOF tables the verdict is "unknown camera" instead
+of the top-1 class. Metadata (``camid.forensics.metacheck``): the EXIF Make/Model/Software
+are printed next to the verdict and the EXIF model's class is compared with it.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,13 +27,15 @@ import torch
 
 from ..config import Config
 from ..data.crops import GRID, centre_crop, pad_to
-from ..data.images import read_image
+from ..data.images import IMAGE_EXTENSIONS, is_image_file, read_image
 from ..errors import CheckpointError, ImageReadError, UsageError
 from ..infer.ensemble import Ensemble
 from ..infer.tta import reduce_probs
 from ..train.rundir import RunDir
 from ..util.log import stage_log
 from ..workspace import Workspace
+from .metacheck import MetaCheck, RulesSource, cross_check
+from .openset import UNKNOWN, OpenSet, msp
 
 
 @dataclass
@@ -39,6 +47,28 @@ class Photo:
     probs: np.ndarray | None = None
     agree: float = float("nan")
     error: str = ""
+    top1: str = ""  # the most probable class
+    score: float = float("nan")  # the open-set score (top probability)
+    verdict: str = ""  # top1, or UNKNOWN below the open-set threshold
+    open_set: OpenSet | None = None
+    meta: MetaCheck | None = None
+
+
+def expand_inputs(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files as given; a folder becomes its image files (recursively, sorted, hidden ones
+    skipped). Returns (files, notes): a note for each folder without images."""
+    files, notes = [], []
+    for given in paths:
+        p = Path(given)
+        if not p.is_dir():
+            files.append(given)
+            continue
+        found = sorted(str(f) for f in p.rglob("*") if is_image_file(f)
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not found:
+            notes.append(f"{given}: folder holds no image files ({' '.join(IMAGE_EXTENSIONS)})")
+        files += found
+    return files, notes
 
 
 def load_ensembles(cfg: Config, ws: Workspace, names: Sequence[str],
@@ -102,16 +132,39 @@ def predict_crops(runs: dict[str, list[Ensemble]], crops: torch.Tensor, manip: b
 
 
 def identify_photo(path: str, runs: dict[str, list[Ensemble]], size: int, max_tiles: int, manip: bool,
-                   batch_size: int) -> Photo:
+                   batch_size: int, open_set: OpenSet | None = None) -> Photo:
+    """The pixels' evidence for one photo, and its verdict under ``open_set`` (None: top-1)."""
     try:
         img = read_image(path)
     except ImageReadError as exc:
-        return Photo(path, error=exc.reason)
+        return Photo(path, error=exc.reason, open_set=open_set)
     crops = photo_crops(img, size, max_tiles)
     per_crop = predict_crops(runs, crops, manip, batch_size)
     probs = reduce_probs(torch.from_numpy(per_crop), "gmean", dim=0).numpy()
     agree = float((per_crop.argmax(1) == probs.argmax()).mean())
-    return Photo(path, img.shape[1], img.shape[0], len(crops), probs, agree)
+    classes = next(iter(runs.values()))[0].classes
+    top1, score = classes[int(probs.argmax())], float(msp(probs))
+    verdict = top1 if open_set is None or open_set.known(score) else UNKNOWN
+    return Photo(path, img.shape[1], img.shape[0], len(crops), probs, agree, top1=top1, score=score,
+                 verdict=verdict, open_set=open_set)
+
+
+def examine_photo(path: str, runs: dict[str, list[Ensemble]], size: int, max_tiles: int, manip: bool,
+                  batch_size: int, open_set: OpenSet, rules: RulesSource) -> Photo:
+    """``identify_photo`` plus the EXIF cross-check against its verdict."""
+    p = identify_photo(path, runs, size, max_tiles, manip, batch_size, open_set)
+    if not p.error:
+        p.meta = cross_check(path, p.verdict, p.top1, next(iter(runs.values()))[0].classes, rules)
+    return p
+
+
+def verdict_line(p: Photo) -> str:
+    o = p.open_set
+    if o is None or not o.on or o.threshold is None:
+        return f"verdict: {p.top1} (most probable class; open-set check off)"
+    if p.verdict == UNKNOWN:
+        return f"verdict: unknown camera (score {p.score:.4f} < threshold {o.threshold:.4f}; closest: {p.top1})"
+    return f"verdict: {p.verdict} (score {p.score:.4f} >= threshold {o.threshold:.4f})"
 
 
 def format_photo(p: Photo, classes: Sequence[str], top_k: int, size: int) -> str:
@@ -123,18 +176,39 @@ def format_photo(p: Photo, classes: Sequence[str], top_k: int, size: int) -> str
              f"top-1 agreement {p.agree:.2f}"]
     for rank, i in enumerate(np.argsort(-probs)[:top_k], start=1):
         lines.append(f"  {rank}. {classes[i]:<28} {probs[i]:.4f}")
+    if p.verdict:
+        lines.append(f"  {verdict_line(p)}")
+    if p.meta is not None:
+        lines += [f"  {line}" for line in p.meta.lines()]
     return "\n".join(lines)
 
 
+META_COLUMNS = ["exif_make", "exif_model", "exif_software", "exif_class", "exif_check", "edited", "edit_evidence"]
+
+
 def results_frame(photos: Sequence[Photo], classes: Sequence[str]) -> pd.DataFrame:
-    """One row per photo (unreadable ones too, with ``error``) and one column per class."""
+    """One row per photo (unreadable ones too, with ``error``) and one column per class.
+
+    ``score`` is the open-set score, ``threshold`` the unknown-camera threshold (empty when
+    the check is off, ``open_set`` 0), ``verdict`` the class or ``unknown``; the ``exif_*``
+    columns are the metadata cross-check (``exif_check``: ``metacheck.STATUSES``)."""
     rows = []
     for p in photos:
+        o = p.open_set
         row = {"photo": p.path, "width": p.width, "height": p.height, "crops": p.crops,
-               "prediction": "", "probability": np.nan, "agree": p.agree, "error": p.error}
+               "prediction": "", "probability": np.nan, "score": p.score,
+               "threshold": o.threshold if o is not None and o.on else np.nan,
+               "unknown_tpr": o.tpr if o is not None and o.on else np.nan,
+               "open_set": int(bool(o is not None and o.on)), "verdict": p.verdict,
+               "agree": p.agree, "error": p.error}
         if p.probs is not None:
             best = int(p.probs.argmax())
             row.update(prediction=classes[best], probability=float(p.probs[best]))
+        m = p.meta
+        row.update({"exif_make": m.make if m else "", "exif_model": m.model if m else "",
+                    "exif_software": m.software if m else "", "exif_class": m.exif_class if m else "",
+                    "exif_check": m.status if m else "", "edited": int(bool(m and m.edited)),
+                    "edit_evidence": "; ".join(m.edited) if m else ""})
         row.update({c: (float(p.probs[i]) if p.probs is not None else np.nan) for i, c in enumerate(classes)})
         rows.append(row)
     return pd.DataFrame(rows)
