@@ -108,7 +108,7 @@ prnu-dresden: venv
 
 # The whole recipe on the simulated competition with the CPU profile: round 1 (train, predict,
 # level 2 with PRNU clustering and stackers), balanced pseudo-labels, round 2, the final score.
-DEMO_SUBMISSION ?= submissions/r2/gmean+prnu+hungarian.csv
+DEMO_SUBMISSION ?= submissions/r2/final.csv
 demo: venv
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory data filter-external folds train-all predict blend submission pseudo \

@@ -126,3 +126,20 @@ def test_a_pseudo_file_with_a_missing_crop_or_unknown_class_is_refused(tmp_path)
     good.assign(label="cam-z").to_csv(tmp_path / "p.csv", index=False)
     with pytest.raises(DataError, match="not in the class list"):
         read_pseudo(tmp_path / "p.csv", CLASSES)
+
+
+def test_pseudo_strategy_final_takes_the_final_submissions_strategy(round_two, tmp_path):
+    from camid.level2.submission import pick_final
+
+    root, data, cfg = round_two
+    c = load_config(cfg)
+    c.pseudo.strategy, c.blend.final = "final", "+hungarian"
+    ws = Workspace(root, data)
+    assert pick_final(c, ws)[0] == "gmean+hungarian"  # the only *+hungarian strategy blended
+    before = ws.pseudo_labels().read_bytes()
+    try:
+        _, info = pseudo.make_pseudo(c, ws)
+        assert info["strategy"] == "gmean+hungarian" and info["confidence_from"] == "gmean"
+        assert ws.pseudo_labels().read_bytes() == before  # same labels as pseudo.strategy gmean+hungarian
+    finally:
+        ws.pseudo_labels().write_bytes(before)

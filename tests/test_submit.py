@@ -158,3 +158,40 @@ def test_blend_stacker_strategy_end_to_end(workdir):
     assert manifest["inputs"] == ["netA", "netB"] and len(manifest["files"]) == 2
     assert run("submission", "--config", str(cfg), "--workdir", str(wd)) == 0
     assert (wd / "submissions" / "lgb+flow.csv").is_file()
+
+
+def test_final_submission_is_the_best_cv_among_the_suffix(workdir, tmp_path, capsys):
+    """final.csv: the best local CV among *<blend.final> (the test scores are never read for it)."""
+    wd, data, cfg = workdir
+    assert run("blend", "--config", str(cfg), "--workdir", str(wd)) == 0
+    cv = {s: json.loads((wd / "oof" / "blend" / f"{s}.json").read_text())["oof_score"] for s in STRATEGIES}
+    # blend.final "+greedy" / "+hungarian" / "+flow": one candidate each; "" or no match: all of them
+    for suffix, among in [("+hungarian", ["gmean+hungarian"]), ("", STRATEGIES), ("+nothing", STRATEGIES),
+                          ("+greedy", ["mean+greedy"])]:
+        c = tmp_path / f"cfg{len(among)}{suffix}.yaml"
+        c.write_text(cfg.read_text().replace("blend:\n", f"blend:\n  final: '{suffix}'\n"))
+        assert run("submission", "--config", str(c), "--workdir", str(wd)) == 0
+        meta = json.loads((wd / "submissions" / "final.json").read_text())
+        best = max(among, key=lambda s: cv[s])  # first of equal scores, like pick_final
+        assert meta["strategy"] == best and meta["candidates"] == among
+        assert meta["cv_score"] == pytest.approx(cv[best])
+        assert (wd / "submissions" / "final.csv").read_bytes() == (wd / "submissions" / f"{best}.csv").read_bytes()
+    # the choice ignores the solution: with another solution file the final strategy stays
+    sol = pd.read_csv(data / "solution.csv")
+    sol["camera"] = sol["camera"].sample(frac=1, random_state=3).to_numpy()
+    sol.to_csv(tmp_path / "other_solution.csv", index=False)
+    assert run("submission", "--config", str(c), "--workdir", str(wd),
+               "--solution", str(tmp_path / "other_solution.csv")) == 0
+    assert json.loads((wd / "submissions" / "final.json").read_text())["strategy"] == "mean+greedy"
+    capsys.readouterr()
+
+
+def test_pick_final_without_blend_tables_is_a_clear_error(workdir):
+    from camid.config import load_config
+    from camid.errors import StrategyError
+    from camid.level2.submission import pick_final
+    from camid.workspace import Workspace
+
+    wd, _, cfg = workdir
+    with pytest.raises(StrategyError, match="run `camid blend` first"):
+        pick_final(load_config(cfg), Workspace(wd, wd / "DATA"))

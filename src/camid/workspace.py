@@ -135,6 +135,11 @@ class Workspace:
         return self.submissions / f"{strategy}.csv"
 
     @property
+    def final_submission(self) -> Path:
+        """The submission to send: ``level2.submission.pick_final``'s strategy (its choice in ``final.json``)."""
+        return self.submissions / "final.csv"
+
+    @property
     def scores_csv(self) -> Path:
         return self.submissions / "scores.csv"
 

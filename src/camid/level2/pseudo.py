@@ -9,7 +9,8 @@ per class, separately for ``_unalt`` and ``_manip`` crops (the competition's hal
 below ``min_confidence``. Only test crops are chosen: no training photo, hence no OOF row,
 can enter the next round's training twice.
 
-Labels come from ``pseudo.strategy``'s table (e.g. ``gmean+prnu+hungarian``); confidences
+Labels come from ``pseudo.strategy``'s table (default ``final``: the strategy of
+``submissions/final.csv``, the best local CV among ``*+prnu+hungarian``); confidences
 from the same strategy before its equaliser (``gmean+prnu``), whose table must exist too,
 because an equalised table holds one-hot decisions. A crop confirmed by PRNU clustering
 carries probability ~1 there, so confirmed crops come first.
@@ -17,6 +18,7 @@ carries probability ~1 there, so confirmed crops come first.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,7 @@ from ..util.log import stage_log
 from ..workspace import Workspace
 from .prnu_cluster import solution_labels
 from .strategies import parse_strategy
+from .submission import pick_final
 
 
 def confidence_strategy(name: str) -> str:
@@ -60,6 +63,8 @@ def select(test: pd.DataFrame, classes: list[str], per_class: int | None, fracti
 def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     """Write ``oof/pseudo-r<N>.csv`` from round N's level 2 (``ws.round``); returns it and a summary."""
     p = cfg.pseudo
+    if p.strategy == "final":
+        p = replace(p, strategy=pick_final(cfg, ws)[0])
     conf_name = confidence_strategy(p.strategy)
     tables = {}
     for name in dict.fromkeys([p.strategy, conf_name]):

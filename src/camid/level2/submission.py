@@ -6,9 +6,15 @@ For every ``oof/blend/<strategy>.parquet`` the test rows' argmax becomes
 is an error naming them: a partial submission is never written. Each strategy
 also gets its local CV score (OOF rows, 0.7 unalt + 0.3 manip) and, when a
 solution file exists, its test score; all go to ``submissions/scores.csv``.
+
+``submissions/final.csv`` is the one a user sends: among the strategies named
+``*<blend.final>`` (default ``+prnu+hungarian``), the best local CV (``pick_final``). The
+choice never reads the test scores, so it is the choice a Kaggle user makes before the
+leaderboard answers.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..errors import SubmissionError, UsageError
+from ..errors import StrategyError, SubmissionError, UsageError
 from ..infer.table import class_columns, read_table
-from ..util.io import remove_stale_temps, write_csv
+from ..util.io import remove_stale_temps, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
 from .metrics import read_csv_strict, score_submission, score_table, validate_submission
@@ -52,6 +58,29 @@ def make_submission(table: pd.DataFrame, classes: Sequence[str], fnames: Sequenc
     sub = pd.DataFrame({"fname": list(fnames), "camera": pred.reindex(list(fnames)).to_numpy()})
     validate_submission(sub, fnames, classes, name)
     return sub
+
+
+def pick_final(cfg: Config, ws: Workspace) -> tuple[str, float, list[str]]:
+    """The final strategy: the best local CV (the ``oof_score`` blend wrote) among the configured
+    strategies ending in ``blend.final`` that have a table, ties to the first listed.
+
+    Returns it, its CV score and the candidates. CV ranks the bases (averages, stackers); the
+    suffix fixes the test-only steps CV cannot see (PRNU clustering, balanced test quotas).
+    """
+    suffix = cfg.blend.final
+    wanted = [s for s in cfg.blend.strategies if suffix and s.endswith(suffix)] or list(cfg.blend.strategies)
+    scored = []
+    for name in wanted:
+        meta = ws.blend_table(name).with_suffix(".json")
+        if ws.blend_table(name).is_file() and meta.is_file():
+            cv = json.loads(meta.read_text()).get("oof_score")
+            if cv is not None and np.isfinite(cv):
+                scored.append((name, float(cv)))
+    if not scored:
+        raise StrategyError(f"no level-2 table with a local CV score for any of {wanted} in {ws.blend_dir}: "
+                            "run `camid blend` first")
+    best = max(scored, key=lambda t: t[1])  # max keeps the first of equal scores
+    return best[0], best[1], [n for n, _ in scored]
 
 
 def list_strategies(ws: Workspace, spec: str | None, config_strategies: Sequence[str]) -> list[str]:
@@ -117,4 +146,15 @@ def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None,
     if not score_only:
         write_csv(ws.scores_csv, scores)
         stage_log("submission", f"wrote {ws.scores_csv}")
+        subs = {r["strategy"]: b[1] for r, b in zip(rows, built, strict=True)}
+        if any(s in subs for s in cfg.blend.strategies):
+            name, cv, among = pick_final(cfg, ws)
+            if name in subs:
+                sub = subs[name]
+                write_csv(ws.final_submission, sub)
+                write_json(ws.final_submission.with_suffix(".json"),
+                           {"strategy": name, "cv_score": cv, "rule": f"best local CV among *{cfg.blend.final}",
+                            "candidates": among})
+                stage_log("submission", f"final: {name} (best local CV {cv:.4f} of {len(among)} candidates "
+                                        f"*{cfg.blend.final}) -> wrote {ws.final_submission}")
     return scores, solution is not None
