@@ -9,6 +9,8 @@
     PYTHONPATH=src python benchmarks/external_ablation.py [--config configs/demo.yaml]
                                                           [--data data/simulated] [--out bench_out/external]
 
+Each arm runs the profile's own level 2 (``blend.strategies``) and reports a few of them and
+``submissions/final.csv``'s strategy (best local CV among ``*+prnu+hungarian``).
 The data folder must hold the pool (`make data` with simulate.external_per_class > 0). Each arm
 runs `camid filter-external` (its rules), `folds`, `train-all`, `predict`, `blend` and
 `submission` in its own work dir, through the `camid` command, and the script prints the
@@ -18,6 +20,7 @@ the training devices held out), the test score on the unseen device, and the gap
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ import pandas as pd
 import yaml
 
 ARMS = ("none", "unfiltered", "filtered")
-STRATEGIES = ["gmean", "gmean+hungarian", "gmean+prnu", "gmean+prnu+hungarian"]
+SHOWN = ["gmean", "gmean+hungarian", "gmean+prnu+hungarian", "xgb+prnu+hungarian", "lgb+prnu+hungarian"]
 
 
 def camid(*argv: str) -> None:
@@ -58,7 +61,7 @@ def main() -> int:
     for arm in ARMS:
         work = out / arm
         work.mkdir(parents=True, exist_ok=True)
-        cfg = dict(base, blend=dict(base.get("blend", {}), strategies=STRATEGIES), extra_train_dirs=[])
+        cfg = dict(base, extra_train_dirs=[])  # the profile's own level 2, so "final" is the demo's choice
         if arm != "none":
             rules_path = data / "external_rules.yaml"
             if arm == "unfiltered":
@@ -77,9 +80,10 @@ def main() -> int:
             camid(step, *common)
         folds = pd.read_csv(work / "models" / "folds.csv")
         scores = pd.read_csv(work / "submissions" / "scores.csv").set_index("strategy")
-        for st in STRATEGIES:
-            rows.append({"arm": arm, "train photos": len(folds), "external": int((folds["source"] != "train").sum()),
-                         "strategy": st, "cv": scores.loc[st, "cv_score"], "test": scores.loc[st, "test_score"],
+        final = json.loads((work / "submissions" / "final.json").read_text())["strategy"]
+        for label, st in [(s, s) for s in SHOWN if s in scores.index] + [(f"final = {final}", final)]:
+            rows.append({"arm": arm, "train photos": len(folds), "external": int((folds["fold"] < 0).sum()),
+                         "strategy": label, "cv": scores.loc[st, "cv_score"], "test": scores.loc[st, "test_score"],
                          "gap": scores.loc[st, "cv_score"] - scores.loc[st, "test_score"],
                          "minutes": round((time.time() - t0) / 60, 1)})
     table = pd.DataFrame(rows)
