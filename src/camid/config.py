@@ -252,6 +252,11 @@ class Config:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     classes: list[str] | None = None  # None: the folder names under train/
     extra_train_dirs: list[str] = field(default_factory=list)  # external data, <dir>/<class>/*
+    # Training photos taller than wide (train/, extra_train_dirs; test crops are square) are turned
+    # a quarter turn to the landscape sensor frame before any crop, in training, validation and OOF
+    # ("rotate"), or used as stored ("keep"): a portrait shot stored with rotated pixels shows its
+    # camera's colour-filter grid transposed, a pattern the landscape test crops never have.
+    portrait: Literal["rotate", "keep"] = "rotate"
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -42,3 +43,17 @@ ORIENTATION_POLICIES: dict[str, tuple[D4, ...]] = {
     "flips": (IDENTITY, HFLIP, D4(2, False), D4(2, True)),  # mirror, flip and both
     "d4": D4_ELEMENTS,
 }
+
+
+def sensor_frame(img: np.ndarray) -> np.ndarray:
+    """A photo taller than wide turned a quarter turn counter-clockwise to landscape, else itself.
+
+    Camera sensors are landscape. A portrait shot stored with rotated pixels (some phones do
+    it, and so does editing software) shows its camera's colour-filter grid and JPEG blocks
+    transposed, a pattern no landscape test crop has. Either quarter turn brings the grid back
+    into the orbit of the flips the training policies draw, so the direction, which the
+    pixels alone cannot tell, does not matter.
+    """
+    if img.shape[0] <= img.shape[1]:
+        return img
+    return np.ascontiguousarray(np.rot90(np.asarray(img), 1))

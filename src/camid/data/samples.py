@@ -20,7 +20,7 @@ from ..util.log import progress
 from . import fastjpeg, manipulations
 from .crops import BLOCK, GRID, MCU, centre_offset, manipulated_centre_crop, random_crop
 from .images import read_image
-from .orientation import ORIENTATION_POLICIES
+from .orientation import ORIENTATION_POLICIES, sensor_frame
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,11 @@ class TrainSamples(torch.utils.data.Dataset):
     manipulated (pseudo-labelled ``_manip`` test crops): flag 1, no further manipulation."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], n_classes: int,
-                 length: int, spec: SampleSpec, seed: int, fixed_manip: Sequence[bool] | None = None):
+                 length: int, spec: SampleSpec, seed: int, fixed_manip: Sequence[bool] | None = None,
+                 portrait: str = "keep"):
         self.paths = list(paths)
+        self.portrait = portrait  # "rotate": portrait photos are sampled in the sensor frame
+        self.turned = 0  # preloaded photos turned to the sensor frame
         self.labels = np.asarray(labels, dtype=np.int64)
         self.fixed_manip = np.zeros(len(self.paths), bool) if fixed_manip is None else np.asarray(fixed_manip, bool)
         if len(self.fixed_manip) != len(self.paths):
@@ -110,9 +113,12 @@ class TrainSamples(torch.utils.data.Dataset):
         bad = []
         for i, path in enumerate(progress(self.paths, desc) if desc else self.paths):
             try:
-                self.images[i] = read_image(path)
+                img = read_image(path)
             except ImageReadError as exc:
                 bad.append((path, exc.reason))
+                continue
+            self.images[i] = sensor_frame(img) if self.portrait == "rotate" else img
+            self.turned += self.images[i] is not img
         return bad
 
     def set_epoch(self, epoch: int) -> None:
@@ -131,6 +137,8 @@ class TrainSamples(torch.utils.data.Dataset):
         try:
             # Preloaded, else region decoding when the photo allows it (fastjpeg), else a full decode.
             img = self.images[idx] if idx in self.images else fastjpeg.open_image(self.paths[idx])
+            if self.portrait == "rotate" and img.shape[0] > img.shape[1]:
+                img = sensor_frame(np.asarray(img))  # a lazy crop is decoded whole first
             x, flag = training_sample(img, rng, self.spec, bool(self.fixed_manip[idx]))
         except ImageReadError as exc:
             return {"skip": self.paths[idx], "reason": exc.reason}
@@ -173,10 +181,11 @@ class VariantSet:
 
 def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence[int],
                    augs: Sequence[str] | Callable[[str], Sequence[str]], crop: int,
-                   desc: str | None = "variants") -> VariantSet:
+                   desc: str | None = "variants", portrait: str = "keep") -> VariantSet:
     """Each image x each of its augs (``none`` or a manipulation name), cropped like the test set.
 
     ``augs`` is one list for every image or a function of the image key; each file is decoded once.
+    ``portrait``: ``rotate`` turns portrait photos to the sensor frame first, as training does.
     """
     imgs, flags, labs, names, keys, skipped = [], [], [], [], [], []
     items = list(zip(paths, fnames, labels, strict=True))
@@ -186,6 +195,8 @@ def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence
         except ImageReadError as exc:
             skipped.append((path, exc.reason))
             continue
+        if portrait == "rotate":
+            img = sensor_frame(img)
         for aug in (augs(fname) if callable(augs) else augs):
             out = manipulated_centre_crop(img, aug, crop)
             imgs.append(torch.from_numpy(out).permute(2, 0, 1))

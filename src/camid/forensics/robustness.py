@@ -27,6 +27,7 @@ from ..data.crops import centre_offset, manipulated_centre_crop
 from ..data.folds import read_folds
 from ..data.images import probe_image, read_image
 from ..data.manipulations import CONTINUOUS_RANGES, MANIPULATION_NAMES
+from ..data.orientation import sensor_frame
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..infer.ensemble import Ensemble
 from ..train.rundir import RunDir
@@ -95,7 +96,7 @@ def training_range(kind: str, value: float, input_size: int, mode: str = "contin
 
 
 def evaluate_points(ens: Ensemble, photos: pd.DataFrame, points: Sequence[Point],
-                    batch_size: int, view: str = "whole") -> dict[tuple[str, int], list[int]]:
+                    batch_size: int, view: str = "whole", portrait: str = "keep") -> dict[tuple[str, int], list[int]]:
     """(aug, crop) -> [correct, total] over the photos; each photo is decoded once. Every crop
     is seen through ``view`` (the run's validation view: whole, or its centre at the input
     size), so points of the training range reproduce the validation numbers."""
@@ -107,7 +108,8 @@ def evaluate_points(ens: Ensemble, photos: pd.DataFrame, points: Sequence[Point]
         imgs, labels = [], []
         for row in chunk.itertuples():
             try:
-                imgs.append(read_image(row.path))
+                img = read_image(row.path)
+                imgs.append(sensor_frame(img) if portrait == "rotate" else img)
                 labels.append(index[row.label])
             except ImageReadError as exc:
                 stage_log("robustness", f"skipped unreadable {row.path}: {exc.reason}")
@@ -214,7 +216,7 @@ def run_report(cfg: Config, ws: Workspace, run_name: str, fold: int, out: Path, 
     stage_log("robustness", f"{run_name} fold {fold}: {len(files)} checkpoint(s), {len(photos)} held-out photos "
                             f"from {ws.folds_csv}, {len({(p.aug, p.crop) for p in points})} variants, "
                             f"{view} view like its validation")
-    counts = evaluate_points(ens, photos, points, cfg.predict.batch_size, view)
+    counts = evaluate_points(ens, photos, points, cfg.predict.batch_size, view, cfg.portrait)
     df = results_frame(points, counts, ens.input_size, run_name, fold, mode)
     write_csv(out / "robustness.csv", df)
     write_json(out / "robustness.json", {"run": run_name, "fold": fold, "checkpoints": [str(f) for f in files],

@@ -64,7 +64,7 @@ def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
         try:
             var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(),
                                  chunk["label"].map(index).tolist(), lambda f: oof_augs(cfg, f),
-                                 cfg.predict.crop, desc=None)
+                                 cfg.predict.crop, desc=None, portrait=cfg.portrait)
         except ImageReadError:  # not one image of the chunk is readable
             skipped.update({p: "unreadable" for p in chunk["path"] if p not in skipped})
             continue

@@ -151,13 +151,15 @@ class Trainer:
         self._report_small(train_df["path"], spec.input_size * spec.crop_factor, spec.input_size)
         self.train_set = TrainSamples(train_df["path"].tolist(), train_df["label"].map(index).tolist(),
                                       len(self.classes), length, spec, self.cfg.seed + 1000 * self.fold,
-                                      fixed_manip=train_df["fixed_manip"].tolist())
+                                      fixed_manip=train_df["fixed_manip"].tolist(), portrait=self.cfg.portrait)
         if self.t.preload:
             t0 = time.time()
             for path, reason in self.train_set.preload("preload"):
                 self.state.skipped[path] = reason
             stage_log("train", f"preloaded {len(self.train_set.images)} training photos into memory "
-                               f"in {time.time() - t0:.1f} s (train.preload)")
+                               f"in {time.time() - t0:.1f} s (train.preload)"
+                               + (f"; {self.train_set.turned} portrait photo(s) turned to the landscape sensor "
+                                  "frame (portrait: rotate)" if self.train_set.turned else ""))
         if self.t.max_val_images and len(val_df) > self.t.max_val_images:
             val_df = val_df.sample(self.t.max_val_images, random_state=self.cfg.seed).sort_values("fname")
         augs = ["none", *manipulations.MANIPULATION_NAMES]
@@ -165,7 +167,7 @@ class Trainer:
         crop, rule = self.cfg.val_crop(), self.cfg.val_view()
         self.val = build_variants(val_df["path"].tolist(), val_df["fname"].tolist(),
                                   val_df["label"].map(index).tolist(), augs, crop,
-                                  desc="validation").view(rule, self.input_size)
+                                  desc="validation", portrait=self.cfg.portrait).view(rule, self.input_size)
         for path, reason in self.val.skipped:
             self.state.skipped[path] = reason
         seen = "the whole crop" if rule == "whole" else f"its centre {self.input_size} px"
@@ -368,7 +370,8 @@ def train_digest(cfg: Config, mcfg: ModelConfig) -> str:
     new pseudo-labels (their content, not only their path) must."""
     pseudo = cfg.train.pseudo_labels
     pseudo_hash = sha256_file(Path(pseudo)) if pseudo and Path(pseudo).is_file() else pseudo
-    return section_digest(cfg.train, cfg.folds, mcfg, cfg.seed, cfg.classes, cfg.extra_train_dirs, pseudo_hash)
+    return section_digest(cfg.train, cfg.folds, mcfg, cfg.seed, cfg.classes, cfg.extra_train_dirs, pseudo_hash,
+                          cfg.portrait)
 
 
 def is_done(ws: Workspace, cfg: Config, run_name: str, fold: int) -> bool:
