@@ -47,6 +47,15 @@ def workers(n: int | None) -> int:
     return max(1, n or os.cpu_count() or 1)
 
 
+def add_job_arguments(parser: argparse.ArgumentParser, gpus_help: str) -> None:
+    """The options of the commands that queue jobs (``train-all``, ``predict``): the profile,
+    the round, which runs, which GPUs."""
+    add_common_arguments(parser)
+    add_round_argument(parser)
+    parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
+    parser.add_argument("--gpus", default="", help=gpus_help)
+
+
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and the options of the ray and slurm backends (they override the config's
     ``cluster`` section)."""

@@ -18,23 +18,12 @@ from ..util.io import remove_stale_temps
 from ..util.log import stage_log
 from ..util.runtime import configure_threads
 from ..workspace import Workspace
-from .common import (
-    add_backend_arguments,
-    add_common_arguments,
-    add_round_argument,
-    backend_options,
-    backend_target,
-    names,
-    resolve,
-)
+from .common import add_backend_arguments, add_job_arguments, backend_options, backend_target, names, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    add_round_argument(parser)
-    parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
+    add_job_arguments(parser, "GPU ids: with several, one run per GPU at a time (like train-all)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's device)")
-    parser.add_argument("--gpus", default="", help="GPU ids: with several, one run per GPU at a time (like train-all)")
     parser.add_argument("--force", action="store_true", help="recompute tables even when up to date")
     add_backend_arguments(parser)
 

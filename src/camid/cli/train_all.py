@@ -19,23 +19,11 @@ from ..train.rundir import RunDir
 from ..train.trainer import is_done
 from ..util.log import stage_log
 from ..workspace import Workspace
-from .common import (
-    add_backend_arguments,
-    add_common_arguments,
-    add_round_argument,
-    backend_options,
-    backend_target,
-    names,
-    resolve,
-)
+from .common import add_backend_arguments, add_job_arguments, backend_options, backend_target, names, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser)
-    add_round_argument(parser)
-    parser.add_argument("--gpus", default="",
-                        help="local: comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
-    parser.add_argument("--models", default="", help="comma-separated run names (default: all in the config)")
+    add_job_arguments(parser, "local: comma-separated GPU ids, e.g. 0,1,2,3 (default: CPU, one job at a time)")
     parser.add_argument("--ddp", action="store_true",
                         help="local: train each job on all --gpus at once with torch DDP (torchrun), one job at a time")
     add_backend_arguments(parser)
