@@ -228,21 +228,21 @@ def test_simulate_writes_the_pool_without_touching_train_and_test(tmp_path: Path
     plain, with_pool = tmp_path / "plain", tmp_path / "pool"
     sim.simulate(plain, SMALL, workers=1)
     opts = sim.SimOptions(**{**SMALL.to_dict(), "external_per_class": 5})
-    summary = sim.simulate(with_pool, opts, workers=1)
+    summary = ep.simulate_with_pool(with_pool, opts, workers=1)
     assert summary["external"]["files"] == 10
     same = {k: v for k, v in _hashes(with_pool).items() if not k.startswith("external")}
     assert same == _hashes(plain)  # train/, test/, CSVs and simulate.json byte-identical
     assert {p.name for p in with_pool.iterdir()} >= {"external", ep.TRUTH_NAME, ep.RULES_NAME, ep.POOL_MARKER}
     # Re-run: both parts skipped, nothing rewritten.
     mtimes = {p: p.stat().st_mtime_ns for p in with_pool.rglob("*")}
-    again = sim.simulate(with_pool, opts, workers=1)
+    again = ep.simulate_with_pool(with_pool, opts, workers=1)
     assert again["skipped"] is True and again["external"]["skipped"] is True
     assert {p: p.stat().st_mtime_ns for p in with_pool.rglob("*")} == mtimes
     # A bigger pool: only the pool is regenerated (the competition options did not change).
     bigger = sim.SimOptions(**{**SMALL.to_dict(), "external_per_class": 7})
     train = with_pool / "train" / "HTC-1-M7" / "HTC-1-M7_0000.jpg"
     before = train.stat().st_mtime_ns
-    assert sim.simulate(with_pool, bigger, workers=1)["external"]["files"] == 14
+    assert ep.simulate_with_pool(with_pool, bigger, workers=1)["external"]["files"] == 14
     assert train.stat().st_mtime_ns == before
     assert len(list((with_pool / "external").iterdir())) == 14  # old pool removed, not mixed in
 

@@ -5,7 +5,8 @@ import argparse
 from dataclasses import fields
 
 from ..config import SimulateConfig, load_config
-from ..data.simulate import SimOptions, simulate
+from ..data.external_pool import simulate_with_pool
+from ..data.simulate import SimOptions
 from ..errors import UsageError
 
 
@@ -40,5 +41,5 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
 def main(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    simulate(args.out, options_from_args(args), workers=args.workers, overwrite=args.overwrite)
+    simulate_with_pool(args.out, options_from_args(args), workers=args.workers, overwrite=args.overwrite)
     return 0

@@ -697,6 +697,17 @@ def _prepare(out: Path, opts: SimOptions, overwrite: bool) -> bool:
     return False
 
 
+def simulate_with_pool(out: str | Path, opts: SimOptions, workers: int | None = None,
+                       overwrite: bool = False) -> dict[str, Any]:
+    """``camid simulate``: the competition (``data.simulate``) and, when
+    ``opts.external_per_class`` > 0, the external pool next to train/ and test/, each with its
+    own marker; the summary of the pool is under ``external``."""
+    summary = sim.simulate(out, opts, workers=workers, overwrite=overwrite)
+    if opts.external_per_class:
+        summary["external"] = write_pool(out, opts, workers=workers, overwrite=overwrite)
+    return summary
+
+
 def write_pool(out: str | Path, opts: SimOptions, workers: int | None = None,
                overwrite: bool = False) -> dict[str, Any]:
     """Write the external pool (``opts.external_per_class`` files per class) into ``out``."""

@@ -8,7 +8,8 @@ from simulated cameras::
     OUT/sample_submission.csv                   fname,camera (camera = first class)
     OUT/solution.csv                            fname,camera,manipulation (`none` for _unalt)
     OUT/simulate.json                           options, camera models, completion marker
-    OUT/external/, external_truth.csv, ...      only with --external N (camid.data.external_pool)
+    OUT/external/, external_truth.csv, ...      only with --external N: camid.data.external_pool,
+                                                whose simulate_with_pool writes both
 
 A camera MODEL is a processing pipeline (colour-filter pattern, demosaicing,
 white balance and colour matrix, tone curve, denoise/sharpening, JPEG quality and
@@ -732,14 +733,15 @@ def remove_outputs(out: Path, names: Sequence[str]) -> None:
 def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
              overwrite: bool = False) -> dict[str, Any]:
     """Write the simulated competition into ``out``; returns a summary (``skipped`` when
-    ``out`` already holds a complete dataset for the same options)."""
+    ``out`` already holds a complete dataset for the same options). The external pool
+    (``opts.external_per_class``) is not written here: ``external_pool.simulate_with_pool``."""
     opts.validate()
     out = Path(out)
     workers = max(1, int(workers or os.cpu_count() or 1))
     if _prepare_out(out, opts, overwrite):
         stage_log("simulate", f"{out} already holds a complete simulated dataset for these options; "
                               "skipped (pass --overwrite to regenerate)")
-        return {"skipped": True, "out": str(out), **_external(out, opts, workers, overwrite)}
+        return {"skipped": True, "out": str(out)}
     start = time.perf_counter()
     models = make_models(opts.n_classes, opts.seed)
     write_json(out / MARKER, _marker_payload(opts, models, complete=False))
@@ -756,16 +758,7 @@ def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
                           f"({len(plan) // 2} unalt + {len(plan) // 2} manip) to {out / 'test'}, "
                           f"sample_submission.csv, solution.csv and {MARKER} in {wall:.1f}s")
     return {"skipped": False, "out": str(out), "n_train": n_train, "n_test": len(plan),
-            "classes": [m.name for m in models], "wall_s": wall,
-            **_external(out, opts, workers, overwrite)}
-
-
-def _external(out: Path, opts: SimOptions, workers: int, overwrite: bool) -> dict[str, Any]:
-    """The external pool (``--external N``) next to train/ and test/, with its own marker."""
-    if not opts.external_per_class:
-        return {}
-    from .external_pool import write_pool  # imports this module: only when a pool is asked for
-    return {"external": write_pool(out, opts, workers=workers, overwrite=overwrite)}
+            "classes": [m.name for m in models], "wall_s": wall}
 
 
 def _write_tables(out: Path, plan: list[PlanItem], models: list[CameraModel]) -> None:
