@@ -86,7 +86,7 @@ def test_a_crop_sized_photo_gets_exactly_the_ensemble_prediction(trained, tmp_pa
     Image.fromarray(img).save(tmp_path / "x.png")
     csv = tmp_path / "x.csv"
     assert cli.main(["identify", str(tmp_path / "x.png"), *common, "--tiles", "0", "--out", str(csv)]) == 0
-    files = RunDir(root / "models" / "camid_tiny" / "fold0").checkpoint_files(2)
+    files = RunDir(root / "models" / "camid_tiny" / "fold0").checkpoint_files(2, "top_n")
     ens = Ensemble(files, torch.device("cpu"), "tta10", "gmean")
     want = ens.predict(torch.from_numpy(img).permute(2, 0, 1)[None], torch.zeros(1), 40)[0]
     assert np.allclose(_probs(pd.read_csv(csv))[0], want, atol=1e-5)
@@ -159,7 +159,7 @@ def write_oof(root: Path, work: Path, unalt: list[float], manip: list[float], st
                      *_peaked(top, i % 3)])
     rows.append(["img_0000000_unalt.tif", "test", -1, 0, "unknown", "", *_peaked(0.01 + 1 / 3, 0)])
     df = pd.DataFrame(rows, columns=[*KEY_COLUMNS, *CLASSES])
-    files = RunDir(root / "models" / "camid_tiny" / "fold0").checkpoint_files(2)
+    files = RunDir(root / "models" / "camid_tiny" / "fold0").checkpoint_files(2, "top_n")
     record = [{"file": str(f), "size": f.stat().st_size + int(stale), "mtime": int(f.stat().st_mtime)} for f in files]
     return write_table(df, Workspace(work, work).table("camid_tiny", "tta10"), CLASSES, {"checkpoints": {"0": record}})
 

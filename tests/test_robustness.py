@@ -51,7 +51,7 @@ def test_every_grid_point_is_reported_with_a_valid_accuracy(report):
 def test_training_range_points_equal_validation_accuracy(report, aug):
     root, _, df = report
     run_dir = root / "models" / "camid_tiny" / "fold0"
-    (ck_file,) = RunDir(run_dir).checkpoint_files(1)
+    (ck_file,) = RunDir(run_dir).checkpoint_files(1, "top_n")
     ck = load_checkpoint(ck_file)
     net = models.rebuild(ck.model_args)
     net.load_state_dict(ck.state_dict)

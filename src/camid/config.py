@@ -122,6 +122,9 @@ class TrainConfig:
     # Folder for one-time lossless restart-marker copies of training JPEGs, so each sample
     # decodes only its crop (fastjpeg.py, ~18x faster on 12 MP photos); None: full decodes.
     decode_cache: str | None = None
+    # Backbones that expect ImageNet weights refuse to train while a weights file is missing
+    # (`camid weights fetch`); true: train them from random init (far lower accuracy).
+    allow_random_init: bool = False
 
 
 @dataclass
@@ -408,10 +411,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"pseudo.fraction must be in (0, 1], got {p.fraction}")
     if cfg.train.val_every < 1:
         raise ConfigError(f"train.val_every must be >= 1, got {cfg.train.val_every}")
-    largest_input = max([cfg.train.input_size] + [m.input_size or 0 for m in cfg.models])
-    if cfg.val_view() == "centre" and cfg.val_crop() < largest_input:
-        raise ConfigError(f"validation crops ({cfg.val_crop()} px) are smaller than the network input "
-                          f"({cfg.train.input_size} px); raise predict.crop or train.val_crop")
+    inputs = {m.run_name: m.input_size or cfg.train.input_size for m in cfg.models}
+    too_small = {run: size for run, size in inputs.items() if size > cfg.val_crop()}
+    if cfg.val_view() == "centre" and too_small:
+        where = "train.val_crop" if cfg.train.val_crop else "predict.crop"
+        raise ConfigError(f"validation crops ({where}: {cfg.val_crop()} px) are smaller than the network input of "
+                          + ", ".join(f"{run} ({size} px)" for run, size in too_small.items())
+                          + "; raise predict.crop or train.val_crop, or lower train.input_size / models[].input_size")
     if cfg.predict.reduce not in REDUCTION_POWERS:
         raise ConfigError(f"predict.reduce: {cfg.predict.reduce!r} is not one of {list(REDUCTION_POWERS)}")
     if not 0.0 < cfg.identify.unknown_tpr <= 1.0:

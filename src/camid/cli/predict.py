@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _trained(cfg: Config, ws: Workspace, runs: Sequence[ModelConfig]) -> list[ModelConfig]:
     """The runs with at least one finished fold (the others are skipped, as in one process)."""
-    found = [m for m in runs if any(RunDir(d).checkpoint_files(cfg.predict.top_n)
+    found = [m for m in runs if any(RunDir(d).inference_checkpoints(cfg.predict)
                                     for d in ws.fold_dirs(m.run_name).values())]
     for m in runs:
         if m not in found:
@@ -63,7 +63,7 @@ def predict_job(cfg: Config, ws: Workspace, run: str, force: bool) -> CamidJob:
         return p.relative_to(ws.root).as_posix()
 
     table = ws.table(run, cfg.predict.tta)
-    reads = [f for d in ws.fold_dirs(run).values() for f in RunDir(d).inference_files(cfg.predict.top_n)]
+    reads = [f for d in ws.fold_dirs(run).values() for f in RunDir(d).inference_files(cfg.predict)]
     old = [p for p in (table, sidecar(table)) if p.is_file()]  # so an up-to-date table is not recomputed
     args = ("--models", run, *(["--force"] if force else []), "--round", str(ws.round))
     return CamidJob(name=f"predict {run}", command="predict", args=args,

@@ -81,7 +81,7 @@ def load_ensembles(cfg: Config, ws: Workspace, names: Sequence[str],
     for mcfg in runs:
         ens = [Ensemble(files, device, cfg.predict.tta, cfg.predict.reduce, cfg.predict.amp)
                for d in ws.fold_dirs(mcfg.run_name).values()
-               if (files := RunDir(d).checkpoint_files(cfg.predict.top_n, cfg.predict.checkpoints))]
+               if (files := RunDir(d).inference_checkpoints(cfg.predict))]
         if not ens:
             stage_log("identify", f"{mcfg.run_name}: no checkpoints under {ws.models / mcfg.run_name}; skipped")
             continue

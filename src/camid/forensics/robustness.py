@@ -201,7 +201,7 @@ def _max_side(photos: pd.DataFrame) -> int:
 
 def run_report(cfg: Config, ws: Workspace, run_name: str, fold: int, out: Path, device: torch.device,
                max_images: int | None = None) -> pd.DataFrame:
-    files = RunDir(ws.run_dir(run_name, fold)).checkpoint_files(cfg.predict.top_n, cfg.predict.checkpoints)
+    files = RunDir(ws.run_dir(run_name, fold)).inference_checkpoints(cfg.predict)
     if not files:
         raise UsageError(f"no trained checkpoints in {ws.run_dir(run_name, fold)}; train it first "
                         f"(`camid train --model {run_name} --fold {fold}`)")

@@ -125,7 +125,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     tta, out = cfg.predict.tta, ws.table(mcfg.run_name, cfg.predict.tta)
     run_dirs = {int(k): RunDir(ws.run_dir(mcfg.run_name, int(k))) for k in sorted(folds["fold"].unique()) if k >= 0}
     policy = cfg.predict.checkpoints
-    per_fold = {k: files for k, d in run_dirs.items() if (files := d.checkpoint_files(cfg.predict.top_n, policy))}
+    per_fold = {k: files for k, d in run_dirs.items() if (files := d.inference_checkpoints(cfg.predict))}
     folds_hash = folds_sha256(ws.folds_csv)
     for k in per_fold:
         run_dirs[k].check_folds(folds_hash, ws.folds_csv)

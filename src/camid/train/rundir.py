@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from ..config import PredictConfig
 from ..errors import CheckpointError, DataError
 from ..util.io import (
     load_torch,
@@ -138,10 +139,16 @@ class RunDir:
         """Written last: while it is missing the folder is not a finished run."""
         return self.path / DONE
 
-    def inference_files(self, top_n: int) -> list[Path]:
-        """What prediction reads from a finished run: the index, the done marker and the best
-        ``top_n`` checkpoints ([] when it has not finished)."""
-        files = self.checkpoint_files(top_n)
+    def inference_checkpoints(self, predict: PredictConfig) -> list[Path]:
+        """The checkpoints inference loads under ``predict.checkpoints`` and ``predict.top_n``
+        ([] when the run has not finished): the one answer predict, identify, robustness and a
+        remote predict job's inputs all use, so a node never receives another set than it loads."""
+        return self.checkpoint_files(predict.top_n, predict.checkpoints)
+
+    def inference_files(self, predict: PredictConfig) -> list[Path]:
+        """What prediction reads from a finished run: the index, the done marker and
+        ``inference_checkpoints`` ([] when it has not finished)."""
+        files = self.inference_checkpoints(predict)
         return [self.path / INDEX, self.done_path, *files] if files else []
 
     # -- while training -------------------------------------------------------------------
@@ -230,7 +237,7 @@ class RunDir:
             raise DataError(f"{self.path} was trained on other folds than {folds_csv} "
                             "(re-made since); retrain it (`camid train-all`) before predicting")
 
-    def checkpoint_files(self, top_n: int, policy: str = "top_n") -> list[Path]:
+    def checkpoint_files(self, top_n: int, policy: str) -> list[Path]:
         """The checkpoints inference averages ([] when the run has not finished).
 
         ``snapshots``: every cycle-end snapshot (the snapshot ensemble of Huang et al.; a run

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -365,12 +365,19 @@ class Trainer:
         stage_log("train", f"wrote {len(best)} checkpoint(s), {rundir.LOG} and {rundir.DONE} to {self.dir}")
 
 
+# train settings that say how a run is executed, not what it learns (the same samples, pixels and
+# weights): changing the worker count on another machine must not mark finished runs as not done.
+_EXECUTION_ONLY = ("num_workers", "preload", "decode_cache", "max_skip_fraction", "allow_random_init")
+
+
 def train_digest(cfg: Config, mcfg: ModelConfig) -> str:
-    """What makes a run's checkpoints: changing blend or predict settings must not retrain;
-    new pseudo-labels (their content, not only their path) must."""
+    """What makes a run's checkpoints: changing blend or predict settings, or how training is
+    executed (``_EXECUTION_ONLY``), must not retrain; new pseudo-labels (their content, not only
+    their path) must."""
     pseudo = cfg.train.pseudo_labels
     pseudo_hash = sha256_file(Path(pseudo)) if pseudo and Path(pseudo).is_file() else pseudo
-    return section_digest(cfg.train, cfg.folds, mcfg, cfg.seed, cfg.classes, cfg.extra_train_dirs, pseudo_hash,
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in _EXECUTION_ONLY}
+    return section_digest(train, cfg.folds, mcfg, cfg.seed, cfg.classes, cfg.extra_train_dirs, pseudo_hash,
                           cfg.portrait)
 
 

@@ -1,0 +1,78 @@
+"""Issue #22's defects that the demo cannot show: which checkpoints inference reads, the
+settings that do (not) change a finished run, validation at load and the packaging of piexif."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from camid import cli
+from camid.cli.predict import predict_job
+from camid.config import REDUCTION_POWERS, load_config
+from camid.level2.average import power_mean
+from camid.train.rundir import DONE, INDEX, RunDir
+from camid.train.trainer import is_done, train_digest
+from camid.workspace import Workspace
+from conftest import REPO
+
+KAGGLE = REPO / "configs" / "kaggle.yaml"
+
+
+def _kaggle_run_folder(ws: Workspace, run: str, fold: int) -> RunDir:
+    """A finished fold as kaggle.yaml leaves it: keep_top 3 epochs and 3 cycle-end snapshots,
+    the epochs ranked above the snapshots by validation score."""
+    rd = RunDir(ws.run_dir(run, fold))
+    rd.path.mkdir(parents=True)
+    entries = [{"file": f"epoch{e:03d}.pt", "epoch": e, "score": 0.99 - e / 1000, "loss": 0.1, "kind": "epoch"}
+               for e in (12, 13, 14)]
+    entries += [{"file": f"snapshot{c:02d}.pt", "epoch": 20 + 5 * c, "score": 0.9, "loss": 0.2, "kind": "snapshot"}
+                for c in range(3)]
+    for e in entries:
+        (rd.path / e["file"]).write_bytes(b"x")
+    (rd.path / INDEX).write_text(json.dumps({"checkpoints": entries, "classes": ["a", "b"]}))
+    (rd.path / DONE).write_text(json.dumps({"train_digest": "x"}))
+    return rd
+
+
+def test_a_remote_predict_job_receives_the_checkpoints_prediction_loads(tmp_path):
+    """kaggle.yaml predicts with the snapshots; the job's inputs (storage: copy ships exactly these)
+    held the top_n epochs instead, and the node failed with CheckpointError."""
+    cfg = load_config(KAGGLE, {"cluster.storage": "copy"})
+    assert (cfg.predict.checkpoints, cfg.train.keep_top, cfg.train.cycles) == ("snapshots", 3, 3)
+    ws = Workspace(tmp_path, tmp_path / "data")
+    run = cfg.models[0].run_name
+    for k in range(2):
+        _kaggle_run_folder(ws, run, k)
+    job = predict_job(cfg, ws, run, force=False)
+    shipped = sorted(Path(p).name for p in job.inputs if p.endswith(".pt"))
+    assert shipped == sorted(["snapshot00.pt", "snapshot01.pt", "snapshot02.pt"] * 2)
+    loaded = [f for k in range(2) for f in RunDir(ws.run_dir(run, k)).inference_checkpoints(cfg.predict)]
+    assert {f.relative_to(tmp_path).as_posix() for f in loaded} <= set(job.inputs)
+
+
+@pytest.mark.parametrize(("key", "value", "retrain"), [
+    ("train.num_workers", 2, False), ("train.preload", True, False), ("train.decode_cache", "elsewhere", False),
+    ("train.max_skip_fraction", 0.2, False), ("train.allow_random_init", True, False), ("train.lr", 3e-4, True)])
+def test_only_settings_that_change_the_model_mark_a_finished_run_not_done(tmp_path, key, value, retrain):
+    """The worker count was hashed: running train-all on a machine with fewer cores retrained everything."""
+    cfg = load_config(KAGGLE)
+    ws = Workspace(tmp_path, tmp_path / "data")
+    run = cfg.models[0].run_name
+    rd = RunDir(ws.run_dir(run, 0))
+    rd.path.mkdir(parents=True)
+    rd.finish([], ["a", "b"], train_digest(cfg, cfg.models[0]), 1, None)
+    assert is_done(ws, cfg, run, 0)
+    assert is_done(ws, load_config(KAGGLE, {key: value}), run, 0) is not retrain
+
+
+def test_the_input_size_message_names_the_per_model_size_it_checks(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"backbone": "camid_tiny", "input_size": 640}],
+                                    "train": {"input_size": 480}, "predict": {"crop": 512}}))
+    with pytest.raises(Exception, match=r"camid_tiny \(640 px\)"):
+        load_config(path)
