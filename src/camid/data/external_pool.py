@@ -79,7 +79,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
-import piexif
 import yaml
 
 from ..errors import SimulateError
@@ -418,6 +417,8 @@ def _group(slots: list[_Slot], rng: np.random.Generator) -> list[Capture]:
 
 
 def _with_exif(jpeg: bytes, exif: bytes) -> bytes:
+    import piexif  # only the pool writes EXIF: `camid simulate` without --external does not need it
+
     out = io.BytesIO()
     piexif.insert(exif, jpeg, out)  # replaces Pillow's JFIF APP0 with APP1 Exif, as phones write
     return out.getvalue()
@@ -435,6 +436,8 @@ class _Meta:
     fnumber: tuple[int, int]
 
     def dump(self, width: int, height: int, software: str | None = None) -> bytes:
+        import piexif
+
         stamp = self.when.strftime("%Y:%m:%d %H:%M:%S").encode()
         soft = self.software if software is None else software
         zeroth: dict[int, Any] = {
