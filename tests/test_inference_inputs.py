@@ -118,3 +118,21 @@ def test_simulate_runs_without_the_pool_s_exif_writer(tmp_path):
                           env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "sim" / "test").iterdir())) == 4
+
+
+def test_predict_refuses_oof_crops_of_another_size_than_the_test_crops(kaggle_layout, tmp_path):
+    """predict.crop 48 against 64-px test crops: OOF rows were made at 48 and stood in for 64-px test rows."""
+    from tiny_config import tiny_config
+
+    from camid.errors import DataError
+    from camid.infer.predict import predict_run
+
+    cfg_path = tiny_config(tmp_path / "c.yaml", kaggle_layout, predict={"crop": 48, "tta": "none"})
+    cfg = load_config(cfg_path)
+    ws = Workspace(tmp_path / "wd", kaggle_layout)
+    assert cli.main(["folds", "--config", str(cfg_path), "--workdir", str(ws.root)]) == 0
+    for k in range(2):
+        rd = _kaggle_run_folder(ws, cfg.models[0].run_name, k)
+        (rd.path / DONE).write_text(json.dumps({"train_digest": "x", "folds_sha256": None}))
+    with pytest.raises(DataError, match=r"4 of 64x64 px but predict.crop is 48"):
+        predict_run(cfg, ws, cfg.models[0], torch.device("cpu"))

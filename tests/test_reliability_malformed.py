@@ -180,12 +180,12 @@ def test_filter_external_reports_every_malformed_file_and_keeps_going(tmp_path):
 
 # ------------------------------------------------------------------ whole runs
 
-ODD_TEST = {  # test files: readable oddities must be predicted like any other
-    "img_00000a1_unalt.tif": lambda: _save(_rgb(40, 40, seed=20).convert("CMYK"), "TIFF"),
+ODD_TEST = {  # test files: readable oddities must be predicted like any other (at predict.crop, 32, but one)
+    "img_00000a1_unalt.tif": lambda: _save(_rgb(32, 32, seed=20).convert("CMYK"), "TIFF"),
     "img_00000a2_manip.tif": lambda: _save(Image.fromarray(
-        np.random.default_rng(21).integers(0, 65536, (40, 40)).astype(np.uint16)), "TIFF"),
-    "img_00000a3_unalt.png": lambda: _save(_rgb(40, 40, seed=22).convert("P"), "PNG"),
-    "img_00000a4_manip.png": lambda: _save(_rgb(40, 40, seed=23).convert("RGBA"), "PNG"),
+        np.random.default_rng(21).integers(0, 65536, (32, 32)).astype(np.uint16)), "TIFF"),
+    "img_00000a3_unalt.png": lambda: _save(_rgb(32, 32, seed=22).convert("P"), "PNG"),
+    "img_00000a4_manip.png": lambda: _save(_rgb(32, 32, seed=23).convert("RGBA"), "PNG"),
     "img_00000a5_unalt.tif": lambda: _save(_rgb(20, 20, seed=24), "TIFF"),  # smaller than the 32 crop
     "img_00000a6_manip.tif": lambda: _save(_rgb(32, 32, seed=25), "TIFF"),
 }

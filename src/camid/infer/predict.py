@@ -24,6 +24,7 @@ from ..data.images import read_image
 from ..data.layout import resolve_classes, scan_test
 from ..data.samples import build_variants
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
+from ..train.preflight import crop_size_problem
 from ..train.rundir import RunDir, folds_sha256
 from ..util.log import progress, stage_log
 from ..workspace import Workspace
@@ -140,6 +141,11 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     t0 = time.time()
     test = scan_test(ws.data_dir)
     test_images = load_test_images(test)
+    problem, note = crop_size_problem([(img.shape[1], img.shape[0]) for _, _, img in test_images], cfg.predict.crop)
+    if problem:
+        raise DataError(f"{ws.data_dir / 'test'}: {problem}")
+    if note:
+        stage_log("predict", note)
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
     frames: list[pd.DataFrame] = []
     test_probs: list[np.ndarray] = []
