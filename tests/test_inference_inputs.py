@@ -136,3 +136,32 @@ def test_predict_refuses_oof_crops_of_another_size_than_the_test_crops(kaggle_la
         (rd.path / DONE).write_text(json.dumps({"train_digest": "x", "folds_sha256": None}))
     with pytest.raises(DataError, match=r"4 of 64x64 px but predict.crop is 48"):
         predict_run(cfg, ws, cfg.models[0], torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("section", "bad", "match"), [
+    ("blend", {"strategies": ["gmean", "gmaen+hungarian"]}, "blend.strategies"),
+    ("blend", {"strategies": ["gmean+hungarian+prnu"]}, "blend.strategies"),
+    ("blend", {"models": ["a", "b"], "weights": [1.0]}, "blend.weights has 1"),
+    ("predict", {"oof_augs": ["jpeg70", "jpeg42"]}, "predict.oof_augs"),
+    ("pseudo", {"strategy": "xgbb"}, "pseudo.strategy")])
+def test_a_later_stage_s_setting_stops_the_first_command(kaggle_layout, tmp_path, capsys, section, bad, match):
+    """A bad strategy, manipulation name or weights list was found only at blend/predict, after training."""
+    from tiny_config import tiny_config
+
+    cfg = tiny_config(tmp_path / "c.yaml", kaggle_layout, **{section: bad})
+    assert cli.main(["folds", "--config", str(cfg), "--workdir", str(tmp_path)]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "models" / "folds.csv").exists()
+
+
+def test_every_reduction_config_accepts_is_one_predict_can_apply(monkeypatch):
+    """tta.reduce_probs knew the powers 0, 1, 2 by hand; level 2's power_mean takes any."""
+    import camid.infer.tta as tta
+
+    monkeypatch.setitem(REDUCTION_POWERS, "pmean3", 3.0)
+    monkeypatch.setitem(REDUCTION_POWERS, "hmean", -1.0)
+    probs = torch.softmax(torch.randn(4, 5, 7, dtype=torch.float64), dim=-1)
+    for name, p in REDUCTION_POWERS.items():
+        got = tta.reduce_probs(probs, name, dim=0).numpy()
+        want = power_mean(list(probs.numpy()), p, floor=1e-7)
+        assert got == pytest.approx(want, abs=1e-9), name

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Config, check_cluster, dump_config, load_config
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from ..train.backends import Options, Target
 from ..workspace import Workspace
 
@@ -34,7 +34,34 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Workspace]:
     if round_ < 1:
         raise UsageError(f"--round counts from 1, got {round_}")
     ws = Workspace(Path(args.workdir), data_dir, round_)
+    check_stages(cfg)
     return cfg.for_round(round_, str(ws.pseudo_labels(round_ - 1))), ws
+
+
+def check_stages(cfg: Config) -> None:
+    """The settings whose vocabulary belongs to a later stage (blend strategies, manipulation
+    names), checked whenever a command loads a profile: a typo stops `folds` or `train-all` at
+    once instead of `predict` or `blend` after a night of training."""
+    from ..data.manipulations import MANIPULATIONS
+    from ..errors import StrategyError
+    from ..level2.strategies import parse_strategy
+
+    for key, names in (("blend.strategies", cfg.blend.strategies),
+                       ("pseudo.strategy", [] if cfg.pseudo.strategy == "final" else [cfg.pseudo.strategy])):
+        for name in names:
+            try:
+                parse_strategy(name)
+            except StrategyError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+    augs = cfg.predict.oof_augs
+    unknown = [a for a in augs if a not in MANIPULATIONS] if augs != ["all"] else []
+    if unknown:
+        raise ConfigError(f"predict.oof_augs: unknown manipulation(s) {unknown}; use [all] or names from "
+                          f"{', '.join(MANIPULATIONS)}")
+    b = cfg.blend
+    if b.weights and len(b.weights) != len(b.models):
+        raise ConfigError(f"blend.weights has {len(b.weights)} entries but blend.models lists {len(b.models)} "
+                          f"({b.models}); list one weight per model in blend.models")
 
 
 def names(csv: str) -> list[str]:

@@ -70,19 +70,21 @@ def augment_batch(x: Tensor, views: Sequence[View]) -> Tensor:
 def reduce_probs(probs: Tensor, how: str = "gmean", dim: int = 0, eps: float = 1e-7) -> Tensor:
     """Average probabilities over ``dim`` by name and renormalise rows.
 
-    The names are ``config.REDUCTION_POWERS``: ``gmean`` is computed in log space (the
-    recipe's default), ``mean`` is the arithmetic mean and ``rms`` the root mean square
-    (1st place's choice).
+    The names are ``config.REDUCTION_POWERS``, each the power mean with its exponent p
+    (``level2.average.power_mean`` over tables): p = 0 is the geometric mean, computed in log
+    space (the recipe's default), 1 the arithmetic mean, 2 the root mean square (1st place's choice).
     """
-    power = REDUCTION_POWERS.get(how)
-    if power == 0.0:
-        out = probs.clamp_min(eps).log().mean(dim=dim).exp()
-    elif power == 1.0:
-        out = probs.mean(dim=dim)
-    elif power == 2.0:
-        out = probs.pow(2).mean(dim=dim).sqrt()
-    else:
+    if how not in REDUCTION_POWERS:
         raise ValueError(f"unknown reduction {how!r}; choose from {', '.join(REDUCTION_POWERS)}")
+    p = REDUCTION_POWERS[how]
+    if p == 0.0:
+        out = probs.clamp_min(eps).log().mean(dim=dim).exp()
+    elif p == 1.0:
+        out = probs.mean(dim=dim)
+    elif p == 2.0:
+        out = probs.pow(2).mean(dim=dim).sqrt()
+    else:  # a negative power of a zero would be infinite: clip like the geometric mean
+        out = (probs.clamp_min(eps) if p < 0 else probs).pow(p).mean(dim=dim).pow(1.0 / p)
     return out / out.sum(dim=-1, keepdim=True)
 
 
