@@ -122,10 +122,9 @@ def test_simulate_runs_without_the_pool_s_exif_writer(tmp_path):
 
 def test_predict_refuses_oof_crops_of_another_size_than_the_test_crops(kaggle_layout, tmp_path):
     """predict.crop 48 against 64-px test crops: OOF rows were made at 48 and stood in for 64-px test rows."""
-    from tiny_config import tiny_config
-
     from camid.errors import DataError
     from camid.infer.predict import predict_run
+    from tiny_config import tiny_config
 
     cfg_path = tiny_config(tmp_path / "c.yaml", kaggle_layout, predict={"crop": 48, "tta": "none"})
     cfg = load_config(cfg_path)

@@ -51,6 +51,11 @@ COMMANDS: dict[str, Command | Group] = {
                          "NCC/PCE of photos against a fingerprint, decision at a PCE threshold"),
     }, moved="the competition evaluation is now `camid prnu evaluate` (same options: --config, --data, --out, "
              "--n-ref, ...); see `camid prnu --help` for fingerprint and match"),
+    "weights": Group("ImageNet weights of the backbones: fetch and verify them into weights_dir", {
+        "fetch": Command("camid.cli.weights_fetch",
+                         "download (or copy from a mirror) and verify the weights of a config's backbones"),
+    }),
+    "check": Command("camid.cli.check", "preflight before train-all: data, weights, GPUs, disk, jobs, time"),
     "bench": Command("camid.cli.bench", "benchmarks: sample pipeline, equalisation, stackers, GPU"),
     "kaggle": Group("the competition on Kaggle, through the official kaggle CLI and your credentials", {
         "download": Command("camid.cli.kaggle_download", "download and unpack the competition data"),

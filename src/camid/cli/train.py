@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import torch
 
+from ..models.weights import require_weights
 from ..train import rundir
 from ..train.runtime import init_distributed, pick_device
 from ..train.trainer import Trainer
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
     mcfg = cfg.model(args.model) if args.model else cfg.models[0]
+    require_weights(replace(cfg, models=[mcfg]), args.config)
     dist = init_distributed(args.device or cfg.device)
     device = pick_device(f"cuda:{dist.local_rank}" if dist.world > 1 and (args.device or cfg.device) != "cpu"
                          and torch.cuda.is_available() else (args.device or cfg.device))

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..data.folds import fold_ids, read_folds
 from ..data.layout import resolve_classes
 from ..errors import JobError
+from ..models.weights import require_weights
 from ..train import backends
 from ..train.backends import CamidJob
 from ..train.rundir import RunDir
@@ -47,6 +48,7 @@ def train_job(ws: Workspace, run: str, fold: int) -> CamidJob:
 
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
+    require_weights(cfg, args.config)
     options = backend_options(args, cfg)
     folds = fold_ids(read_folds(ws.folds_csv, resolve_classes(cfg, ws.data_dir)))
     wanted = names(args.models) or [m.run_name for m in cfg.models]

@@ -51,6 +51,8 @@ class BackboneSpec:
     # File names accepted under weights_dir (first = canonical, named in warnings);
     # empty for networks that always train from scratch.
     weights_files: tuple[str, ...] = ()
+    # Where the library publishes the canonical file (weights_files[0]); `camid weights fetch`.
+    weights_url: str = ""
     # Checkpoint keys under these prefixes belong to the ImageNet classifier and are dropped.
     classifier_prefixes: tuple[str, ...] = ()
     # Checkpoint key remapping applied before loading (e.g. old torchvision densenet names).
@@ -158,6 +160,7 @@ def _pm_spec(
         input_range=(float(cfg["input_range"][0]), float(cfg["input_range"][1])),
         input_space=cfg["input_space"],
         weights_files=(cfg["url"].rsplit("/", 1)[-1], *alt_files),
+        weights_url=cfg["url"],
         classifier_prefixes=("last_linear.", "classifier.", "fc."),
         remap_keys=remap_keys,
         description=f"pretrainedmodels {name} ({setting} weights)",
@@ -195,6 +198,13 @@ def _timm_spec(name: str) -> BackboneSpec:
         model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
         return model, int(cast(int, model.num_features))
 
+    # timm's pretrained config names either a direct URL or a Hugging Face Hub repository, whose
+    # weights timm itself reads from model.safetensors (or the file the config names).
+    url = (cfg.url or "") if cfg else ""
+    if not url and cfg and cfg.hf_hub_id:
+        url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{cfg.hf_hub_filename or 'model.safetensors'}"
+    files = (f"timm/{arch}.safetensors", f"timm/{arch}.pth")
+
     return BackboneSpec(
         name=name,
         family="timm",
@@ -202,7 +212,9 @@ def _timm_spec(name: str) -> BackboneSpec:
         features=_features_call,
         input_mean=_triple(cfg.mean) if cfg else (0.485, 0.456, 0.406),
         input_std=_triple(cfg.std) if cfg else (0.229, 0.224, 0.225),
-        weights_files=(f"timm/{arch}.safetensors", f"timm/{arch}.pth"),
+        # the canonical name first: the one the published file is saved as
+        weights_files=files if url.endswith(".safetensors") or not url else files[::-1],
+        weights_url=url,
         classifier_prefixes=tuple(c + "." for c in classifiers),
         description=f"timm {arch}",
     )
@@ -285,7 +297,8 @@ def weights_table() -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------- weights
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (safetensors, or a torch file read with ``weights_only``)."""
     state: Any
     try:
         if path.suffix == ".safetensors":
@@ -336,7 +349,7 @@ def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights_dir: str | 
             file=sys.stderr,
         )
         return None
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     if spec.remap_keys is not None:
         state = spec.remap_keys(state)
     state = {k: v for k, v in state.items() if not k.startswith(spec.classifier_prefixes)}
