@@ -25,7 +25,7 @@ CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit \
-	bench bench-open-set filter-external robustness prnu prnu-dresden clean-outputs
+	weights check bench bench-open-set filter-external robustness prnu prnu-dresden clean-outputs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ lint: venv
 
 data: venv
 	$(CAMID) simulate $(DATA) --config $(CONFIG) $(SIM_ARGS)
+
+# The config's ImageNet weights into its weights_dir, verified; WEIGHTS_ARGS e.g. "--base-url URL" (a mirror),
+# "--from DIR" (a local copy) or "--sums FILE" (the mirror's own SHA-256 list).
+weights: venv
+	$(CAMID) weights fetch --config $(CONFIG) $(WEIGHTS_ARGS)
+
+# Preflight before train-all: data, weights, GPUs, disk, jobs, estimated time; exits 1 on a blocker.
+check: venv
+	$(CAMID) check --config $(CONFIG) --data $(DATA) $(if $(GPUS),--gpus $(GPUS)) --backend $(BACKEND)
 
 folds: venv
 	$(CAMID) folds --config $(CONFIG) --data $(DATA)

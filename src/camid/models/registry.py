@@ -3,7 +3,8 @@ statistics, builder and ImageNet weights files (docs/recipe.md §3).
 
 Families:
   * the recipe's eight ImageNet backbones from `pretrainedmodels` (weights from a local
-    folder, see `weights_table()`; nothing is ever downloaded);
+    folder, see `weights_table()`; building never downloads: `camid weights fetch`,
+    `camid.models.weights`, fills the folder from the published URLs);
   * any timm model as `timm/<name>` (weights from `<weights_dir>/timm/<name>.safetensors|.pth`);
   * `camid_tiny` / `camid_small`: small residual-input CNNs trained from scratch, for CPU
     demos and tests.
