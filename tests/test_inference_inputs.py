@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,8 +29,9 @@ def _kaggle_run_folder(ws: Workspace, run: str, fold: int) -> RunDir:
     the epochs ranked above the snapshots by validation score."""
     rd = RunDir(ws.run_dir(run, fold))
     rd.path.mkdir(parents=True)
-    entries = [{"file": f"epoch{e:03d}.pt", "epoch": e, "score": 0.99 - e / 1000, "loss": 0.1, "kind": "epoch"}
-               for e in (12, 13, 14)]
+    entries: list[dict[str, Any]] = [
+        {"file": f"epoch{e:03d}.pt", "epoch": e, "score": 0.99 - e / 1000, "loss": 0.1, "kind": "epoch"}
+        for e in (12, 13, 14)]
     entries += [{"file": f"snapshot{c:02d}.pt", "epoch": 20 + 5 * c, "score": 0.9, "loss": 0.2, "kind": "snapshot"}
                 for c in range(3)]
     for e in entries:

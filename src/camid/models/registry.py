@@ -201,7 +201,7 @@ def _timm_spec(name: str) -> BackboneSpec:
 
     # timm's pretrained config names either a direct URL or a Hugging Face Hub repository, whose
     # weights timm itself reads from model.safetensors (or the file the config names).
-    url = (cfg.url or "") if cfg else ""
+    url = cfg.url if cfg and isinstance(cfg.url, str) else ""
     if not url and cfg and cfg.hf_hub_id:
         url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{cfg.hf_hub_filename or 'model.safetensors'}"
     files = (f"timm/{arch}.safetensors", f"timm/{arch}.pth")

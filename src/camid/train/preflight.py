@@ -17,6 +17,7 @@ from ..data.layout import resolve_classes, scan_test, scan_train
 from ..errors import CheckpointError, DataError, ImageReadError
 from ..models.classifier import build_model
 from ..models.registry import find_weights, get_spec, load_pretrained
+from .rundir import LAST
 
 
 def crop_size_problem(sizes: Iterable[tuple[int, int]], crop: int) -> tuple[str, str]:
@@ -178,7 +179,7 @@ def check_disk(cfg: Config, runs: Sequence[ModelConfig], n_folds: int, rounds: i
         size = checkpoint_bytes(m.backbone, num_classes, m.dropout)
         per_run = n_folds * (kept + 3) * size * rounds
         need += per_run
-        report.say(f"{m.run_name}: {size / 1e6:.0f} MB per checkpoint x ({kept} kept + last.pt 3x) x {n_folds} folds "
+        report.say(f"{m.run_name}: {size / 1e6:.0f} MB per checkpoint x ({kept} kept + {LAST} 3x) x {n_folds} folds "
                    f"x {rounds} round(s) = {per_run / 1e9:.1f} GB")
     where = next(p for p in (models_dir, *models_dir.resolve().parents) if p.exists())
     free = shutil.disk_usage(where).free
