@@ -209,7 +209,7 @@ def fetch_file(wf: WeightsFile, weights_dir: Path, base_url: str | None = None, 
         part.unlink()
         return Outcome(wf, False, f"{where} refused and deleted: {problem}")
     write_atomic(dest, lambda tmp: os.replace(part, tmp))
-    how = f"SHA-256 {wf.sha256}" if wf.sha256 else "no digest published: size and loading"
+    how = f"SHA-256 {wf.sha256[:16]}" if wf.sha256 else "no digest published: size and loading"
     return Outcome(wf, True, f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) from {where}; verified: {how}")
 
 

@@ -129,8 +129,8 @@ def check_weights(cfg: Config, runs: Sequence[ModelConfig], load: bool, report: 
             try:
                 backbone_net, _ = spec.build()
                 load_pretrained(backbone_net, spec, cfg.train.weights_dir)
-            except CheckpointError as exc:
-                report.block(f"{backbone}: {exc}")
+            except CheckpointError as exc:  # its first line names the file and the mismatch; the key lists follow
+                report.block(f"{backbone}: {str(exc).splitlines()[0][:300]}")
                 continue
         report.say(f"{backbone}: {path} ({path.stat().st_size / 1e6:.0f} MB){', loads' if load else ''}")
     if missing and not cfg.train.allow_random_init:
