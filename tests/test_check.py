@@ -23,7 +23,8 @@ def sim(tmp_path_factory):
     return data
 
 
-def test_kaggle_yaml_on_a_folder_it_does_not_fit_names_each_blocker(sim, tmp_path, capsys):
+def test_kaggle_yaml_on_a_folder_it_does_not_fit_names_each_blocker(sim, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # weights_dir: weights, relative to the current folder
     # four of the eight runs: the other four take seconds each to count their parameters on a CPU
     runs = "se_resnext50_32x4d,se_resnet50,dpn92,dpn98"
     rc = cli.main(["check", "--config", str(KAGGLE), "--data", str(sim), "--workdir", str(tmp_path), "--no-load",
@@ -65,3 +66,15 @@ def test_a_sample_submission_that_differs_from_test_blocks(sim, tmp_path, capsys
     cfg = tiny_config(tmp_path / "c.yaml", data, predict={"crop": 32})
     assert cli.main(["check", "--config", str(cfg), "--workdir", str(tmp_path)]) == 1
     assert "sample_submission.csv and test/ differ: 1 listed file(s) not in test/" in capsys.readouterr().out
+
+
+def test_a_weights_file_that_does_not_fit_its_backbone_blocks(sim, tmp_path, monkeypatch, capsys):
+    """Present is not enough: the file must load into the backbone (here a stand-in of the right name)."""
+    monkeypatch.chdir(tmp_path)  # weights_dir: weights, relative to the current folder
+    (tmp_path / "weights").mkdir()
+    torch.save({"w": torch.zeros(3)}, tmp_path / "weights" / "se_resnet50-ce0d4300.pth")
+    rc = cli.main(["check", "--config", str(KAGGLE), "--data", str(sim), "--models", "se_resnet50"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "se_resnet50: weights file weights/se_resnet50-ce0d4300.pth does not fit backbone 'se_resnet50'" in out
+    assert "Missing key(s)" not in out  # one line per blocker, not the key lists

@@ -221,8 +221,9 @@ def test_from_a_local_folder(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["train-all", "train"])
-def test_training_refuses_to_start_while_weights_are_missing(kaggle_layout, tmp_path, capsys, command):
+def test_training_refuses_to_start_while_weights_are_missing(kaggle_layout, tmp_path, monkeypatch, capsys, command):
     """A missing file was a WARNING in one job's log, then hours from random init."""
+    monkeypatch.chdir(tmp_path)  # weights_dir: weights, relative to the current folder
     argv = [command, "--config", str(KAGGLE), "--data", str(kaggle_layout), "--workdir", str(tmp_path)]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
