@@ -111,6 +111,12 @@ class TrainConfig:
     # Pseudo-labelled test crops (camid.data.pseudo) added to the training photos; rounds >= 2
     # set it to the previous round's oof/pseudo-r<N>.csv. They only ever train.
     pseudo_labels: str | None = None
+    # The 8-px JPEG block phase of the training crops (camid.data.jpeg_grid; a test crop's is its
+    # offset in the photo mod 8, set by the photo size): "test" draws it from the phases measured
+    # on the _unalt test crops (every even phase when no test crop shows a clear grid), "all" from
+    # every even phase, "zero" keeps the photo's own grid origin (the behaviour before this key).
+    # Validation and OOF crops sit near the centre at the test crops' phase, except with "zero".
+    jpeg_phase: Literal["test", "all", "zero"] = "test"
     num_workers: int = 4
     amp: bool = True  # autocast on CUDA only
     channels_last: bool = True

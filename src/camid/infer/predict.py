@@ -18,13 +18,14 @@ import pandas as pd
 import torch
 
 from ..config import Config, ModelConfig, section_digest
-from ..data import manipulations
+from ..data import jpeg_grid, manipulations
 from ..data.folds import read_folds
 from ..data.images import read_image
 from ..data.layout import resolve_classes, scan_test
 from ..data.samples import build_variants
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..train.rundir import RunDir, folds_sha256
+from ..train.trainer import crop_phases
 from ..util.log import progress, stage_log
 from ..workspace import Workspace
 from .ensemble import Ensemble
@@ -54,9 +55,10 @@ def _chunks(df: pd.DataFrame, size: int = CHUNK) -> Iterator[pd.DataFrame]:
 
 
 def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
-                skipped: dict[str, str] | None = None) -> pd.DataFrame:
+                skipped: dict[str, str] | None = None, phases: jpeg_grid.PhaseSet | None = None) -> pd.DataFrame:
     """OOF rows of one fold. Training images that cannot be read were skipped by training
-    too: they get no rows and are recorded in ``skipped`` (path -> reason) for the sidecar."""
+    too: they get no rows and are recorded in ``skipped`` (path -> reason) for the sidecar.
+    ``phases``: the test crops' JPEG grid phases, at which each OOF crop is placed (None: centre)."""
     index = {c: i for i, c in enumerate(ens.classes)}
     rows = []
     skipped = {} if skipped is None else skipped
@@ -64,7 +66,7 @@ def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
         try:
             var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(),
                                  chunk["label"].map(index).tolist(), lambda f: oof_augs(cfg, f),
-                                 cfg.predict.crop, desc=None, portrait=cfg.portrait)
+                                 cfg.predict.crop, desc=None, portrait=cfg.portrait, phases=phases)
         except ImageReadError:  # not one image of the chunk is readable
             skipped.update({p: "unreadable" for p in chunk["path"] if p not in skipped})
             continue
@@ -141,6 +143,13 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     test = scan_test(ws.data_dir)
     test_images = load_test_images(test)
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
+    grid = None
+    if cfg.train.jpeg_phase != "zero":  # the trainer's measurement (trainer.test_crop_grid), on the loaded crops
+        names = set(jpeg_grid.sample_names([f for f, m, _ in test_images if m == 0]))
+        grid = jpeg_grid.measure([(f, img) for f, _, img in test_images if f in names])
+    place = crop_phases(cfg, grid, mcfg.input_size or cfg.train.input_size).place
+    stage_log("predict", "OOF crops at " + (f"the test crops' JPEG grid phases {place.describe()}" if place else
+                                            "the centre of each photo (train.jpeg_phase)"))
     frames: list[pd.DataFrame] = []
     test_probs: list[np.ndarray] = []
     skipped: dict[str, str] = {}
@@ -150,7 +159,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
             raise DataError(f"{files[0]}: trained on classes {ens.classes}, data has {classes}")
         stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s) by predict.checkpoints = "
                              f"{policy} ({', '.join(f.name for f in files)}), TTA {tta}")
-        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped))
+        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped, place))
         test_probs.append(predict_test(ens, test_images, cfg.predict.batch_size))
     fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
     frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
