@@ -225,6 +225,10 @@ class PseudoConfig:
     per_class: int | None = None  # crops per class and per half (unalt/manip); None: fraction
     fraction: float = 0.8  # of each class's share of a half (the 2nd place: 105 of 132)
     min_confidence: float = 0.0  # and never a crop below this level-2 probability
+    # The precision the selection is expected to have, from the OOF rows of the confidence strategy
+    # (their labels are known): below this, no crop is selected and round 2 trains on the photos
+    # alone. OOF photos come from the training devices, so on the test device it is an upper bound.
+    min_expected_precision: float = 0.8
 
 
 @dataclass
@@ -412,6 +416,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"pseudo.per_class must be >= 1, got {p.per_class}")
     if not 0.0 < p.fraction <= 1.0:
         raise ConfigError(f"pseudo.fraction must be in (0, 1], got {p.fraction}")
+    if not 0.0 <= p.min_expected_precision <= 1.0:
+        raise ConfigError(f"pseudo.min_expected_precision must be in [0, 1], got {p.min_expected_precision}")
     if cfg.train.val_every < 1:
         raise ConfigError(f"train.val_every must be >= 1, got {cfg.train.val_every}")
     largest_input = max([cfg.train.input_size] + [m.input_size or 0 for m in cfg.models])

@@ -3,7 +3,9 @@
 Every training image is predicted by the model of the fold that held it out,
 exactly like a test image: the centre crop unaltered (``manip=0, aug=none``) and
 manipulated variants (``manip=1, aug=<name>``). Test images are predicted by
-every fold's model and averaged. Within a run, predictions are the geometric mean
+every fold's model and averaged, except in a round trained on pseudo-labels: a crop of
+cross-fitting group k (``data.pseudo``) by fold k's model alone, the one that never trained on it.
+Within a run, predictions are the geometric mean
 over TTA views and over the top-N snapshot checkpoints. Output:
 ``oof/<run>.<tta>.parquet`` (schema in ``camid.infer.table``) plus a JSON sidecar.
 """
@@ -22,6 +24,7 @@ from ..data import jpeg_grid, manipulations
 from ..data.folds import read_folds
 from ..data.images import read_image
 from ..data.layout import resolve_classes, scan_test
+from ..data.pseudo import read_pseudo
 from ..data.samples import build_variants
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..train.rundir import RunDir, folds_sha256
@@ -116,6 +119,12 @@ def predict_test(ens: Ensemble, images: list[tuple[str, int, np.ndarray]], batch
     return probs
 
 
+def test_row_folds(fnames: Sequence[str], groups: dict[str, int], folds: Sequence[int]) -> list[list[int]]:
+    """The folds whose models predict each test row: a pseudo-labelled crop's own group's fold alone
+    (cross-fitting; every fold when that fold has no model yet), the other rows every fold."""
+    return [[groups[f]] if f in groups and groups[f] in folds else list(folds) for f in fnames]
+
+
 def _fingerprint(files: Sequence[Path]) -> list[dict]:
     return [{"file": str(f), "size": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
 
@@ -161,14 +170,30 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
                              f"{policy} ({', '.join(f.name for f in files)}), TTA {tta}")
         frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped, place))
         test_probs.append(predict_test(ens, test_images, cfg.predict.batch_size))
+    names = [f for f, _, _ in test_images]
+    groups: dict[str, int] = {}
+    if cfg.train.pseudo_labels:
+        pseudo = read_pseudo(cfg.train.pseudo_labels, classes)
+        groups = dict(zip(pseudo["fname"], pseudo["group"].astype(int), strict=True))
     fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
-    frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
+    position = {k: i for i, k in enumerate(per_fold)}
+    row_folds = test_row_folds(names, groups, list(per_fold))
+    own = [i for i, fs in enumerate(row_folds) if len(fs) == 1 and names[i] in groups]
+    for i in own:
+        fold_avg[i] = test_probs[position[row_folds[i][0]]][i]
+    orphans = sum(f in groups for f in names) - len(own)
+    if groups:
+        stage_log("predict", f"{mcfg.run_name}: {len(own)} pseudo-labelled test crops predicted by their own "
+                             "group's fold model alone (cross-fitted)" + (f"; {orphans} by every fold, their "
+                             "group's fold has no model yet" if orphans else ""))
+    frames.append(_frame(names, "test", -1, [m for _, m, _ in test_images],
                          "unknown", [""] * len(test_images), fold_avg, classes))
     table = pd.concat(frames, ignore_index=True)
     meta = {**stamp, "checkpoint_policy": policy, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta,
             "reduce": cfg.predict.reduce,
             "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device),
-            "skipped": dict(sorted(skipped.items()))}
+            "skipped": dict(sorted(skipped.items())),
+            "cross_fitted": {"own_fold": len(own), "every_fold": orphans} if groups else None}
     if skipped:
         stage_log("predict", f"{mcfg.run_name}: {len(skipped)} unreadable training image(s) have no OOF rows "
                              f"(listed under 'skipped' in {out.with_suffix('.json')})")

@@ -193,11 +193,14 @@ class Trainer:
         train_df = train_df.assign(fixed_manip=False, test_crop=False)
         if self.t.pseudo_labels:
             pseudo = read_pseudo(self.t.pseudo_labels, self.classes)
-            train_df = pd.concat([train_df, pseudo.assign(fixed_manip=pseudo["manip"] == 1, test_crop=True)[
+            held = pseudo["group"] == self.fold  # cross-fitting: this fold's model alone predicts them
+            used = pseudo[~held]
+            train_df = pd.concat([train_df, used.assign(fixed_manip=used["manip"] == 1, test_crop=True)[
                 ["fname", "path", "label", "fixed_manip", "test_crop"]]], ignore_index=True)
-            per_half = pseudo.groupby("half").size().to_dict()
-            stage_log("train", f"read {self.t.pseudo_labels}: {len(pseudo)} pseudo-labelled test crops {per_half} "
-                               "join the training photos (train only, never validated)")
+            per_half = used.groupby("half").size().to_dict()
+            stage_log("train", f"read {self.t.pseudo_labels}: {len(used)} pseudo-labelled test crops {per_half} "
+                               f"join the training photos (train only, never validated); {int(held.sum())} of group "
+                               f"{self.fold} left out: this fold's model predicts them")
         index = {c: i for i, c in enumerate(self.classes)}
         self.phases = crop_phases(self.cfg, test_crop_grid(self.cfg, self.ws.data_dir), self.input_size)
         stage_log("train", f"JPEG grid: training crops at {self.phases.note}")
