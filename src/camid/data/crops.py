@@ -63,7 +63,7 @@ def phased_offset(length: int, size: int, phase: int) -> int:
     return min(fits, key=lambda o: (abs(o - c), o)) if fits else c
 
 
-def phased_random_crop(img: C, size: int, rng: np.random.Generator, phase: tuple[int, int]) -> C | np.ndarray:
+def phased_random_crop(img: Croppable, size: int, rng: np.random.Generator, phase: tuple[int, int]) -> Croppable:
     """Uniform random crop on the 8-px block grid shifted by ``phase`` (row, col): offsets
     ``8k + phase``. A side with no room for its phase is cropped at 0."""
     img = pad_to(img, size)

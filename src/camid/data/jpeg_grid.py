@@ -69,10 +69,10 @@ def estimate_phase(img: np.ndarray, window: int = WINDOW) -> tuple[Phase, float]
             blocks = y[a:a + hh, b:b + ww].reshape(hh // BLOCK, BLOCK, ww // BLOCK, BLOCK).transpose(0, 2, 1, 3)
             ac = (_DCT @ blocks @ _DCT.T).reshape(-1, BLOCK * BLOCK)[:, 1:]
             zeros[a, b] = float((np.abs(ac) < 0.5).mean())
-    a, b = np.unravel_index(int(zeros.argmax()), zeros.shape)
+    a, b = (int(i) for i in np.unravel_index(int(zeros.argmax()), zeros.shape))
     runner_up, best = np.sort(zeros.ravel())[-2:]
     # a block starting at row a of the crop means the crop starts 8 - a rows into a block
-    return ((-int(a)) % BLOCK, (-int(b)) % BLOCK), float(best - runner_up)
+    return ((-a) % BLOCK, (-b) % BLOCK), float(best - runner_up)
 
 
 @dataclass(frozen=True)

@@ -154,8 +154,8 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
     grid = None
     if cfg.train.jpeg_phase != "zero":  # the trainer's measurement (trainer.test_crop_grid), on the loaded crops
-        names = set(jpeg_grid.sample_names([f for f, m, _ in test_images if m == 0]))
-        grid = jpeg_grid.measure([(f, img) for f, _, img in test_images if f in names])
+        sample = set(jpeg_grid.sample_names([f for f, m, _ in test_images if m == 0]))
+        grid = jpeg_grid.measure([(f, img) for f, _, img in test_images if f in sample])
     place = crop_phases(cfg, grid, mcfg.input_size or cfg.train.input_size).place
     stage_log("predict", "OOF crops at " + (f"the test crops' JPEG grid phases {place.describe()}" if place else
                                             "the centre of each photo (train.jpeg_phase)"))
