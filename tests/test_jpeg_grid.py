@@ -118,7 +118,7 @@ def test_oof_crops_take_the_test_phase_whatever_the_photo_size(competition):
     cfg = load_config(cfg_path)
     test = pd.DataFrame({"fname": [p.name for p in sorted((data / "test").iterdir())]})
     test = test.assign(path=[str(data / "test" / f) for f in test["fname"]], manip=0)
-    phases = crop_phases(cfg, jpeg_grid.test_grid(test), 32)
+    phases = crop_phases(cfg, jpeg_grid.survey_test_set(test), 32)
     assert phases.place is not None and phases.place.phases == ((0, 4),)
     paths = [str(data / "train" / CLASSES[0] / f"{i}.jpg") for i in (0, 1)]  # 96 and 104 columns
     var = build_variants(paths, ["a", "b"], [0, 0], ["none", "jpeg70", "gamma0.8"], CROP, desc=None,

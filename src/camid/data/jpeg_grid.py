@@ -113,7 +113,7 @@ ALL_EVEN = PhaseSet(tuple((p, q) for p in range(0, BLOCK, GRID) for q in range(0
 
 
 @dataclass(frozen=True)
-class TestGrid:
+class GridSurvey:
     """What the test crops say about their grid: the phase set (None: no clear grid in any crop)."""
 
     phases: PhaseSet | None
@@ -128,7 +128,7 @@ def sample_names(fnames: Sequence[str], limit: int = MAX_CROPS) -> list[str]:
     return names[::step]
 
 
-def measure(crops: Sequence[tuple[str, np.ndarray]]) -> TestGrid:
+def measure(crops: Sequence[tuple[str, np.ndarray]]) -> GridSurvey:
     """The phase set of these (name, decoded crop) pairs: phases of the clear crops by share,
     rare ones (under ``MIN_SHARE``) dropped as estimator noise."""
     found: dict[Phase, int] = {}
@@ -139,12 +139,12 @@ def measure(crops: Sequence[tuple[str, np.ndarray]]) -> TestGrid:
     clear = sum(found.values())
     kept = {p: n for p, n in sorted(found.items()) if n >= MIN_SHARE * clear}
     if not kept:
-        return TestGrid(None, len(crops), clear)
+        return GridSurvey(None, len(crops), clear)
     total = sum(kept.values())
-    return TestGrid(PhaseSet(tuple(kept), tuple(n / total for n in kept.values())), len(crops), clear)
+    return GridSurvey(PhaseSet(tuple(kept), tuple(n / total for n in kept.values())), len(crops), clear)
 
 
-def test_grid(test: pd.DataFrame) -> TestGrid:
+def survey_test_set(test: pd.DataFrame) -> GridSurvey:
     """Measure the grid of the ``_unalt`` crops of ``test`` (``layout.scan_test``: fname, path,
     manip): a resize moves the grid of a ``_manip`` crop; an unaltered one shows the camera's blocks."""
     paths = dict(zip(test["fname"], test["path"], strict=True))

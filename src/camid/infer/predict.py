@@ -119,7 +119,7 @@ def predict_test(ens: Ensemble, images: list[tuple[str, int, np.ndarray]], batch
     return probs
 
 
-def test_row_folds(fnames: Sequence[str], groups: dict[str, int], folds: Sequence[int]) -> list[list[int]]:
+def folds_per_test_row(fnames: Sequence[str], groups: dict[str, int], folds: Sequence[int]) -> list[list[int]]:
     """The folds whose models predict each test row: a pseudo-labelled crop's own group's fold alone
     (cross-fitting; every fold when that fold has no model yet), the other rows every fold."""
     return [[groups[f]] if f in groups and groups[f] in folds else list(folds) for f in fnames]
@@ -153,7 +153,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     test_images = load_test_images(test)
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
     grid = None
-    if cfg.train.jpeg_phase != "zero":  # the trainer's measurement (trainer.test_crop_grid), on the loaded crops
+    if cfg.train.jpeg_phase != "zero":  # the trainer's measurement (trainer.measure_test_grid), on the loaded crops
         sample = set(jpeg_grid.sample_names([f for f, m, _ in test_images if m == 0]))
         grid = jpeg_grid.measure([(f, img) for f, _, img in test_images if f in sample])
     place = crop_phases(cfg, grid, mcfg.input_size or cfg.train.input_size).place
@@ -177,7 +177,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
         groups = dict(zip(pseudo["fname"], pseudo["group"].astype(int), strict=True))
     fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
     position = {k: i for i, k in enumerate(per_fold)}
-    row_folds = test_row_folds(names, groups, list(per_fold))
+    row_folds = folds_per_test_row(names, groups, list(per_fold))
     own = [i for i, fs in enumerate(row_folds) if len(fs) == 1 and names[i] in groups]
     for i in own:
         fold_avg[i] = test_probs[position[row_folds[i][0]]][i]

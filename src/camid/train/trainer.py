@@ -110,7 +110,7 @@ class CropPhases:
     note: str
 
 
-def test_crop_grid(cfg: Config, data_dir: str | Path) -> jpeg_grid.TestGrid | None:
+def measure_test_grid(cfg: Config, data_dir: str | Path) -> jpeg_grid.GridSurvey | None:
     """The test crops' grid (None: ``jpeg_phase: zero`` needs none, or there is no test folder)."""
     if cfg.train.jpeg_phase == "zero":
         return None
@@ -118,10 +118,10 @@ def test_crop_grid(cfg: Config, data_dir: str | Path) -> jpeg_grid.TestGrid | No
         test = scan_test(data_dir)
     except DataError:
         return None
-    return jpeg_grid.test_grid(test)
+    return jpeg_grid.survey_test_set(test)
 
 
-def crop_phases(cfg: Config, grid: jpeg_grid.TestGrid | None, input_size: int) -> CropPhases:
+def crop_phases(cfg: Config, grid: jpeg_grid.GridSurvey | None, input_size: int) -> CropPhases:
     """The phases training, validation and OOF crops use, from the test crops' ``grid``.
 
     A test crop of ``predict.crop`` px at phase p, seen through the first view (starting v px in),
@@ -202,7 +202,7 @@ class Trainer:
                                f"join the training photos (train only, never validated); {int(held.sum())} of group "
                                f"{self.fold} left out: this fold's model predicts them")
         index = {c: i for i, c in enumerate(self.classes)}
-        self.phases = crop_phases(self.cfg, test_crop_grid(self.cfg, self.ws.data_dir), self.input_size)
+        self.phases = crop_phases(self.cfg, measure_test_grid(self.cfg, self.ws.data_dir), self.input_size)
         stage_log("train", f"JPEG grid: training crops at {self.phases.note}")
         spec = SampleSpec(self.input_size, self.t.crop_factor, self.t.manip_prob, self.t.manip_mode,
                           self.t.orientation, self.phases.train, self.phases.pseudo)
