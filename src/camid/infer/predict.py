@@ -119,12 +119,6 @@ def predict_test(ens: Ensemble, images: list[tuple[str, int, np.ndarray]], batch
     return probs
 
 
-def folds_per_test_row(fnames: Sequence[str], groups: dict[str, int], folds: Sequence[int]) -> list[list[int]]:
-    """The folds whose models predict each test row: a pseudo-labelled crop's own group's fold alone
-    (cross-fitting; every fold when that fold has no model yet), the other rows every fold."""
-    return [[groups[f]] if f in groups and groups[f] in folds else list(folds) for f in fnames]
-
-
 def _fingerprint(files: Sequence[Path]) -> list[dict]:
     return [{"file": str(f), "size": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
 
@@ -176,11 +170,11 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
         pseudo = read_pseudo(cfg.train.pseudo_labels, classes)
         groups = dict(zip(pseudo["fname"], pseudo["group"].astype(int), strict=True))
     fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
+    # a pseudo-labelled crop: its group's fold model alone, when that fold has one (else every fold)
     position = {k: i for i, k in enumerate(per_fold)}
-    row_folds = folds_per_test_row(names, groups, list(per_fold))
-    own = [i for i, fs in enumerate(row_folds) if len(fs) == 1 and names[i] in groups]
+    own = [i for i, f in enumerate(names) if groups.get(f) in position]
     for i in own:
-        fold_avg[i] = test_probs[position[row_folds[i][0]]][i]
+        fold_avg[i] = test_probs[position[groups[names[i]]]][i]
     orphans = sum(f in groups for f in names) - len(own)
     if groups:
         stage_log("predict", f"{mcfg.run_name}: {len(own)} pseudo-labelled test crops predicted by their own "
