@@ -73,7 +73,7 @@ def round_two(tmp_path_factory):
                                                                                index=False)
     cfg = tiny_config(root / "tiny.yaml", data, predict={"tta": "none", "top_n": 1, "crop": 48, "batch_size": 40},
                       blend={"strategies": ["gmean", "gmean+hungarian"]},
-                      pseudo={"strategy": "gmean+hungarian", "per_class": 2})
+                      pseudo={"strategy": "gmean+hungarian", "per_class": 2, "min_expected_precision": 0.0})
     common = ["--config", str(cfg), "--workdir", str(root)]
     for argv in (["folds"], ["train-all"], ["predict"], ["blend"], ["submission"], ["pseudo"],
                  ["train-all", "--round", "2"], ["predict", "--round", "2"], ["blend", "--round", "2"],
@@ -118,7 +118,10 @@ def test_pseudo_refuses_without_the_confidence_table(round_two, tmp_path):
 
 def test_a_pseudo_file_with_a_missing_crop_or_unknown_class_is_refused(tmp_path):
     good = pd.DataFrame({"fname": ["a.tif"], "path": [str(tmp_path / "a.tif")], "label": ["cam-a"], "manip": [0],
-                         "confidence": [0.9], "half": ["unalt"]})
+                         "confidence": [0.9], "half": ["unalt"], "group": [0]})
+    good.drop(columns="group").to_csv(tmp_path / "p.csv", index=False)  # written before cross-fitting
+    with pytest.raises(DataError, match="run `camid pseudo` again"):
+        read_pseudo(tmp_path / "p.csv", CLASSES)
     good.to_csv(tmp_path / "p.csv", index=False)
     with pytest.raises(DataError, match="do not exist"):
         read_pseudo(tmp_path / "p.csv", CLASSES)
@@ -143,3 +146,83 @@ def test_pseudo_strategy_final_takes_the_final_submissions_strategy(round_two, t
         assert ws.pseudo_labels().read_bytes() == before  # same labels as pseudo.strategy gmean+hungarian
     finally:
         ws.pseudo_labels().write_bytes(before)
+
+
+def test_isotonic_fit_and_expected_precision_of_a_calibrated_confidence():
+    xs, fit = pseudo.isotonic(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 0.0, 0.0, 1.0]))
+    assert xs.tolist() == [0.1, 0.2, 0.3, 0.4] and np.allclose(fit, [1 / 3, 1 / 3, 1 / 3, 1.0])
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.34, 1.0, 20000)  # a calibrated model: right with probability = confidence
+    right = rng.random(20000) < conf
+    label = np.where(right, CLASSES[0], CLASSES[1])
+    oof = pd.DataFrame({CLASSES[0]: conf, CLASSES[1]: (1 - conf) / 2, CLASSES[2]: (1 - conf) / 2, "label": label,
+                        "manip": np.arange(20000) % 2})
+    chosen = pd.DataFrame({"confidence": [0.9, 0.9, 0.5, 0.5], "half": ["unalt", "unalt", "manip", "manip"]})
+    out = pseudo.expected_precision(oof, CLASSES, chosen)
+    assert abs(out["unalt"] - 0.9) < 0.04 and abs(out["manip"] - 0.5) < 0.04 and abs(out["overall"] - 0.7) < 0.03
+
+
+def test_cross_fit_groups_are_balanced_per_class_and_half_and_deterministic():
+    chosen = pseudo.select(_test_rows(8), CLASSES, per_class=4, fraction=0.8, min_confidence=0.0)
+    groups = pseudo.cross_fit_groups(chosen, [0, 1])
+    assert (groups == pseudo.cross_fit_groups(chosen.iloc[::-1], [0, 1])[::-1]).all()
+    per = chosen.assign(group=groups).groupby(["half", "label", "group"]).size()
+    assert (per == 2).all() and len(per) == 12
+
+
+def _round_two_config(root, data, cfg):
+    ws1 = Workspace(root, data)
+    return load_config(cfg).for_round(2, str(ws1.pseudo_labels())), Workspace(root, data, 2)
+
+
+def test_a_round_two_fold_never_trains_on_the_pseudo_crops_it_alone_predicts(round_two):
+    import torch
+
+    from camid.infer.ensemble import Ensemble
+    from camid.infer.predict import load_test_images, predict_test
+    from camid.train.rundir import RunDir
+    from camid.train.trainer import Trainer
+
+    root, data, cfg_path = round_two
+    cfg, ws2 = _round_two_config(root, data, cfg_path)
+    labels = read_pseudo(Workspace(root, data).pseudo_labels(), CLASSES)
+    assert sorted(labels["group"].unique()) == [0, 1] and (labels.groupby("group").size() == 6).all()
+    table = read_table(ws2.table("camid_tiny-r2", "none"))
+    test = table[table["split"] == "test"].set_index("fname")
+    for k in (0, 1):
+        trainer = Trainer(cfg, ws2, cfg.models[0], k, torch.device("cpu"))
+        trainer._datasets()
+        trained = set(trainer.train_set.paths)
+        assert not trained & set(labels.loc[labels["group"] == k, "path"])  # never its own group
+        assert set(labels.loc[labels["group"] != k, "path"]) <= trained  # every other group
+        files = RunDir(ws2.run_dir("camid_tiny-r2", k)).checkpoint_files(1, "top_n")
+        ens = Ensemble(files, torch.device("cpu"), "none", "gmean", False)
+        own = labels[labels["group"] == k]
+        images = load_test_images(own.assign(manip=own["manip"].astype(int)))
+        probs = predict_test(ens, images, 40)
+        assert np.allclose(test.loc[own["fname"], CLASSES].to_numpy(), probs, atol=1e-5)
+
+
+def test_pseudo_selects_nothing_below_the_expected_precision_and_round_two_still_trains(round_two, capsys):
+    import torch
+
+    from camid.train.trainer import Trainer
+
+    root, data, cfg_path = round_two
+    c = load_config(cfg_path)
+    c.pseudo.min_expected_precision = 1.0
+    ws = Workspace(root, data)
+    before, sidecar = ws.pseudo_labels().read_bytes(), ws.pseudo_labels().with_suffix(".json").read_bytes()
+    try:
+        chosen, info = pseudo.make_pseudo(c, ws)
+        assert chosen.empty and info["crops"] == 0 and info["selected_before_gate"] == 12
+        assert set(info["expected_precision"]) == {"unalt", "manip", "overall"}
+        assert "round 2 would not help" in capsys.readouterr().out
+        assert read_pseudo(ws.pseudo_labels(), CLASSES).empty
+        cfg, ws2 = _round_two_config(root, data, cfg_path)
+        trainer = Trainer(cfg, ws2, cfg.models[0], 0, torch.device("cpu"))
+        trainer._datasets()  # the photos alone
+        assert all("/test/" not in p for p in trainer.train_set.paths)
+    finally:
+        ws.pseudo_labels().write_bytes(before)
+        ws.pseudo_labels().with_suffix(".json").write_bytes(sidecar)

@@ -111,6 +111,12 @@ class TrainConfig:
     # Pseudo-labelled test crops (camid.data.pseudo) added to the training photos; rounds >= 2
     # set it to the previous round's oof/pseudo-r<N>.csv. They only ever train.
     pseudo_labels: str | None = None
+    # The 8-px JPEG block phase of the training crops (camid.data.jpeg_grid; a test crop's is its
+    # offset in the photo mod 8, set by the photo size): "test" draws it from the phases measured
+    # on the _unalt test crops (every even phase when no test crop shows a clear grid), "all" from
+    # every even phase, "zero" keeps the photo's own grid origin (the behaviour before this key).
+    # Validation and OOF crops sit near the centre at the test crops' phase, except with "zero".
+    jpeg_phase: Literal["test", "all", "zero"] = "test"
     num_workers: int = 4
     amp: bool = True  # autocast on CUDA only
     channels_last: bool = True
@@ -222,6 +228,10 @@ class PseudoConfig:
     per_class: int | None = None  # crops per class and per half (unalt/manip); None: fraction
     fraction: float = 0.8  # of each class's share of a half (the 2nd place: 105 of 132)
     min_confidence: float = 0.0  # and never a crop below this level-2 probability
+    # The precision the selection is expected to have, from the OOF rows of the confidence strategy
+    # (their labels are known): below this, no crop is selected and round 2 trains on the photos
+    # alone. OOF photos come from the training devices, so on the test device it is an upper bound.
+    min_expected_precision: float = 0.8
 
 
 @dataclass
@@ -409,6 +419,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"pseudo.per_class must be >= 1, got {p.per_class}")
     if not 0.0 < p.fraction <= 1.0:
         raise ConfigError(f"pseudo.fraction must be in (0, 1], got {p.fraction}")
+    if not 0.0 <= p.min_expected_precision <= 1.0:
+        raise ConfigError(f"pseudo.min_expected_precision must be in [0, 1], got {p.min_expected_precision}")
     if cfg.train.val_every < 1:
         raise ConfigError(f"train.val_every must be >= 1, got {cfg.train.val_every}")
     inputs = {m.run_name: m.input_size or cfg.train.input_size for m in cfg.models}

@@ -53,6 +53,28 @@ def centre_crop(img: np.ndarray, size: int, align: int = GRID) -> np.ndarray:
     return padded[y:y + size, x:x + size]
 
 
+def phased_offset(length: int, size: int, phase: int) -> int:
+    """The crop offset nearest the centre with ``offset % 8 == phase`` (ties: the lower one): a
+    centre crop whose JPEG blocks sit where the test crops have them. The centre offset when
+    the image leaves no room for that phase."""
+    c, room = centre_offset(length, size), length - size
+    below = c - (c - phase) % BLOCK
+    fits = [o for o in (below, below + BLOCK) if 0 <= o <= room]
+    return min(fits, key=lambda o: (abs(o - c), o)) if fits else c
+
+
+def phased_random_crop(img: Croppable, size: int, rng: np.random.Generator, phase: tuple[int, int]) -> Croppable:
+    """Uniform random crop on the 8-px block grid shifted by ``phase`` (row, col): offsets
+    ``8k + phase``. A side with no room for its phase is cropped at 0."""
+    img = pad_to(img, size)
+    h, w = img.shape[:2]
+    offsets = []
+    for room, p in ((h - size, phase[0]), (w - size, phase[1])):
+        offsets.append(int(rng.integers((room - p) // BLOCK + 1)) * BLOCK + p if room >= p else 0)
+    y, x = offsets
+    return img[y:y + size, x:x + size]
+
+
 def random_crop(img: Croppable, size: int, rng: np.random.Generator, align: int = GRID) -> Croppable:
     """Uniform random crop whose offsets are multiples of ``align``."""
     img = pad_to(img, size)
@@ -86,8 +108,13 @@ def _resize_span(length: int, size: int, scale: float) -> tuple[int, int, int]:
     return start, min(length, last), o - round(start * scale)
 
 
-def manipulated_centre_crop(img: np.ndarray, name: str, size: int) -> np.ndarray:
+def manipulated_centre_crop(img: np.ndarray, name: str, size: int, phase: tuple[int, int] | None = None) -> np.ndarray:
     """The test-set recipe: manipulate the photo, then take its centre ``size`` crop.
+
+    ``phase`` (row, col): place the crop, within 7 px of the centre, where its JPEG blocks have
+    that phase (``phased_offset``), i.e. where the test crops have theirs (a photo of another
+    size than the test photos has its centre at another phase); None: the centre. A resize has
+    no camera grid left at 8 px, so its crop stays at the resized photo's centre.
 
     Only a centre region large enough for the final crop is manipulated (a 12-megapixel
     resize per variant would dominate the run time), and the crop is taken where the full
@@ -95,9 +122,9 @@ def manipulated_centre_crop(img: np.ndarray, name: str, size: int) -> np.ndarray
     regions start on the 16-px MCU grid (same blocks as the whole photo), resize regions on
     origins where the exact factor puts output pixels at the same sampling phases.
     """
-    if name == "none":
+    if name == "none" and phase is None:
         return np.ascontiguousarray(centre_crop(img, size))
-    kind, value = manipulations.parse(name)
+    kind, value = manipulations.parse(name) if name != "none" else ("none", 0.0)
     h, w = img.shape[:2]
     if kind == "resize":
         if min(manipulations.resized_length(h, value), manipulations.resized_length(w, value)) < size:
@@ -109,9 +136,14 @@ def manipulated_centre_crop(img: np.ndarray, name: str, size: int) -> np.ndarray
         return np.ascontiguousarray(out[oy:oy + size, ox:ox + size])
     img = np.asarray(pad_to(img, size))
     h, w = img.shape[:2]
+    cy, cx = ((centre_offset(h, size), centre_offset(w, size)) if phase is None else
+              (phased_offset(h, size, phase[0]), phased_offset(w, size, phase[1])))
+    if kind == "none":
+        return np.ascontiguousarray(img[cy:cy + size, cx:cx + size])
+    # 3 MCUs of margin cover the centre's rounding to 16 px and a phase shift of up to 7 px
     need = size + 3 * MCU
     ph, pw = min(h, need), min(w, need)
     y, x = centre_offset(h, ph, MCU), centre_offset(w, pw, MCU)
     out = manipulations.apply(np.ascontiguousarray(img[y:y + ph, x:x + pw]), name)
-    oy, ox = centre_offset(h, size) - y, centre_offset(w, size) - x
+    oy, ox = cy - y, cx - x
     return np.ascontiguousarray(out[oy:oy + size, ox:ox + size])

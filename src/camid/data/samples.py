@@ -18,8 +18,9 @@ import torch
 from ..errors import ImageReadError
 from ..util.log import progress
 from . import fastjpeg, manipulations
-from .crops import BLOCK, GRID, MCU, centre_offset, manipulated_centre_crop, random_crop
+from .crops import BLOCK, GRID, MCU, centre_offset, manipulated_centre_crop, phased_random_crop, random_crop
 from .images import read_image
+from .jpeg_grid import ZERO, Phase, PhaseSet
 from .orientation import ORIENTATION_POLICIES, sensor_frame
 
 
@@ -30,6 +31,10 @@ class SampleSpec:
     manip_prob: float = 0.5
     manip_mode: str = "competition"
     orientation: str = "d4"
+    # JPEG block phases of the final crop of a photo, drawn per sample (``train.jpeg_phase``)...
+    phases: PhaseSet = ZERO
+    # ...and of a test crop's (pseudo-labels): its offset mod 8 within the crop, as the first view's
+    crop_phase: Phase = (0, 0)
 
 
 def _allowed(pre: int, input_size: int) -> tuple[str, ...]:
@@ -39,14 +44,17 @@ def _allowed(pre: int, input_size: int) -> tuple[str, ...]:
 
 
 def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generator,
-                    spec: SampleSpec, fixed_manip: bool = False) -> tuple[torch.Tensor, int]:
+                    spec: SampleSpec, fixed_manip: bool = False, test_crop: bool = False) -> tuple[torch.Tensor, int]:
     """One augmented crop (uint8 CHW tensor) and its manip flag.
 
-    The first crop sits on the 16-px JPEG MCU grid of the photo and the final one on its 8-px
-    block grid (unless a resize moved the grid), because the test crops are centre crops of
-    the photo (or of its recompression) and so keep that grid: the network sees the camera's
-    and the manipulation's JPEG blocks at the phase it will be tested at; both grids keep the
-    2x2 colour-filter period. A photo smaller than the first crop is taken whole, and then only
+    The first crop sits on the 16-px JPEG MCU grid of the photo and the final one at a phase of
+    its 8-px block grid drawn from ``spec.phases`` (unless a resize moved the grid), because the
+    test crops are centre crops of the photo (or of its recompression) and so keep the photo's
+    grid at the phase of their offset: the network sees the camera's and the manipulation's
+    JPEG blocks where it will be tested. Even phases keep the 2x2 colour-filter period; an odd
+    test phase is matched too, since the test crop's filter grid moved with it. A ``test_crop``
+    (pseudo-labelled) already has the test phase: its final crop keeps ``spec.crop_phase``
+    within it. A photo smaller than the first crop is taken whole, and then only
     manipulations that leave at least the input size are drawn (pseudo-labelled test crops,
     small external photos). ``fixed_manip``: an already manipulated test crop, flagged 1 and
     never manipulated again.
@@ -76,7 +84,11 @@ def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generato
             align = GRID if name.startswith("resize") else BLOCK
         else:
             raise ValueError(f"unknown manipulation mode {spec.manip_mode!r}")
-    small = random_crop(big, spec.input_size, rng, align=align)
+    if align == BLOCK:
+        phase = spec.crop_phase if test_crop else spec.phases.draw(rng)
+        small = phased_random_crop(big, spec.input_size, rng, phase)
+    else:
+        small = random_crop(big, spec.input_size, rng, align=align)
     policy = ORIENTATION_POLICIES[spec.orientation]
     orient = policy[int(rng.integers(len(policy)))]
     x = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)
@@ -88,11 +100,12 @@ class TrainSamples(torch.utils.data.Dataset):
 
     Classes are drawn in turn whatever their image counts (the recipe's balanced sampling),
     then an image of the class uniformly. ``fixed_manip`` marks images that are already
-    manipulated (pseudo-labelled ``_manip`` test crops): flag 1, no further manipulation."""
+    manipulated (pseudo-labelled ``_manip`` test crops): flag 1, no further manipulation.
+    ``test_crops`` marks pseudo-labelled test crops, which keep their own JPEG grid phase."""
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], n_classes: int,
                  length: int, spec: SampleSpec, seed: int, fixed_manip: Sequence[bool] | None = None,
-                 portrait: str = "keep"):
+                 portrait: str = "keep", test_crops: Sequence[bool] | None = None):
         self.paths = list(paths)
         self.portrait = portrait  # "rotate": portrait photos are sampled in the sensor frame
         self.turned = 0  # preloaded photos turned to the sensor frame
@@ -100,6 +113,9 @@ class TrainSamples(torch.utils.data.Dataset):
         self.fixed_manip = np.zeros(len(self.paths), bool) if fixed_manip is None else np.asarray(fixed_manip, bool)
         if len(self.fixed_manip) != len(self.paths):
             raise ValueError(f"{len(self.fixed_manip)} manip flags for {len(self.paths)} images")
+        self.test_crops = np.zeros(len(self.paths), bool) if test_crops is None else np.asarray(test_crops, bool)
+        if len(self.test_crops) != len(self.paths):
+            raise ValueError(f"{len(self.test_crops)} test-crop flags for {len(self.paths)} images")
         self.by_class = [np.flatnonzero(self.labels == c) for c in range(n_classes)]
         self.present = [c for c in range(n_classes) if len(self.by_class[c])]
         self.length, self.spec, self.seed = length, spec, seed
@@ -139,7 +155,7 @@ class TrainSamples(torch.utils.data.Dataset):
             img = self.images[idx] if idx in self.images else fastjpeg.open_image(self.paths[idx])
             if self.portrait == "rotate" and img.shape[0] > img.shape[1]:
                 img = sensor_frame(np.asarray(img))  # a lazy crop is decoded whole first
-            x, flag = training_sample(img, rng, self.spec, bool(self.fixed_manip[idx]))
+            x, flag = training_sample(img, rng, self.spec, bool(self.fixed_manip[idx]), bool(self.test_crops[idx]))
         except ImageReadError as exc:
             return {"skip": self.paths[idx], "reason": exc.reason}
         return {"image": x, "manip": float(flag), "label": int(self.labels[idx])}
@@ -181,11 +197,14 @@ class VariantSet:
 
 def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence[int],
                    augs: Sequence[str] | Callable[[str], Sequence[str]], crop: int,
-                   desc: str | None = "variants", portrait: str = "keep") -> VariantSet:
+                   desc: str | None = "variants", portrait: str = "keep",
+                   phases: PhaseSet | None = None) -> VariantSet:
     """Each image x each of its augs (``none`` or a manipulation name), cropped like the test set.
 
     ``augs`` is one list for every image or a function of the image key; each file is decoded once.
     ``portrait``: ``rotate`` turns portrait photos to the sensor frame first, as training does.
+    ``phases``: the test crops' JPEG grid phases; each image's crop is placed near its centre at
+    the phase ``phases.for_key(fname)`` (None: at the centre, whatever phase the photo size gives).
     """
     imgs, flags, labs, names, keys, skipped = [], [], [], [], [], []
     items = list(zip(paths, fnames, labels, strict=True))
@@ -197,8 +216,9 @@ def build_variants(paths: Sequence[str], fnames: Sequence[str], labels: Sequence
             continue
         if portrait == "rotate":
             img = sensor_frame(img)
+        phase = phases.for_key(fname) if phases is not None else None
         for aug in (augs(fname) if callable(augs) else augs):
-            out = manipulated_centre_crop(img, aug, crop)
+            out = manipulated_centre_crop(img, aug, crop, phase)
             imgs.append(torch.from_numpy(out).permute(2, 0, 1))
             flags.append(0.0 if aug == "none" else 1.0)
             labs.append(int(label))

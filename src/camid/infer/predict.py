@@ -3,7 +3,9 @@
 Every training image is predicted by the model of the fold that held it out,
 exactly like a test image: the centre crop unaltered (``manip=0, aug=none``) and
 manipulated variants (``manip=1, aug=<name>``). Test images are predicted by
-every fold's model and averaged. Within a run, predictions are the geometric mean
+every fold's model and averaged, except in a round trained on pseudo-labels: a crop of
+cross-fitting group k (``data.pseudo``) by fold k's model alone, the one that never trained on it.
+Within a run, predictions are the geometric mean
 over TTA views and over the top-N snapshot checkpoints. Output:
 ``oof/<run>.<tta>.parquet`` (schema in ``camid.infer.table``) plus a JSON sidecar.
 """
@@ -18,14 +20,16 @@ import pandas as pd
 import torch
 
 from ..config import Config, ModelConfig, section_digest
-from ..data import manipulations
+from ..data import jpeg_grid, manipulations
 from ..data.folds import read_folds
 from ..data.images import read_image
 from ..data.layout import resolve_classes, scan_test
+from ..data.pseudo import read_pseudo
 from ..data.samples import build_variants
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..train.preflight import crop_size_problem
 from ..train.rundir import RunDir, folds_sha256
+from ..train.trainer import crop_phases
 from ..util.log import progress, stage_log
 from ..workspace import Workspace
 from .ensemble import Ensemble
@@ -55,9 +59,10 @@ def _chunks(df: pd.DataFrame, size: int = CHUNK) -> Iterator[pd.DataFrame]:
 
 
 def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
-                skipped: dict[str, str] | None = None) -> pd.DataFrame:
+                skipped: dict[str, str] | None = None, phases: jpeg_grid.PhaseSet | None = None) -> pd.DataFrame:
     """OOF rows of one fold. Training images that cannot be read were skipped by training
-    too: they get no rows and are recorded in ``skipped`` (path -> reason) for the sidecar."""
+    too: they get no rows and are recorded in ``skipped`` (path -> reason) for the sidecar.
+    ``phases``: the test crops' JPEG grid phases, at which each OOF crop is placed (None: centre)."""
     index = {c: i for i, c in enumerate(ens.classes)}
     rows = []
     skipped = {} if skipped is None else skipped
@@ -65,7 +70,7 @@ def predict_oof(cfg: Config, ens: Ensemble, fold_df: pd.DataFrame, fold: int,
         try:
             var = build_variants(chunk["path"].tolist(), chunk["fname"].tolist(),
                                  chunk["label"].map(index).tolist(), lambda f: oof_augs(cfg, f),
-                                 cfg.predict.crop, desc=None, portrait=cfg.portrait)
+                                 cfg.predict.crop, desc=None, portrait=cfg.portrait, phases=phases)
         except ImageReadError:  # not one image of the chunk is readable
             skipped.update({p: "unreadable" for p in chunk["path"] if p not in skipped})
             continue
@@ -147,6 +152,13 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     if note:
         stage_log("predict", note)
     stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
+    grid = None
+    if cfg.train.jpeg_phase != "zero":  # the trainer's measurement (trainer.measure_test_grid), on the loaded crops
+        sample = set(jpeg_grid.sample_names([f for f, m, _ in test_images if m == 0]))
+        grid = jpeg_grid.measure([(f, img) for f, _, img in test_images if f in sample])
+    place = crop_phases(cfg, grid, mcfg.input_size or cfg.train.input_size).place
+    stage_log("predict", "OOF crops at " + (f"the test crops' JPEG grid phases {place.describe()}" if place else
+                                            "the centre of each photo (train.jpeg_phase)"))
     frames: list[pd.DataFrame] = []
     test_probs: list[np.ndarray] = []
     skipped: dict[str, str] = {}
@@ -156,16 +168,32 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
             raise DataError(f"{files[0]}: trained on classes {ens.classes}, data has {classes}")
         stage_log("predict", f"{mcfg.run_name} fold {k}: {len(files)} checkpoint(s) by predict.checkpoints = "
                              f"{policy} ({', '.join(f.name for f in files)}), TTA {tta}")
-        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped))
+        frames.append(predict_oof(cfg, ens, folds[folds["fold"] == k], k, skipped, place))
         test_probs.append(predict_test(ens, test_images, cfg.predict.batch_size))
+    names = [f for f, _, _ in test_images]
+    groups: dict[str, int] = {}
+    if cfg.train.pseudo_labels:
+        pseudo = read_pseudo(cfg.train.pseudo_labels, classes)
+        groups = dict(zip(pseudo["fname"], pseudo["group"].astype(int), strict=True))
     fold_avg = reduce_probs(torch.from_numpy(np.stack(test_probs)), "gmean", dim=0).numpy()
-    frames.append(_frame([f for f, _, _ in test_images], "test", -1, [m for _, m, _ in test_images],
+    # a pseudo-labelled crop: its group's fold model alone, when that fold has one (else every fold)
+    position = {k: i for i, k in enumerate(per_fold)}
+    own = [i for i, f in enumerate(names) if groups.get(f) in position]
+    for i in own:
+        fold_avg[i] = test_probs[position[groups[names[i]]]][i]
+    orphans = sum(f in groups for f in names) - len(own)
+    if groups:
+        stage_log("predict", f"{mcfg.run_name}: {len(own)} pseudo-labelled test crops predicted by their own "
+                             "group's fold model alone (cross-fitted)" + (f"; {orphans} by every fold, their "
+                             "group's fold has no model yet" if orphans else ""))
+    frames.append(_frame(names, "test", -1, [m for _, m, _ in test_images],
                          "unknown", [""] * len(test_images), fold_avg, classes))
     table = pd.concat(frames, ignore_index=True)
     meta = {**stamp, "checkpoint_policy": policy, "run": mcfg.run_name, "backbone": mcfg.backbone, "tta": tta,
             "reduce": cfg.predict.reduce,
             "folds": sorted(per_fold), "seconds": round(time.time() - t0, 2), "device": str(device),
-            "skipped": dict(sorted(skipped.items()))}
+            "skipped": dict(sorted(skipped.items())),
+            "cross_fitted": {"own_fold": len(own), "every_fold": orphans} if groups else None}
     if skipped:
         stage_log("predict", f"{mcfg.run_name}: {len(skipped)} unreadable training image(s) have no OOF rows "
                              f"(listed under 'skipped' in {out.with_suffix('.json')})")

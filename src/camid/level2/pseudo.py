@@ -14,6 +14,16 @@ Labels come from ``pseudo.strategy``'s table (default ``final``: the strategy of
 from the same strategy before its equaliser (``gmean+prnu``), whose table must exist too,
 because an equalised table holds one-hot decisions. A crop confirmed by PRNU clustering
 carries probability ~1 there, so confirmed crops come first.
+
+The confidence is calibrated on the OOF rows of the same table (labels known; level 2 changes
+only test rows): the precision as a function of the confidence, isotonic, per half, gives the
+selection's expected precision. Below ``pseudo.min_expected_precision`` nothing is selected: more
+wrong labels than right ones would teach round 2 the wrong cameras (on real photos the audit of
+issue #21 measured 0.463). The OOF photos come from the training devices, so the expectation is
+an upper bound on the test device.
+
+The crops are cross-fitted (``data.pseudo``): each gets a group, a fold of the next round,
+balanced per half and class.
 """
 from __future__ import annotations
 
@@ -24,9 +34,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..data.folds import fold_ids, read_folds
 from ..data.layout import scan_test
 from ..data.pseudo import write_pseudo
-from ..errors import StrategyError, TableError
+from ..errors import StrategyError, TableError, UsageError
 from ..infer.table import class_columns, read_table
 from ..util.io import write_json
 from ..util.log import stage_log
@@ -60,6 +71,60 @@ def select(test: pd.DataFrame, classes: list[str], per_class: int | None, fracti
     return pd.concat(chosen, ignore_index=True) if chosen else test.head(0).assign(half="")
 
 
+def isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The non-decreasing least-squares fit of ``y`` on ``x`` (pool adjacent violators):
+    ``(xs, fit)``, the sorted ``x`` and the fitted value at each."""
+    order = np.argsort(x, kind="mergesort")
+    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
+    means: list[float] = []
+    sizes: list[int] = []
+    for v in ys:
+        means.append(v)
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            n = sizes[-2] + sizes[-1]
+            means[-2:] = [(means[-2] * sizes[-2] + means[-1] * sizes[-1]) / n]
+            sizes[-2:] = [n]
+    return xs, np.repeat(means, sizes)
+
+
+def precision_at(oof_conf: np.ndarray, oof_right: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """The OOF precision of a label given with confidence ``conf``: the isotonic fit of
+    right/wrong on the OOF confidences, at the largest OOF confidence not above each ``conf``
+    (below them all: the lowest fitted value)."""
+    xs, fit = isotonic(oof_conf, oof_right)
+    idx = np.searchsorted(xs, conf, side="right") - 1
+    return fit[np.clip(idx, 0, len(fit) - 1)]
+
+
+def expected_precision(oof: pd.DataFrame, classes: list[str], chosen: pd.DataFrame) -> dict[str, float]:
+    """The chosen crops' expected precision, overall and per half, from the ``oof`` rows of the
+    confidence table: each half's crops by the OOF rows of that half (all rows if it has none)."""
+    probs = oof[classes].to_numpy()
+    conf, right = probs.max(axis=1), np.asarray(classes)[probs.argmax(axis=1)] == oof["label"].to_numpy()
+    manip = oof["manip"].to_numpy()
+    out: dict[str, float] = {}
+    each = np.zeros(len(chosen))
+    for half, flag in (("unalt", 0), ("manip", 1)):
+        rows = (chosen["half"] == half).to_numpy()
+        if not rows.any():
+            continue
+        ref = manip == flag if (manip == flag).any() else np.ones(len(manip), bool)
+        each[rows] = precision_at(conf[ref], right[ref], chosen["confidence"].to_numpy()[rows])
+        out[half] = round(float(each[rows].mean()), 4)
+    if len(chosen):
+        out["overall"] = round(float(each.mean()), 4)
+    return out
+
+
+def cross_fit_groups(chosen: pd.DataFrame, folds: list[int]) -> np.ndarray:
+    """A fold per chosen crop: round-robin over the crops sorted by half, class and name, so every
+    fold leaves out about the same share of each class and half. Deterministic."""
+    order = chosen.sort_values(["half", "label", "fname"], kind="mergesort").index
+    groups = pd.Series(np.asarray(folds)[np.arange(len(order)) % len(folds)], index=order)
+    return groups.loc[chosen.index].to_numpy().astype(int)
+
+
 def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     """Write ``oof/pseudo-r<N>.csv`` from round N's level 2 (``ws.round``); returns it and a summary."""
     p = cfg.pseudo
@@ -87,21 +152,47 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     frame = pd.DataFrame({"fname": lab.index, "path": test.loc[lab.index, "path"].to_numpy(),
                           "label": np.asarray(classes)[label_idx], "manip": lab["manip"].to_numpy().astype(int),
                           "confidence": conf[np.arange(len(conf)), label_idx].round(6)})
+    folds = fold_ids(read_folds(ws.folds_csv, cfg.classes or classes))
+    if len(folds) < 2:
+        raise UsageError(f"pseudo-labels are cross-fitted over the next round's folds, and {ws.folds_csv} has "
+                         f"{len(folds)}: use folds.mode kfold (a single model would predict the crops it trained on)")
     chosen = select(frame, classes, p.per_class, p.fraction, p.min_confidence)
-    out = write_pseudo(chosen, ws.pseudo_labels())
-    counts = chosen.groupby(["half", "label"]).size().unstack(fill_value=0)
-    info: dict = {"strategy": p.strategy, "confidence_from": conf_name, "round": ws.round, "crops": len(chosen),
-                  "per_half": chosen.groupby("half").size().to_dict(),
-                  "min_per_class": int(counts.min().min()) if len(counts) else 0}
+    oof = tables[conf_name][tables[conf_name]["split"] == "oof"]
+    expected = expected_precision(oof, classes, chosen)
+    info: dict = {"strategy": p.strategy, "confidence_from": conf_name, "round": ws.round,
+                  "expected_precision": expected, "min_expected_precision": p.min_expected_precision,
+                  "note": "expected precision: the OOF precision at the chosen confidences; the OOF photos come "
+                          "from the training devices, so on an unseen device it is an upper bound"}
     truth = solution_labels(ws.data_dir)
     if truth is not None and len(chosen) and set(chosen["fname"]) <= set(truth.index):
         right = chosen["label"].to_numpy() == truth.loc[chosen["fname"]].to_numpy()
         info["precision"] = round(float(right.mean()), 4)
         info["precision_per_half"] = {h: round(float(right[(chosen["half"] == h).to_numpy()].mean()), 4)
                                       for h in ("unalt", "manip") if (chosen["half"] == h).any()}
+    gated = expected.get("overall", 0.0) < p.min_expected_precision
+    if gated:  # the solution's precision (simulated data) stays, as the precision the gate turned down
+        info["selected_before_gate"] = len(chosen)
+        chosen = chosen.head(0)
+    chosen = chosen.assign(group=cross_fit_groups(chosen, folds))
+    out = write_pseudo(chosen, ws.pseudo_labels())
+    counts = chosen.groupby(["half", "label"]).size().unstack(fill_value=0)
+    info.update({"crops": len(chosen), "per_half": chosen.groupby("half").size().to_dict(),
+                 "per_group": {str(k): int(n) for k, n in chosen.groupby("group").size().items()},
+                 "min_per_class": int(counts.min().min()) if len(counts) else 0})
     write_json(out.with_suffix(".json"), info)
-    stage_log("pseudo", f"read {ws.blend_table(p.strategy)} and {ws.blend_table(conf_name)}; wrote {out}: "
-                        f"{len(chosen)} test crops {info['per_half']} (at least {info['min_per_class']} per class "
-                        f"and half)" + (f"; against the solution: precision {info['precision']:.3f} "
-                                         f"{info['precision_per_half']}" if "precision" in info else ""))
+    halves = ", ".join(f"{h} {v:.3f}" for h, v in expected.items() if h != "overall")
+    against = (f"; against the solution: precision {info['precision']:.3f} {info['precision_per_half']}"
+               if "precision" in info else "")
+    stage_log("pseudo", f"expected precision of the {info.get('selected_before_gate', len(chosen))} selected crops, "
+                        f"from {conf_name}'s OOF rows: {expected.get('overall', float('nan')):.3f} ({halves}); "
+                        "the OOF photos come from the training devices: on an unseen test device expect less"
+                        + (against if gated else ""))
+    if gated:
+        stage_log("pseudo", f"{expected.get('overall', 0.0):.3f} is below pseudo.min_expected_precision "
+                            f"{p.min_expected_precision:g}: no crop selected, round 2 would not help (it trains on "
+                            f"the photos alone, as round 1 did); wrote the empty {out}")
+    else:
+        stage_log("pseudo", f"read {ws.blend_table(p.strategy)} and {ws.blend_table(conf_name)}; wrote {out}: "
+                            f"{len(chosen)} test crops {info['per_half']} (at least {info['min_per_class']} per "
+                            f"class and half), cross-fitted over folds {folds}{against}")
     return chosen, info

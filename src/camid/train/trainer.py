@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, ModelConfig, dump_config, section_digest
-from ..data import fastjpeg, manipulations
+from ..data import fastjpeg, jpeg_grid, manipulations
 from ..data.competition import weighted
+from ..data.crops import BLOCK, centre_offset
 from ..data.folds import check_folds_cover, read_folds
 from ..data.images import probe_image
-from ..data.layout import resolve_classes, scan_train
+from ..data.layout import resolve_classes, scan_test, scan_train
 from ..data.pseudo import read_pseudo
 from ..data.samples import SampleSpec, TrainSamples, VariantSet, build_variants, collate
 from ..errors import DataError, ImageReadError
@@ -89,6 +90,59 @@ class RunState:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+def view_phase(cfg: Config, crop: int, input_size: int) -> int:
+    """Where the first view of ``predict.tta`` starts in a ``crop`` px image, mod 8: the network
+    sees the crop's JPEG blocks shifted by this."""
+    if cfg.val_view() == "whole" or input_size >= crop:
+        return 0
+    return centre_offset(crop, input_size) % BLOCK
+
+
+@dataclass(frozen=True)
+class CropPhases:
+    """The JPEG grid phases of one run's crops (``train.jpeg_phase``): ``train`` those the final
+    training crop of a photo is drawn at; ``place`` those the validation/OOF crops are placed at
+    (None: at the centre); ``pseudo`` a test crop's own offset for its training crops."""
+
+    train: jpeg_grid.PhaseSet
+    place: jpeg_grid.PhaseSet | None
+    pseudo: jpeg_grid.Phase
+    note: str
+
+
+def measure_test_grid(cfg: Config, data_dir: str | Path) -> jpeg_grid.GridSurvey | None:
+    """The test crops' grid (None: ``jpeg_phase: zero`` needs none, or there is no test folder)."""
+    if cfg.train.jpeg_phase == "zero":
+        return None
+    try:
+        test = scan_test(data_dir)
+    except DataError:
+        return None
+    return jpeg_grid.survey_test_set(test)
+
+
+def crop_phases(cfg: Config, grid: jpeg_grid.GridSurvey | None, input_size: int) -> CropPhases:
+    """The phases training, validation and OOF crops use, from the test crops' ``grid``.
+
+    A test crop of ``predict.crop`` px at phase p, seen through the first view (starting v px in),
+    shows the network blocks at p + v; a training crop is the network input, so it is drawn at
+    p + v; a validation/OOF crop is placed at p (its view adds the same v)."""
+    mode, v = cfg.train.jpeg_phase, view_phase(cfg, cfg.predict.crop, input_size)
+    if mode == "zero":
+        return CropPhases(jpeg_grid.ZERO, None, (0, 0), "phase (0, 0): the photo's own grid (train.jpeg_phase: zero)")
+    place = grid.phases if grid is not None else None
+    if grid is None:
+        seen = "no test folder"
+    else:
+        seen = f"{grid.clear} of {grid.measured} _unalt test crops measured show a clear grid"
+    if mode == "test" and place is not None:
+        return CropPhases(place.shifted(v, v), place, (v, v),
+                          f"the test crops' phases {place.describe()} ({seen}), + {v} px of the first view")
+    why = "train.jpeg_phase: all" if mode == "all" else f"no test phase found: {seen}"
+    placed = f"; validation/OOF crops at the test phases {place.describe()}" if place is not None else ""
+    return CropPhases(jpeg_grid.ALL_EVEN, place, (v, v), f"every even phase ({why}){placed}")
+
+
 class Trainer:
     """Owns the model, optimiser, schedule and checkpoints of one (backbone, fold) run."""
 
@@ -136,22 +190,28 @@ class Trainer:
         if self.t.decode_cache:  # else $CAMID_DECODE_CACHE, if set, decides
             fastjpeg.set_default_cache(self.t.decode_cache)  # inherited by the DataLoader workers
         train_df, val_df = self._split()
-        train_df = train_df.assign(fixed_manip=False)
+        train_df = train_df.assign(fixed_manip=False, test_crop=False)
         if self.t.pseudo_labels:
             pseudo = read_pseudo(self.t.pseudo_labels, self.classes)
-            train_df = pd.concat([train_df, pseudo.assign(fixed_manip=pseudo["manip"] == 1)[
-                ["fname", "path", "label", "fixed_manip"]]], ignore_index=True)
-            per_half = pseudo.groupby("half").size().to_dict()
-            stage_log("train", f"read {self.t.pseudo_labels}: {len(pseudo)} pseudo-labelled test crops {per_half} "
-                               "join the training photos (train only, never validated)")
+            held = pseudo["group"] == self.fold  # cross-fitting: this fold's model alone predicts them
+            used = pseudo[~held]
+            train_df = pd.concat([train_df, used.assign(fixed_manip=used["manip"] == 1, test_crop=True)[
+                ["fname", "path", "label", "fixed_manip", "test_crop"]]], ignore_index=True)
+            per_half = used.groupby("half").size().to_dict()
+            stage_log("train", f"read {self.t.pseudo_labels}: {len(used)} pseudo-labelled test crops {per_half} "
+                               f"join the training photos (train only, never validated); {int(held.sum())} of group "
+                               f"{self.fold} left out: this fold's model predicts them")
         index = {c: i for i, c in enumerate(self.classes)}
+        self.phases = crop_phases(self.cfg, measure_test_grid(self.cfg, self.ws.data_dir), self.input_size)
+        stage_log("train", f"JPEG grid: training crops at {self.phases.note}")
         spec = SampleSpec(self.input_size, self.t.crop_factor, self.t.manip_prob, self.t.manip_mode,
-                          self.t.orientation)
+                          self.t.orientation, self.phases.train, self.phases.pseudo)
         length = self.t.steps_per_epoch * self.batch_size * self.dist.world
         self._report_small(train_df["path"], spec.input_size * spec.crop_factor, spec.input_size)
         self.train_set = TrainSamples(train_df["path"].tolist(), train_df["label"].map(index).tolist(),
                                       len(self.classes), length, spec, self.cfg.seed + 1000 * self.fold,
-                                      fixed_manip=train_df["fixed_manip"].tolist(), portrait=self.cfg.portrait)
+                                      fixed_manip=train_df["fixed_manip"].tolist(), portrait=self.cfg.portrait,
+                                      test_crops=train_df["test_crop"].tolist())
         if self.t.preload:
             t0 = time.time()
             for path, reason in self.train_set.preload("preload"):
@@ -165,9 +225,15 @@ class Trainer:
         augs = ["none", *manipulations.MANIPULATION_NAMES]
         val_df = val_df.iloc[self.dist.rank::self.dist.world]  # DDP: each rank scores a shard
         crop, rule = self.cfg.val_crop(), self.cfg.val_view()
+        place = self.phases.place
+        if place is not None:  # the validation crop's view must start at the phase the OOF crop's does
+            shift = view_phase(self.cfg, self.cfg.predict.crop, self.input_size) - view_phase(self.cfg, crop,
+                                                                                              self.input_size)
+            place = place.shifted(shift, shift)
         self.val = build_variants(val_df["path"].tolist(), val_df["fname"].tolist(),
                                   val_df["label"].map(index).tolist(), augs, crop,
-                                  desc="validation", portrait=self.cfg.portrait).view(rule, self.input_size)
+                                  desc="validation", portrait=self.cfg.portrait, phases=place).view(rule,
+                                                                                                    self.input_size)
         for path, reason in self.val.skipped:
             self.state.skipped[path] = reason
         seen = "the whole crop" if rule == "whole" else f"its centre {self.input_size} px"
