@@ -46,14 +46,15 @@ def test_clusters_recover_the_test_devices_and_name_them_from_a_weak_classifier(
     probs = _noisy_probs(y, len(classes), strength=1.0)  # ~35% accurate on its own
     res = pc.cluster_test(residuals, manip, probs, PrnuClusterConfig())
     u = manip == 0
-    purity = sum(np.bincount(y[u][res.cluster_of_unalt == c]).max() for c in np.unique(res.cluster_of_unalt)) / u.sum()
-    assert purity >= 0.9
-    assert res.cluster_ok.sum() >= len(classes) - 1
+    inside = res.cluster_of_unalt >= 0
+    yc, cl = y[u][inside], res.cluster_of_unalt[inside]
+    assert inside.mean() >= 0.5 and sum(np.bincount(yc[cl == c]).max() for c in np.unique(cl)) == len(cl)  # pure
+    # a cluster whose weak votes do not name it stably is refused; the others confirm their crops
+    assert res.cluster_ok.sum() >= 2
     acc = res.accepted
-    assert acc[u].mean() >= 0.8  # most unaltered crops confirmed...
-    assert (res.label[acc] == y[acc]).mean() >= 0.97  # ...and almost never wrongly
+    assert acc[u].mean() >= 0.4 and (res.label[acc] == y[acc]).all()  # never wrongly
     after = pc.apply_clusters(probs, res).argmax(axis=1)
-    assert (after[u] == y[u]).mean() > (probs.argmax(axis=1)[u] == y[u]).mean() + 0.3
+    assert (after == y).mean() > (probs.argmax(axis=1) == y).mean() + 0.1
 
 
 def test_without_shared_sensor_noise_nothing_is_changed(competition):
@@ -97,10 +98,94 @@ def test_a_fingerprint_warped_for_a_resize_lands_where_the_resize_puts_it():
         assert np.corrcoef(crop[mask], pattern[mask])[0, 1] > 0.95
 
 
-def test_name_clusters_is_a_one_to_one_vote():
+def test_two_clusters_may_carry_the_same_name():
+    """A class whose test crops come from two devices: both clusters prefer it, both are named so."""
     probs = np.array([[0.6, 0.4], [0.6, 0.4], [0.9, 0.1], [0.8, 0.2]])
-    members = np.array([0, 0, 1, 1])  # both clusters prefer class 0; cluster 1 more strongly
-    assert pc.name_clusters(members, probs, 2).tolist() == [1, 0]
+    members = np.array([0, 0, 1, 1])
+    assert pc.name_clusters(members, probs, 2).tolist() == [0, 0]
+
+
+def _overconfident_minority() -> tuple[np.ndarray, np.ndarray]:
+    """Two clusters of 16 (true classes 0 and 1) whose argmax votes are 11/5 and 12/4 for their
+    true class; the right votes are moderately sure (0.8), the wrong ones sure (1 - 1e-9)."""
+    right, wrong = [0.8, 0.2], [1e-9, 1 - 1e-9]
+    a = [right] * 11 + [wrong] * 5
+    b = [right[::-1]] * 12 + [wrong[::-1]] * 4
+    return np.repeat([0, 1], 16), np.array(a + b)
+
+
+def test_a_few_overconfident_crops_do_not_outvote_the_majority():
+    """Audit #21, finding 1: a log-probability sum clipped at 1e-7 lets 5 crops at -16 each beat 11
+    crops at -0.2 each, and the one-to-one assignment then swaps both clusters."""
+    members, probs = _overconfident_minority()
+    assert pc.name_clusters(members, probs, 2).tolist() == [0, 1]
+
+
+def test_a_name_is_confirmed_only_when_stable_across_members_and_bases():
+    members, probs = _overconfident_minority()
+    names = pc.name_clusters(members, probs, 2)
+    # 11 right at 0.8 against 5 wrong at 1.0: a bootstrap of the members often flips the name
+    assert pc.naming_confidence(members, probs, names)[0] < 0.9
+    sure = np.tile([[0.8, 0.2]], (32, 1))
+    sure[16:] = sure[16:, ::-1]
+    assert (pc.naming_confidence(members, sure, pc.name_clusters(members, sure, 2)) == 1.0).all()
+    # two bases that disagree on cluster 0: not stable, whichever base is the strategy's own
+    other = sure.copy()
+    other[:16] = other[:16, ::-1]
+    conf = pc.naming_confidence(members, [sure, other], pc.name_clusters(members, [sure, other], 2))
+    assert conf[0] < 0.9 and conf[1] == 1.0
+
+
+def _devices(n_devices: int, per_device: int, side: int = 64, strength: float = 0.35,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of ``per_device`` unaltered crops from each device: its pattern plus noise
+    (strength 0.35 on 64 px: a same-device pair z-score of ~7, the audit's pure clusters)."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.standard_normal((n_devices, side, side)).astype(np.float32)
+    device = np.repeat(np.arange(n_devices), per_device)
+    res = rng.standard_normal((len(device), side, side)).astype(np.float32) + strength * pattern[device]
+    return res, device
+
+
+@pytest.mark.parametrize("n_devices, n_classes", [(12, 10), (8, 10)])
+def test_the_number_of_clusters_comes_from_the_data(n_devices, n_classes):
+    """Audit #21, finding 2: 12 devices for 10 classes (two classes with two devices each) or 8
+    devices for 10 classes: every cluster is one device, and every confirmed crop is right."""
+    res, device = _devices(n_devices, 12)
+    y = device % n_classes
+    manip = np.zeros(len(y), dtype=int)
+    probs = _noisy_probs(y, n_classes, strength=2.0, seed=1)
+    out = pc.cluster_test(res, manip, probs, PrnuClusterConfig(scales=[]))
+    assert out.info["clusters"] == n_devices
+    for c in range(n_devices):
+        assert len(set(device[out.cluster_of_unalt == c])) == 1  # pure
+    assert out.accepted.mean() >= 0.9
+    assert (out.label[out.accepted] == y[out.accepted]).all()
+
+
+def test_weak_sensor_noise_is_detected_and_changes_nothing():
+    """Audit #21, finding 3: same-device correlation too weak to cluster (a pair z-score of ~1, like
+    real natural-scene crops): the step must not move any prediction, and must say why."""
+    res, device = _devices(10, 12, strength=0.13)
+    y = device % 10
+    probs = _noisy_probs(y, 10, strength=2.0, seed=1)
+    out = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, PrnuClusterConfig(scales=[]))
+    assert not out.accepted.any()
+    assert np.array_equal(pc.apply_clusters(probs, out), probs)
+    assert "too weak" in out.info["skipped"]
+
+
+def test_a_cluster_larger_than_a_class_share_is_refused_when_the_test_is_balanced():
+    res, device = _devices(5, 12)
+    res[12:24] = res[:12] + 0.0  # device 1's crops made from device 0: 24 crops where 10 classes give 12 each
+    res[12:24] += np.random.default_rng(3).standard_normal(res[12:24].shape).astype(np.float32)
+    y = device % 5
+    probs = _noisy_probs(y, 5, strength=3.0, seed=1)
+    s = PrnuClusterConfig(scales=[])
+    free = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, s)
+    fair = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, s, balanced=True)
+    assert free.info["cluster_sizes"][0] == 24 and fair.info["refused"] == {"larger than a class's share": 1}
+    assert not fair.accepted[:24].any() and fair.accepted[24:].all()
 
 
 @pytest.mark.parametrize("name, prnu, eq", [("gmean+prnu", True, None), ("gmean+prnu+hungarian", True, "hungarian"),
