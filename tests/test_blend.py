@@ -111,6 +111,35 @@ def test_equalised_oof_of_a_perfect_model_on_imbalanced_classes_scores_one(metho
     assert info["equalise"]["oof_unalt"]["quotas"] == [30, 10]
 
 
+@pytest.mark.parametrize("method", ["greedy", "hungarian", "flow"])
+def test_an_equaliser_never_lowers_a_perfect_base_on_an_unbalanced_test(tmp_path, method):
+    """Audit #21, finding 4: 30 'a' and 10 'b' test crops per half, a perfect base. Balanced quotas
+    (20/20) moved 10 right 'a' predictions to 'b'; unless the config declares the test balanced
+    (blend.balanced_test), the equaliser must leave the test rows' classes as the base had them."""
+    from camid import cli
+    from camid.infer.table import read_table, write_table
+    labels = ["a"] * 30 + ["b"] * 10
+    rows = [dict(fname=f"tr{i:02d}.jpg", split="oof", fold=i % 2, manip=0, aug="none", label=lbl)
+            for i, lbl in enumerate(labels)]
+    rows += [dict(fname=f"img{i:02d}_{half}.tif", split="test", fold=-1, manip=int(half == "manip"),
+                  aug="unknown", label="") for half in ("unalt", "manip") for i in range(40)]
+    df = pd.DataFrame(rows)
+    truth = np.array(labels + labels + labels)
+    df["a"] = np.where(truth == "a", 0.9, 0.1)
+    df["b"] = 1 - df["a"]
+    write_table(df, tmp_path / "work" / "oof" / "m.tta10.parquet", CLASSES, meta={})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"name: t\ndata_dir: {tmp_path}\npredict:\n  tta: tta10\n"
+                   f"blend:\n  strategies: [gmean, gmean+{method}]\n")
+    assert cli.main(["blend", "--config", str(cfg), "--workdir", str(tmp_path / "work")]) == 0
+    truth_of = dict(zip(df["fname"], truth, strict=True))
+    for name in ("gmean", f"gmean+{method}"):
+        out = read_table(tmp_path / "work" / "oof" / "blend" / f"{name}.parquet", CLASSES)
+        out = out[out["split"] == "test"]
+        pred = np.where(out["a"].to_numpy() >= out["b"].to_numpy(), "a", "b")
+        assert (pred == out["fname"].map(truth_of).to_numpy()).all(), name
+
+
 def test_discover_models(tmp_path):
     ws = Workspace(tmp_path, tmp_path / "data")
     ws.blend_dir.mkdir(parents=True)

@@ -58,7 +58,7 @@ def workdir(tmp_path: Path):
     for seed, run in [(1, "netA"), (2, "netB")]:
         write_table(model_table(seed, train, test), wd / "oof" / f"{run}.tta10.parquet", CLASSES, meta={})
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"name: t\ndata_dir: {data}\npredict:\n  tta: tta10\nblend:\n  strategies: {STRATEGIES}\n")
+    cfg.write_text(f"name: t\ndata_dir: {data}\npredict:\n  tta: tta10\nblend:\n  balanced_test: true\n  strategies: {STRATEGIES}\n")
     return wd, data, cfg
 
 
