@@ -177,6 +177,10 @@ class StackConfig:
     mlp_hidden: int = 128
     mlp_epochs: int = 40
     threads: int = 0  # 0: all cores
+    # OOF rows come from one fold model, test rows from the geometric mean of K (flatter): raise each
+    # model's test rows to the power that gives them the OOF rows' mean top probability before
+    # stacking (level2.stack.match_sharpness; label-free). Off until a benchmark has measured it.
+    match_sharpness: bool = False
 
 
 @dataclass
