@@ -40,21 +40,26 @@ def _noisy_probs(y: np.ndarray, k: int, strength: float, seed: int = 0) -> np.nd
     return p / p.sum(axis=1, keepdims=True)
 
 
-def test_clusters_recover_the_test_devices_and_name_them_from_a_weak_classifier(competition):
+@pytest.mark.parametrize("balanced", [True, False])
+def test_clusters_recover_the_test_devices_and_name_them_from_a_weak_classifier(competition, balanced):
+    """Declared balanced (the competition, the demo): one device per class, k clusters named
+    one-to-one. Not declared: clusters found from the data, each named on its own, so a weak
+    device or a name the weak votes do not settle is left out rather than guessed."""
     _, test, residuals, y, classes = competition
     manip = test["manip"].to_numpy()
     probs = _noisy_probs(y, len(classes), strength=1.0)  # ~35% accurate on its own
-    res = pc.cluster_test(residuals, manip, probs, PrnuClusterConfig())
+    res = pc.cluster_test(residuals, manip, probs, PrnuClusterConfig(), balanced=balanced)
     u = manip == 0
     inside = res.cluster_of_unalt >= 0
     yc, cl = y[u][inside], res.cluster_of_unalt[inside]
-    assert inside.mean() >= 0.5 and sum(np.bincount(yc[cl == c]).max() for c in np.unique(cl)) == len(cl)  # pure
-    # a cluster whose weak votes do not name it stably is refused; the others confirm their crops
-    assert res.cluster_ok.sum() >= 2
+    purity = sum(np.bincount(yc[cl == c]).max() for c in np.unique(cl)) / len(cl)
+    assert purity >= (0.9 if balanced else 1.0) and inside.mean() >= 0.5
+    assert res.cluster_ok.sum() >= (len(classes) - 1 if balanced else 2)
     acc = res.accepted
-    assert acc[u].mean() >= 0.4 and (res.label[acc] == y[acc]).all()  # never wrongly
+    assert acc[u].mean() >= (0.8 if balanced else 0.4)  # most unaltered crops confirmed...
+    assert (res.label[acc] == y[acc]).mean() >= 0.97  # ...and almost never wrongly
     after = pc.apply_clusters(probs, res).argmax(axis=1)
-    assert (after == y).mean() > (probs.argmax(axis=1) == y).mean() + 0.1
+    assert (after == y).mean() > (probs.argmax(axis=1) == y).mean() + (0.3 if balanced else 0.1)
 
 
 def test_without_shared_sensor_noise_nothing_is_changed(competition):
@@ -175,17 +180,19 @@ def test_weak_sensor_noise_is_detected_and_changes_nothing():
     assert "too weak" in out.info["skipped"]
 
 
-def test_a_cluster_larger_than_a_class_share_is_refused_when_the_test_is_balanced():
-    res, device = _devices(5, 12)
-    res[12:24] = res[:12] + 0.0  # device 1's crops made from device 0: 24 crops where 10 classes give 12 each
-    res[12:24] += np.random.default_rng(3).standard_normal(res[12:24].shape).astype(np.float32)
-    y = device % 5
-    probs = _noisy_probs(y, 5, strength=3.0, seed=1)
-    s = PrnuClusterConfig(scales=[])
-    free = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, s)
-    fair = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, s, balanced=True)
-    assert free.info["cluster_sizes"][0] == 24 and fair.info["refused"] == {"larger than a class's share": 1}
-    assert not fair.accepted[:24].any() and fair.accepted[24:].all()
+@pytest.mark.parametrize("n_devices", [12, 8])
+def test_declared_balanced_k_clusters_refuse_two_sensors_and_unsettled_names(n_devices):
+    """A declared balanced test clusters into k = classes groups; when the devices are not one
+    per class after all (12 or 8 devices, 10 classes), a cluster holding two sensors or a
+    device's half with an unsettled name is refused: nothing is confirmed wrongly."""
+    res, device = _devices(n_devices, 12)
+    y = device % 10
+    probs = _noisy_probs(y, 10, strength=2.0, seed=1)
+    out = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, PrnuClusterConfig(scales=[]), balanced=True)
+    assert out.info["clusters"] == 10 and out.info["refused"]
+    if n_devices == 12:
+        assert out.info["refused"]["two sensors"] == 2
+    assert out.accepted.mean() >= 0.5 and (out.label[out.accepted] == y[out.accepted]).all()
 
 
 @pytest.mark.parametrize("name, prnu, eq", [("gmean+prnu", True, None), ("gmean+prnu+hungarian", True, "hungarian"),

@@ -225,7 +225,7 @@ def test_pick_final_takes_prnu_only_when_applied_and_the_equaliser_only_when_bal
     cfg = _fake_blend(ws, "name: t\n", tmp_path, metas)
     cfg.blend.balanced_test = balanced
     choice = pick_final(cfg, ws)
-    assert choice.strategy == expected and choice.cv_score == 0.85
+    assert choice[0] == expected and choice.cv_score == 0.85
     assert choice.reasons["steps"]["prnu"]["taken"] == applied
     assert choice.reasons["steps"]["equalise"]["taken"] == balanced
 

@@ -200,7 +200,7 @@ class PrnuClusterConfig:
     min_cluster_size: int = 3
     # below this share of unaltered test crops in coherent clusters the noise is too weak to trust
     # (real natural scenes, crops from different sensor positions): the step changes nothing
-    min_clustered: float = 0.25
+    min_clustered: float = 0.5
     max_size_ratio: float = 1.5  # blend.balanced_test: a cluster above this x a class's share mixes classes
     name_confidence: float = 0.9  # a cluster is used only when its name survives this share of bootstrap draws
     name_draws: int = 200  # bootstrap draws (members and bases resampled) behind name_confidence
