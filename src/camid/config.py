@@ -231,7 +231,7 @@ class PseudoConfig:
     """``camid pseudo``: balanced pseudo-labels from a round's level 2 for the next round."""
 
     # the level-2 table whose test predictions are taken; "final": the one `submissions/final.csv`
-    # is made from (blend.final: best local CV)
+    # is made from (level2.submission.pick_final)
     strategy: str = "final"
     per_class: int | None = None  # crops per class and per half (unalt/manip); None: fraction
     fraction: float = 0.8  # of each class's share of a half (the 2nd place: 105 of 132)

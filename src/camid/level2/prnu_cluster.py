@@ -1,27 +1,35 @@
-"""PRNU test clustering: the test images of one class share one device, so their sensor noise agrees.
+"""PRNU test clustering: the test images of one device share its sensor noise.
 
 The 4th place (Guanshuo Xu) went from 0.976 to 0.987 on the private leaderboard by building
-reference patterns from clusters of test images. Here, for a test set in which every class's
-photos come from ONE device (the competition's design):
+reference patterns from clusters of test images. Here:
 
 1. every test crop's noise residual (``prnu.query_residual``: wavelet denoiser, zero-mean,
-   Wiener in the DFT domain) is normalised to unit energy;
-2. the unaltered crops are clustered by residual correlation into as many clusters as there
-   are classes (spectral clustering on the positive part of the pairwise z-scores);
-3. each cluster is named by the probabilities of the level-2 strategy it refines: a
-   cluster-by-class Hungarian assignment on the summed log-probabilities of its members (a
-   cluster-level vote under the rule "one device per class, one class per device"), taken
-   again once step 5 has found the manipulated crops of each cluster, with their votes too;
-4. a cluster counts only when its members really share a pattern (mean pairwise z-score
-   ``min_cluster_z``) and it has ``min_cluster_size`` members; its fingerprint is the sum of
-   its members' normalised residuals;
-5. every test crop is scored against every fingerprint (its own residual left out): a z-score
-   at zero shift, and for ``_manip`` crops also after resampling the fingerprint the way the
-   competition's bicubic resize would have moved it (``scales``, with a +-``max_shift`` pixel
-   search because centre-crop offsets are rounded); a crop whose best z-score reaches
-   ``accept_z`` and beats the runner-up by ``margin_z`` is assigned to that cluster's class;
-   an unaltered crop is also assigned to its own (coherent) cluster's class when its z-score
-   against that cluster reaches ``member_z`` (membership is decided by all links at once).
+   Wiener in the DFT domain) is normalised to unit energy, and the unaltered crops' pairwise
+   correlations are turned into z-scores (``pairwise_z``);
+2. the unaltered crops are clustered. By default the number of clusters comes from the data
+   (``agglomerate``: groups merge while their cross links are significant in sum and at least
+   ``min_cluster_z`` on average, so two devices never share a cluster, and a class may have two
+   devices). When the test is declared balanced (``blend.balanced_test``: the competition's
+   design, one device per class) they are split into as many clusters as classes (spectral),
+   and a cluster whose two halves do not link to each other holds two sensors and is refused
+   (``one_sensor``), as is one larger than ``max_size_ratio`` times a class's share;
+3. a cluster counts only when it has ``min_cluster_size`` members and a mean pairwise z-score
+   of ``min_cluster_z``; when less than ``min_clustered`` of the unaltered crops fall in such
+   clusters the sensor noise is too weak to trust (real natural-scene crops, crops from
+   different sensor positions) and the step changes nothing, saying why;
+4. each cluster is named by the mean probability of each class over its members and over every
+   base of the blend (``name_clusters``; bounded per crop, so a few confidently wrong crops cannot
+   outvote the majority; one-to-one when the test is declared balanced), and used only when the
+   name survives ``name_confidence`` of bootstrap draws of its members and of the bases
+   (``naming_confidence``); the naming is taken again once step 5 has found the manipulated
+   crops of each cluster, with their votes too;
+5. every test crop is scored against every usable cluster's fingerprint (the sum of its
+   members' residuals, the crop's own left out): a z-score at zero shift, and for ``_manip``
+   crops also after resampling the fingerprint the way the competition's bicubic resize would
+   have moved it (``scales``, with a +-``max_shift`` pixel search because centre-crop offsets are
+   rounded); a crop whose best z-score reaches ``accept_z`` and beats the best cluster of another
+   class by ``margin_z`` takes that cluster's class; an unaltered member of a usable cluster
+   also takes its name when its z-score against that cluster reaches ``member_z``.
 
 Crops that are not accepted keep the strategy's probabilities, so an unconfident clustering
 changes nothing. z-scores are standardised by the spread of the scores against the clusters a

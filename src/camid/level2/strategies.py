@@ -6,9 +6,10 @@ Strategy names (one output table each, ``oof/blend/<strategy>.parquet``)::
     base      gmean | mean | rms | pmean<p>   (averages: power means of the models)
               xgb | lgb | mlp                  (stackers, see ``camid.level2.stack``)
     prnu      test crops confirmed by their sensor-noise cluster take its class
-              (``camid.level2.prnu_cluster``; valid when each class's test photos
-              come from one device, as in the competition)
-    equaliser greedy | hungarian | flow        (see ``camid.level2.equalise``)
+              (``camid.level2.prnu_cluster``; changes nothing when the clusters
+              are not coherent or their names not stable)
+    equaliser greedy | hungarian | flow        (see ``camid.level2.equalise``; balanced
+              test quotas only with ``blend.balanced_test``)
 
 Averages are weighted power means per class, then rows are renormalised:
 ``mean`` p=1, ``rms`` p=2, ``gmean`` p=0 (the limit: exp of the mean log, with

@@ -7,10 +7,12 @@ is an error naming them: a partial submission is never written. Each strategy
 also gets its local CV score (OOF rows, 0.7 unalt + 0.3 manip) and, when a
 solution file exists, its test score; all go to ``submissions/scores.csv``.
 
-``submissions/final.csv`` is the one a user sends: among the strategies named
-``*<blend.final>`` (default ``+prnu+hungarian``), the best local CV (``pick_final``). The
-choice never reads the test scores, so it is the choice a Kaggle user makes before the
-leaderboard answers.
+``submissions/final.csv`` is the one a user sends (``pick_final``): the base (average or
+stacker) of best local CV, then each step of ``blend.final`` (default ``+prnu+hungarian``) only
+where the run shows what local CV cannot: ``+prnu`` when blend recorded a coherent clustering
+with stable names, the equaliser when ``blend.balanced_test`` declares the test balanced. The
+reasons go to ``final.json``. The choice never reads the test scores, so it is the choice a
+Kaggle user makes before the leaderboard answers.
 """
 from __future__ import annotations
 
