@@ -205,3 +205,47 @@ def test_strategy_names_with_prnu(name, prnu, eq):
 def test_prnu_after_the_equaliser_is_refused_with_the_right_order():
     with pytest.raises(StrategyError, match="prnu comes before the equaliser"):
         parse_strategy("gmean+hungarian+prnu")
+
+
+def test_blend_and_submission_with_prnu_name_clusters_by_every_base(competition, tmp_path):
+    """`camid blend` + `camid submission` on the simulated competition: every +prnu strategy
+    confirms the same names (they come from all bases), none scores below its base, and the final
+    takes +prnu and the equaliser because the clustering was applied and the test declared balanced."""
+    import json
+    import shutil
+
+    from camid import cli
+    from camid.infer.table import write_table
+    from camid.level2.metrics import score_submission
+
+    out, test, _, y, classes = competition
+    wd = tmp_path / "work"
+    for seed, run in [(1, "netA"), (2, "netB")]:
+        rng = np.random.default_rng(seed)
+        oof = pd.DataFrame({"fname": [f"train/{c}/{i}.jpg" for c in classes for i in range(6)], "split": "oof",
+                            "fold": [i % 2 for _ in classes for i in range(6)], "manip": 0, "aug": "none",
+                            "label": [c for c in classes for _ in range(6)]})
+        rows = pd.DataFrame({"fname": test["fname"], "split": "test", "fold": -1, "manip": test["manip"],
+                             "aug": "unknown", "label": ""})
+        t = pd.concat([oof, rows], ignore_index=True)
+        labels = np.r_[[classes.index(c) for c in oof["label"]], y]
+        t[classes] = _noisy_probs(labels, len(classes), strength=1.5, seed=seed + int(rng.integers(100)))
+        write_table(t, wd / "oof" / f"{run}.tta10.parquet", classes, meta={})
+    strategies = ["gmean", "mean", "gmean+prnu", "mean+prnu", "gmean+prnu+hungarian", "mean+prnu+hungarian"]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"name: t\ndata_dir: {out}\npredict:\n  tta: tta10\nblend:\n  balanced_test: true\n"
+                   f"  strategies: {strategies}\n  prnu:\n    workers: 2\n")
+    (wd / "oof" / "prnu").mkdir(parents=True)
+    for ext in (".npz", ".json"):  # the fixture's residual cache: same files, so blend reuses it
+        shutil.copy(out / "cache" / f"res{ext}", wd / "oof" / "prnu" / f"test_residuals{ext}")
+    assert cli.main(["blend", "--config", str(cfg), "--workdir", str(wd)]) == 0
+    infos = {s: json.loads((wd / "oof" / "blend" / f"{s}.json").read_text()).get("prnu") for s in strategies}
+    assert infos["gmean+prnu"]["applied"] and infos["gmean+prnu"]["names"] == infos["mean+prnu"]["names"]
+    assert infos["gmean+prnu"]["accepted_precision"] >= 0.97
+    assert cli.main(["submission", "--config", str(cfg), "--workdir", str(wd)]) == 0
+    sol = pd.read_csv(out / "solution.csv")
+    score = {s: score_submission(pd.read_csv(wd / "submissions" / f"{s}.csv"), sol, classes).score for s in strategies}
+    for s in ("gmean", "mean"):
+        assert score[f"{s}+prnu"] >= score[s] and score[f"{s}+prnu+hungarian"] >= score[s]
+    final = json.loads((wd / "submissions" / "final.json").read_text())
+    assert final["strategy"].endswith("+prnu+hungarian") and final["steps"]["prnu"]["taken"]
