@@ -122,24 +122,31 @@ def agglomerate(z: np.ndarray, min_link: float, merge_z: float | None = None) ->
         return label.astype(np.int64)
     if merge_z is None:
         merge_z = float(norm.isf(0.05 / (n * (n - 1) / 2)))
-    cross = np.array(z, dtype=np.float64, copy=True)
+    cross = np.array(z, dtype=np.float64, copy=True)  # row g: sum of group g's links to each group
     np.fill_diagonal(cross, 0.0)
-    ids = np.arange(n)  # the group each row of `cross` stands for
     size = np.ones(n)
-    while len(ids) > 1:
-        pairs = np.outer(size, size)
-        score = np.where(cross >= min_link * pairs, cross / np.sqrt(pairs), -np.inf)
-        np.fill_diagonal(score, -np.inf)
+
+    def scores(g: int) -> np.ndarray:
+        pairs = size[g] * size
+        out = np.where(cross[g] >= min_link * pairs, cross[g] / np.sqrt(np.maximum(pairs, 1.0)), -np.inf)
+        out[g] = -np.inf
+        return out
+
+    score = np.stack([scores(g) for g in range(n)])
+    while True:
         a, b = np.unravel_index(int(score.argmax()), score.shape)
         if score[a, b] < merge_z:
             break
-        label[label == ids[b]] = ids[a]
+        label[label == b] = a  # group b joins group a; b's row and column are retired
         cross[a] += cross[b]
         cross[:, a] += cross[:, b]
         cross[a, a] = 0.0
         size[a] += size[b]
-        keep = np.arange(len(ids)) != b
-        cross, ids, size = cross[np.ix_(keep, keep)], ids[keep], size[keep]
+        size[b] = 0.0
+        score[b], score[:, b] = -np.inf, -np.inf
+        score[a] = scores(a)
+        score[a, size == 0] = -np.inf
+        score[:, a] = score[a]
     # biggest cluster first, ties by first member, so the numbering is reproducible
     _, lab = np.unique(label, return_inverse=True)
     sizes = np.bincount(lab)
