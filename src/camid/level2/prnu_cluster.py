@@ -134,7 +134,7 @@ def agglomerate(z: np.ndarray, min_link: float, merge_z: float | None = None) ->
 
     score = np.stack([scores(g) for g in range(n)])
     while True:
-        a, b = np.unravel_index(int(score.argmax()), score.shape)
+        a, b = (int(i) for i in np.unravel_index(int(score.argmax()), score.shape))
         if score[a, b] < merge_z:
             break
         label[label == b] = a  # group b joins group a; b's row and column are retired
