@@ -32,7 +32,8 @@ def test_parse_strategy(name, base, power, eq):
     assert st.is_stacker == (power is None)
 
 
-@pytest.mark.parametrize("bad", ["median", "gmean+auction", "pmean", "pmeanx", "gmean+"])
+@pytest.mark.parametrize("bad", ["median", "gmean+auction", "pmean", "pmeanx", "gmean+", "gmean+equalise",
+                                 "gmean+greedy+flow", "gmean+prnu+prnu"])
 def test_parse_strategy_refuses(bad):
     with pytest.raises(StrategyError):
         parse_strategy(bad)

@@ -63,7 +63,7 @@ def _step_kind(token: str) -> str | None:
     """Which post-step a name token stands for (None: none)."""
     if token in equalise.METHODS:
         return "equalise"
-    return token if token in POST_STEPS else None
+    return token if token in POST_STEPS and token != "equalise" else None  # an equaliser is named by its method
 
 
 def parse_strategy(name: str) -> Strategy:
