@@ -32,7 +32,8 @@ def test_parse_strategy(name, base, power, eq):
     assert st.is_stacker == (power is None)
 
 
-@pytest.mark.parametrize("bad", ["median", "gmean+auction", "pmean", "pmeanx", "gmean+"])
+@pytest.mark.parametrize("bad", ["median", "gmean+auction", "pmean", "pmeanx", "gmean+", "gmean+equalise",
+                                 "gmean+greedy+flow", "gmean+prnu+prnu"])
 def test_parse_strategy_refuses(bad):
     with pytest.raises(StrategyError):
         parse_strategy(bad)
@@ -111,6 +112,35 @@ def test_equalised_oof_of_a_perfect_model_on_imbalanced_classes_scores_one(metho
     assert info["equalise"]["oof_unalt"]["quotas"] == [30, 10]
 
 
+@pytest.mark.parametrize("method", ["greedy", "hungarian", "flow"])
+def test_an_equaliser_never_lowers_a_perfect_base_on_an_unbalanced_test(tmp_path, method):
+    """Audit #21, finding 4: 30 'a' and 10 'b' test crops per half, a perfect base. Balanced quotas
+    (20/20) moved 10 right 'a' predictions to 'b'; unless the config declares the test balanced
+    (blend.balanced_test), the equaliser must leave the test rows' classes as the base had them."""
+    from camid import cli
+    from camid.infer.table import read_table, write_table
+    labels = ["a"] * 30 + ["b"] * 10
+    rows = [dict(fname=f"tr{i:02d}.jpg", split="oof", fold=i % 2, manip=0, aug="none", label=lbl)
+            for i, lbl in enumerate(labels)]
+    rows += [dict(fname=f"img{i:02d}_{half}.tif", split="test", fold=-1, manip=int(half == "manip"),
+                  aug="unknown", label="") for half in ("unalt", "manip") for i in range(40)]
+    df = pd.DataFrame(rows)
+    truth = np.array(labels + labels + labels)
+    df["a"] = np.where(truth == "a", 0.9, 0.1)
+    df["b"] = 1 - df["a"]
+    write_table(df, tmp_path / "work" / "oof" / "m.tta10.parquet", CLASSES, meta={})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"name: t\ndata_dir: {tmp_path}\npredict:\n  tta: tta10\n"
+                   f"blend:\n  strategies: [gmean, gmean+{method}]\n")
+    assert cli.main(["blend", "--config", str(cfg), "--workdir", str(tmp_path / "work")]) == 0
+    truth_of = dict(zip(df["fname"], truth, strict=True))
+    for name in ("gmean", f"gmean+{method}"):
+        out = read_table(tmp_path / "work" / "oof" / "blend" / f"{name}.parquet", CLASSES)
+        out = out[out["split"] == "test"]
+        pred = np.where(out["a"].to_numpy() >= out["b"].to_numpy(), "a", "b")
+        assert (pred == out["fname"].map(truth_of).to_numpy()).all(), name
+
+
 def test_discover_models(tmp_path):
     ws = Workspace(tmp_path, tmp_path / "data")
     ws.blend_dir.mkdir(parents=True)
@@ -175,3 +205,63 @@ def test_stackers_learn_and_save_native(kind, tmp_path):
         with np.load(path, allow_pickle=False) as z:
             assert z["feature_mean"].shape == (4,) and any(name.startswith("param.") for name in z.files)
     assert set(LEARNERS) == {"xgb", "lgb", "mlp"}
+
+
+def _sharp_oof_flat_test(k: int = 3, n: int = 150, flatten: float = 0.4, strength: float = 3.0,
+                         same_photos: bool = True):
+    """Two models' OOF rows as one fold model gives them, and test rows as a flatter ensemble
+    would (logits x ``flatten``): of the same rows (``same_photos``) or of new draws."""
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % k
+    classes = [f"c{j}" for j in range(k)]
+    tables = {}
+    for m in ("m1", "m2"):
+        logits = rng.normal(size=(n, k))
+        logits[np.arange(n), y] += strength
+        if not same_photos:
+            more = rng.normal(size=(n, k))
+            more[np.arange(n), y] += strength
+            logits = np.vstack([logits, more])
+        else:
+            logits = np.vstack([logits, logits])
+        logits[n:] *= flatten
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        oof = pd.DataFrame({"fname": [f"t{i:03d}.jpg" for i in range(n)], "split": "oof", "fold": 0,
+                            "manip": 0, "aug": "none", "label": [classes[c] for c in y]})
+        test = pd.DataFrame({"fname": [f"x{i:03d}_unalt.tif" for i in range(n)], "split": "test", "fold": -1,
+                             "manip": 0, "aug": "unknown", "label": ""})
+        df = pd.concat([oof, test], ignore_index=True)
+        df[classes] = p
+        tables[m] = df
+    return tables, classes
+
+
+def test_match_sharpness_undoes_a_flatter_test_power():
+    from camid.level2.stack import match_sharpness
+    tables, _ = _sharp_oof_flat_test()
+    keys, arrays, _ = align_tables(tables)
+    is_test = (keys["split"] == "test").to_numpy()
+    out, powers = match_sharpness(arrays, is_test, keys["manip"].to_numpy())
+    assert [p[0] for p in powers] == pytest.approx([2.5, 2.5], abs=0.01) and [p[1] for p in powers] == [1.0, 1.0]
+    for a in out:
+        assert a[is_test].max(axis=1).mean() == pytest.approx(a[~is_test].max(axis=1).mean(), abs=1e-3)
+    assert np.array_equal(out[0][~is_test], arrays[0][~is_test])  # OOF rows untouched
+
+
+def test_a_stacker_on_flatter_test_rows_with_and_without_matched_sharpness(tmp_path):
+    """Audit #21, item 5b: the stacker is fitted on single-model OOF rows and applied to flatter
+    ensemble rows (5 classes, logits x 0.3): its tree thresholds sit at sharper values, so test
+    accuracy falls below OOF accuracy (0.84 against 0.89); matched, it is back (0.92)."""
+    from camid.config import StackConfig
+    from camid.level2.stack import run
+    tables, classes = _sharp_oof_flat_test(k=5, n=300, flatten=0.3, strength=2.0, same_photos=False)
+    acc = {}
+    for match in (False, True):
+        cfg = StackConfig(seeds=1, folds=3, rounds=30, threads=1, match_sharpness=match)
+        out, info = run("xgb", tables, cfg, 1e-7, 0, tmp_path / str(match))
+        test = (out["split"] == "test").to_numpy()
+        right = out[classes].to_numpy().argmax(axis=1) == np.array([int(f[1:4]) % 5 for f in out["fname"]])
+        acc[match] = right[test].mean()
+        assert (info["test_powers"] is not None) == match
+    assert acc[True] >= acc[False] + 0.05

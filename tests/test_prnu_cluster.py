@@ -40,20 +40,26 @@ def _noisy_probs(y: np.ndarray, k: int, strength: float, seed: int = 0) -> np.nd
     return p / p.sum(axis=1, keepdims=True)
 
 
-def test_clusters_recover_the_test_devices_and_name_them_from_a_weak_classifier(competition):
+@pytest.mark.parametrize("balanced", [True, False])
+def test_clusters_recover_the_test_devices_and_name_them_from_a_weak_classifier(competition, balanced):
+    """Declared balanced (the competition, the demo): one device per class, k clusters named
+    one-to-one. Not declared: clusters found from the data, each named on its own, so a weak
+    device or a name the weak votes do not settle is left out rather than guessed."""
     _, test, residuals, y, classes = competition
     manip = test["manip"].to_numpy()
     probs = _noisy_probs(y, len(classes), strength=1.0)  # ~35% accurate on its own
-    res = pc.cluster_test(residuals, manip, probs, PrnuClusterConfig())
+    res = pc.cluster_test(residuals, manip, probs, PrnuClusterConfig(), balanced=balanced)
     u = manip == 0
-    purity = sum(np.bincount(y[u][res.cluster_of_unalt == c]).max() for c in np.unique(res.cluster_of_unalt)) / u.sum()
-    assert purity >= 0.9
-    assert res.cluster_ok.sum() >= len(classes) - 1
+    inside = res.cluster_of_unalt >= 0
+    yc, cl = y[u][inside], res.cluster_of_unalt[inside]
+    purity = sum(np.bincount(yc[cl == c]).max() for c in np.unique(cl)) / len(cl)
+    assert purity >= (0.9 if balanced else 1.0) and inside.mean() >= 0.5
+    assert res.cluster_ok.sum() >= (len(classes) - 1 if balanced else 2)
     acc = res.accepted
-    assert acc[u].mean() >= 0.8  # most unaltered crops confirmed...
+    assert acc[u].mean() >= (0.8 if balanced else 0.4)  # most unaltered crops confirmed...
     assert (res.label[acc] == y[acc]).mean() >= 0.97  # ...and almost never wrongly
     after = pc.apply_clusters(probs, res).argmax(axis=1)
-    assert (after[u] == y[u]).mean() > (probs.argmax(axis=1)[u] == y[u]).mean() + 0.3
+    assert (after == y).mean() > (probs.argmax(axis=1) == y).mean() + (0.3 if balanced else 0.1)
 
 
 def test_without_shared_sensor_noise_nothing_is_changed(competition):
@@ -97,10 +103,96 @@ def test_a_fingerprint_warped_for_a_resize_lands_where_the_resize_puts_it():
         assert np.corrcoef(crop[mask], pattern[mask])[0, 1] > 0.95
 
 
-def test_name_clusters_is_a_one_to_one_vote():
+def test_two_clusters_may_carry_the_same_name():
+    """A class whose test crops come from two devices: both clusters prefer it, both are named so."""
     probs = np.array([[0.6, 0.4], [0.6, 0.4], [0.9, 0.1], [0.8, 0.2]])
-    members = np.array([0, 0, 1, 1])  # both clusters prefer class 0; cluster 1 more strongly
-    assert pc.name_clusters(members, probs, 2).tolist() == [1, 0]
+    members = np.array([0, 0, 1, 1])
+    assert pc.name_clusters(members, probs, 2).tolist() == [0, 0]
+
+
+def _overconfident_minority() -> tuple[np.ndarray, np.ndarray]:
+    """Two clusters of 16 (true classes 0 and 1) whose argmax votes are 11/5 and 12/4 for their
+    true class; the right votes are moderately sure (0.8), the wrong ones sure (1 - 1e-9)."""
+    right, wrong = [0.8, 0.2], [1e-9, 1 - 1e-9]
+    a = [right] * 11 + [wrong] * 5
+    b = [right[::-1]] * 12 + [wrong[::-1]] * 4
+    return np.repeat([0, 1], 16), np.array(a + b)
+
+
+def test_a_few_overconfident_crops_do_not_outvote_the_majority():
+    """Audit #21, finding 1: a log-probability sum clipped at 1e-7 lets 5 crops at -16 each beat 11
+    crops at -0.2 each, and the one-to-one assignment then swaps both clusters."""
+    members, probs = _overconfident_minority()
+    assert pc.name_clusters(members, probs, 2).tolist() == [0, 1]
+
+
+def test_a_name_is_confirmed_only_when_stable_across_members_and_bases():
+    members, probs = _overconfident_minority()
+    names = pc.name_clusters(members, probs, 2)
+    # 11 right at 0.8 against 5 wrong at 1.0: a bootstrap of the members often flips the name
+    assert pc.naming_confidence(members, probs, names)[0] < 0.9
+    sure = np.tile([[0.8, 0.2]], (32, 1))
+    sure[16:] = sure[16:, ::-1]
+    assert (pc.naming_confidence(members, sure, pc.name_clusters(members, sure, 2)) == 1.0).all()
+    # two bases that disagree on cluster 0: not stable, whichever base is the strategy's own
+    other = sure.copy()
+    other[:16] = other[:16, ::-1]
+    conf = pc.naming_confidence(members, [sure, other], pc.name_clusters(members, [sure, other], 2))
+    assert conf[0] < 0.9 and conf[1] == 1.0
+
+
+def _devices(n_devices: int, per_device: int, side: int = 64, strength: float = 0.35,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of ``per_device`` unaltered crops from each device: its pattern plus noise
+    (strength 0.35 on 64 px: a same-device pair z-score of ~7, the audit's pure clusters)."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.standard_normal((n_devices, side, side)).astype(np.float32)
+    device = np.repeat(np.arange(n_devices), per_device)
+    res = rng.standard_normal((len(device), side, side)).astype(np.float32) + strength * pattern[device]
+    return res, device
+
+
+@pytest.mark.parametrize("n_devices, n_classes", [(12, 10), (8, 10)])
+def test_the_number_of_clusters_comes_from_the_data(n_devices, n_classes):
+    """Audit #21, finding 2: 12 devices for 10 classes (two classes with two devices each) or 8
+    devices for 10 classes: every cluster is one device, and every confirmed crop is right."""
+    res, device = _devices(n_devices, 12)
+    y = device % n_classes
+    manip = np.zeros(len(y), dtype=int)
+    probs = _noisy_probs(y, n_classes, strength=2.0, seed=1)
+    out = pc.cluster_test(res, manip, probs, PrnuClusterConfig(scales=[]))
+    assert out.info["clusters"] == n_devices
+    for c in range(n_devices):
+        assert len(set(device[out.cluster_of_unalt == c])) == 1  # pure
+    assert out.accepted.mean() >= 0.9
+    assert (out.label[out.accepted] == y[out.accepted]).all()
+
+
+def test_weak_sensor_noise_is_detected_and_changes_nothing():
+    """Audit #21, finding 3: same-device correlation too weak to cluster (a pair z-score of ~1, like
+    real natural-scene crops): the step must not move any prediction, and must say why."""
+    res, device = _devices(10, 12, strength=0.13)
+    y = device % 10
+    probs = _noisy_probs(y, 10, strength=2.0, seed=1)
+    out = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, PrnuClusterConfig(scales=[]))
+    assert not out.accepted.any()
+    assert np.array_equal(pc.apply_clusters(probs, out), probs)
+    assert "too weak" in out.info["skipped"]
+
+
+@pytest.mark.parametrize("n_devices", [12, 8])
+def test_declared_balanced_k_clusters_refuse_two_sensors_and_unsettled_names(n_devices):
+    """A declared balanced test clusters into k = classes groups; when the devices are not one
+    per class after all (12 or 8 devices, 10 classes), a cluster holding two sensors or a
+    device's half with an unsettled name is refused: nothing is confirmed wrongly."""
+    res, device = _devices(n_devices, 12)
+    y = device % 10
+    probs = _noisy_probs(y, 10, strength=2.0, seed=1)
+    out = pc.cluster_test(res, np.zeros(len(y), dtype=int), probs, PrnuClusterConfig(scales=[]), balanced=True)
+    assert out.info["clusters"] == 10 and out.info["refused"]
+    if n_devices == 12:
+        assert out.info["refused"]["two sensors"] == 2
+    assert out.accepted.mean() >= 0.5 and (out.label[out.accepted] == y[out.accepted]).all()
 
 
 @pytest.mark.parametrize("name, prnu, eq", [("gmean+prnu", True, None), ("gmean+prnu+hungarian", True, "hungarian"),
@@ -113,3 +205,47 @@ def test_strategy_names_with_prnu(name, prnu, eq):
 def test_prnu_after_the_equaliser_is_refused_with_the_right_order():
     with pytest.raises(StrategyError, match="prnu comes before the equaliser"):
         parse_strategy("gmean+hungarian+prnu")
+
+
+def test_blend_and_submission_with_prnu_name_clusters_by_every_base(competition, tmp_path):
+    """`camid blend` + `camid submission` on the simulated competition: every +prnu strategy
+    confirms the same names (they come from all bases), none scores below its base, and the final
+    takes +prnu and the equaliser because the clustering was applied and the test declared balanced."""
+    import json
+    import shutil
+
+    from camid import cli
+    from camid.infer.table import write_table
+    from camid.level2.metrics import score_submission
+
+    out, test, _, y, classes = competition
+    wd = tmp_path / "work"
+    for seed, run in [(1, "netA"), (2, "netB")]:
+        rng = np.random.default_rng(seed)
+        oof = pd.DataFrame({"fname": [f"train/{c}/{i}.jpg" for c in classes for i in range(6)], "split": "oof",
+                            "fold": [i % 2 for _ in classes for i in range(6)], "manip": 0, "aug": "none",
+                            "label": [c for c in classes for _ in range(6)]})
+        rows = pd.DataFrame({"fname": test["fname"], "split": "test", "fold": -1, "manip": test["manip"],
+                             "aug": "unknown", "label": ""})
+        t = pd.concat([oof, rows], ignore_index=True)
+        labels = np.r_[[classes.index(c) for c in oof["label"]], y]
+        t[classes] = _noisy_probs(labels, len(classes), strength=1.5, seed=seed + int(rng.integers(100)))
+        write_table(t, wd / "oof" / f"{run}.tta10.parquet", classes, meta={})
+    strategies = ["gmean", "mean", "gmean+prnu", "mean+prnu", "gmean+prnu+hungarian", "mean+prnu+hungarian"]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"name: t\ndata_dir: {out}\npredict:\n  tta: tta10\nblend:\n  balanced_test: true\n"
+                   f"  strategies: {strategies}\n  prnu:\n    workers: 2\n")
+    (wd / "oof" / "prnu").mkdir(parents=True)
+    for ext in (".npz", ".json"):  # the fixture's residual cache: same files, so blend reuses it
+        shutil.copy(out / "cache" / f"res{ext}", wd / "oof" / "prnu" / f"test_residuals{ext}")
+    assert cli.main(["blend", "--config", str(cfg), "--workdir", str(wd)]) == 0
+    infos = {s: json.loads((wd / "oof" / "blend" / f"{s}.json").read_text()).get("prnu") for s in strategies}
+    assert infos["gmean+prnu"]["applied"] and infos["gmean+prnu"]["names"] == infos["mean+prnu"]["names"]
+    assert infos["gmean+prnu"]["accepted_precision"] >= 0.97
+    assert cli.main(["submission", "--config", str(cfg), "--workdir", str(wd)]) == 0
+    sol = pd.read_csv(out / "solution.csv")
+    score = {s: score_submission(pd.read_csv(wd / "submissions" / f"{s}.csv"), sol, classes).score for s in strategies}
+    for s in ("gmean", "mean"):
+        assert score[f"{s}+prnu"] >= score[s] and score[f"{s}+prnu+hungarian"] >= score[s]
+    final = json.loads((wd / "submissions" / "final.json").read_text())
+    assert final["strategy"].endswith("+prnu+hungarian") and final["steps"]["prnu"]["taken"]

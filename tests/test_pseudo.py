@@ -72,7 +72,7 @@ def round_two(tmp_path_factory):
     pd.DataFrame({"fname": [n for n, _ in names], "camera": CLASSES[0]}).to_csv(data / "sample_submission.csv",
                                                                                index=False)
     cfg = tiny_config(root / "tiny.yaml", data, predict={"tta": "none", "top_n": 1, "crop": 48, "batch_size": 40},
-                      blend={"strategies": ["gmean", "gmean+hungarian"]},
+                      blend={"strategies": ["gmean", "gmean+hungarian"], "balanced_test": True},
                       pseudo={"strategy": "gmean+hungarian", "per_class": 2, "min_expected_precision": 0.0})
     common = ["--config", str(cfg), "--workdir", str(root)]
     for argv in (["folds"], ["train-all"], ["predict"], ["blend"], ["submission"], ["pseudo"],

@@ -58,7 +58,8 @@ def workdir(tmp_path: Path):
     for seed, run in [(1, "netA"), (2, "netB")]:
         write_table(model_table(seed, train, test), wd / "oof" / f"{run}.tta10.parquet", CLASSES, meta={})
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"name: t\ndata_dir: {data}\npredict:\n  tta: tta10\nblend:\n  strategies: {STRATEGIES}\n")
+    cfg.write_text(f"name: t\ndata_dir: {data}\npredict:\n  tta: tta10\n"
+                   f"blend:\n  balanced_test: true\n  strategies: {STRATEGIES}\n")
     return wd, data, cfg
 
 
@@ -160,30 +161,73 @@ def test_blend_stacker_strategy_end_to_end(workdir):
     assert (wd / "submissions" / "lgb+flow.csv").is_file()
 
 
-def test_final_submission_is_the_best_cv_among_the_suffix(workdir, tmp_path, capsys):
-    """final.csv: the best local CV among *<blend.final> (the test scores are never read for it)."""
+def test_final_submission_is_the_best_base_with_the_steps_the_run_supports(workdir, tmp_path, capsys):
+    """final.csv: the base of best local CV; the equaliser only when the test is declared balanced;
+    the test scores are never read for it."""
     wd, data, cfg = workdir
     assert run("blend", "--config", str(cfg), "--workdir", str(wd)) == 0
     cv = {s: json.loads((wd / "oof" / "blend" / f"{s}.json").read_text())["oof_score"] for s in STRATEGIES}
-    # blend.final "+greedy" / "+hungarian" / "+flow": one candidate each; "" or no match: all of them
-    for suffix, among in [("+hungarian", ["gmean+hungarian"]), ("", STRATEGIES), ("+nothing", STRATEGIES),
-                          ("+greedy", ["mean+greedy"])]:
-        c = tmp_path / f"cfg{len(among)}{suffix}.yaml"
-        c.write_text(cfg.read_text().replace("blend:\n", f"blend:\n  final: '{suffix}'\n"))
+    plain = {s.split("+")[0]: cv[s] for s in STRATEGIES}  # every base has one form here
+    best = max(plain, key=lambda b: plain[b])
+    form = next(s for s in STRATEGIES if s.split("+")[0] == best)
+    for balanced, final in [("true", "+prnu+hungarian"), ("false", "+prnu+hungarian"), ("true", "")]:
+        c = tmp_path / f"cfg-{balanced}{final}.yaml"
+        c.write_text(cfg.read_text().replace("balanced_test: true", f"balanced_test: {balanced}\n  final: '{final}'"))
         assert run("submission", "--config", str(c), "--workdir", str(wd)) == 0
         meta = json.loads((wd / "submissions" / "final.json").read_text())
-        best = max(among, key=lambda s: cv[s])  # first of equal scores, like pick_final
-        assert meta["strategy"] == best and meta["candidates"] == among
-        assert meta["cv_score"] == pytest.approx(cv[best])
-        assert (wd / "submissions" / "final.csv").read_bytes() == (wd / "submissions" / f"{best}.csv").read_bytes()
+        assert meta["base"] == best and meta["cv_score"] == pytest.approx(plain[best])
+        assert meta["strategy"] == form and meta["candidates"] == STRATEGIES
+        assert meta["steps"].get("prnu", {}).get("taken") in (None, False)  # no +prnu strategy was blended
+        if final:
+            assert meta["steps"]["equalise"]["taken"] == (balanced == "true")
+        assert (wd / "submissions" / "final.csv").read_bytes() == (wd / "submissions" / f"{form}.csv").read_bytes()
     # the choice ignores the solution: with another solution file the final strategy stays
     sol = pd.read_csv(data / "solution.csv")
     sol["camera"] = sol["camera"].sample(frac=1, random_state=3).to_numpy()
     sol.to_csv(tmp_path / "other_solution.csv", index=False)
     assert run("submission", "--config", str(c), "--workdir", str(wd),
                "--solution", str(tmp_path / "other_solution.csv")) == 0
-    assert json.loads((wd / "submissions" / "final.json").read_text())["strategy"] == "mean+greedy"
+    assert json.loads((wd / "submissions" / "final.json").read_text())["strategy"] == form
     capsys.readouterr()
+
+
+def _fake_blend(ws, cfg_text: str, tmp_path, metas: dict[str, dict]):
+    """Sidecars (and empty tables) as blend writes them, for pick_final alone."""
+    from camid.config import load_config
+
+    ws.blend_dir.mkdir(parents=True, exist_ok=True)
+    for name, meta in metas.items():
+        ws.blend_table(name).write_bytes(b"")
+        ws.blend_table(name).with_suffix(".json").write_text(json.dumps(meta))
+    c = tmp_path / "pick.yaml"
+    c.write_text(cfg_text + f"blend:\n  strategies: {list(metas)}\n")
+    return load_config(c)
+
+
+@pytest.mark.parametrize("applied, balanced, expected", [
+    (True, True, "xgb+prnu+hungarian"), (False, True, "xgb+hungarian"), (True, False, "xgb+prnu"),
+    (False, False, "xgb")])
+def test_pick_final_takes_prnu_only_when_applied_and_the_equaliser_only_when_balanced(
+        tmp_path, applied, balanced, expected):
+    """Audit #21, finding 5: the best local CV among *+prnu+hungarian picked gmean+prnu+hungarian
+    here (its CV, that of an equaliser on OOF rows with label quotas, is the highest), whatever
+    the clustering did and whether the test was balanced."""
+    from camid.level2.submission import pick_final
+    from camid.workspace import Workspace
+
+    ws = Workspace(tmp_path / "work", tmp_path / "DATA")
+    prnu = {"applied": applied, "usable_clusters": 4 if applied else 0, "accepted": 40,
+            "skipped": "" if applied else "only 8% of the unaltered test crops fall in a coherent sensor cluster"}
+    metas = {"gmean": {"oof_score": 0.80}, "gmean+hungarian": {"oof_score": 0.95},
+             "gmean+prnu": {"oof_score": 0.80, "prnu": prnu}, "gmean+prnu+hungarian": {"oof_score": 0.95, "prnu": prnu},
+             "xgb": {"oof_score": 0.85}, "xgb+hungarian": {"oof_score": 0.90},
+             "xgb+prnu": {"oof_score": 0.85, "prnu": prnu}, "xgb+prnu+hungarian": {"oof_score": 0.90, "prnu": prnu}}
+    cfg = _fake_blend(ws, "name: t\n", tmp_path, metas)
+    cfg.blend.balanced_test = balanced
+    choice = pick_final(cfg, ws)
+    assert choice[0] == expected and choice.cv_score == 0.85
+    assert choice.reasons["steps"]["prnu"]["taken"] == applied
+    assert choice.reasons["steps"]["equalise"]["taken"] == balanced
 
 
 def test_pick_final_without_blend_tables_is_a_clear_error(workdir):

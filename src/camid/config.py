@@ -186,6 +186,10 @@ class StackConfig:
     mlp_hidden: int = 128
     mlp_epochs: int = 40
     threads: int = 0  # 0: all cores
+    # OOF rows come from one fold model, test rows from the geometric mean of K (flatter): raise each
+    # model's test rows to the power that gives them the OOF rows' mean top probability before
+    # stacking (level2.stack.match_sharpness; label-free). Off until a benchmark has measured it.
+    match_sharpness: bool = False
 
 
 @dataclass
@@ -196,9 +200,19 @@ class PrnuClusterConfig:
     max_shift: int = 2  # +- pixels searched around a resized crop's expected position
     accept_z: float = 5.0  # a crop takes a cluster's class when its z-score reaches this...
     margin_z: float = 2.5  # ...and beats the runner-up cluster by this
-    member_z: float = 1.5  # an unaltered crop in a coherent cluster takes its class above this z
-    min_cluster_z: float = 1.0  # mean pairwise z-score for a cluster to be used at all
+    member_z: float = 1.5  # an unaltered crop in a usable cluster takes its name above this z
+    # two groups of crops are merged into one sensor cluster while the mean z-score of their cross
+    # links reaches min_cluster_z and their sum / sqrt(links) reaches merge_z: the number of
+    # clusters comes from the data (level2.prnu_cluster.agglomerate)
+    min_cluster_z: float = 1.0
+    merge_z: float | None = None  # None: the 5% Bonferroni bound over the pairs of unaltered test crops
     min_cluster_size: int = 3
+    # below this share of unaltered test crops in coherent clusters the noise is too weak to trust
+    # (real natural scenes, crops from different sensor positions): the step changes nothing
+    min_clustered: float = 0.5
+    max_size_ratio: float = 1.5  # blend.balanced_test: a cluster above this x a class's share mixes classes
+    name_confidence: float = 0.9  # a cluster is used only when its name survives this share of bootstrap draws
+    name_draws: int = 200  # bootstrap draws (members and bases resampled) behind name_confidence
     seed: int = 0
     workers: int = 0  # residual extraction processes; 0: all cores
 
@@ -212,9 +226,12 @@ class BlendConfig:
     floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
     stack: StackConfig = field(default_factory=StackConfig)
     prnu: PrnuClusterConfig = field(default_factory=PrnuClusterConfig)
-    # `submissions/final.csv` is the strategy with the best local CV among those whose name ends
-    # with this (all strategies when none does): chosen without looking at the test set, since the
-    # +prnu step and the test quotas change only test rows and CV cannot rank them.
+    # The test set has as many crops of every class in each half (the competition, the demo): the
+    # equalisers (+greedy, +hungarian, +flow) give every class the same quota. False (a user's own
+    # photos): the equalisers leave the test rows as their base had them, and say so.
+    balanced_test: bool = False
+    # The steps `submissions/final.csv` may add to the base of best local CV (level2.submission.pick_final):
+    # +prnu when the clustering was coherent and its names stable, the equaliser when balanced_test.
     final: str = "+prnu+hungarian"
 
 
@@ -223,7 +240,7 @@ class PseudoConfig:
     """``camid pseudo``: balanced pseudo-labels from a round's level 2 for the next round."""
 
     # the level-2 table whose test predictions are taken; "final": the one `submissions/final.csv`
-    # is made from (blend.final: best local CV)
+    # is made from (level2.submission.pick_final)
     strategy: str = "final"
     per_class: int | None = None  # crops per class and per half (unalt/manip); None: fraction
     fraction: float = 0.8  # of each class's share of a half (the 2nd place: 105 of 132)
@@ -439,6 +456,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"models: duplicate run names {names}")
     if cfg.classes is not None and len(set(cfg.classes)) != len(cfg.classes):
         raise ConfigError("classes: duplicate class names")
+    pc = cfg.blend.prnu
+    if not 0.0 <= pc.min_clustered <= 1.0:
+        raise ConfigError(f"blend.prnu.min_clustered must be in [0, 1], got {pc.min_clustered}")
+    if not 0.5 <= pc.name_confidence <= 1.0:
+        raise ConfigError(f"blend.prnu.name_confidence must be in [0.5, 1], got {pc.name_confidence}")
+    if pc.name_draws < 1 or pc.min_cluster_size < 2 or pc.max_size_ratio <= 0:
+        raise ConfigError("blend.prnu: name_draws must be >= 1, min_cluster_size >= 2 and max_size_ratio > 0")
     check_cluster(cfg.cluster)
 
 

@@ -281,13 +281,15 @@ def label_quotas(labels: np.ndarray, classes: list[str]) -> np.ndarray:
 
 
 def equalise_table(df: pd.DataFrame, classes: list[str], method: str,
-                   floor: float = DEFAULT_FLOOR) -> tuple[pd.DataFrame, dict]:
+                   floor: float = DEFAULT_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
     """Replace each row's probabilities by the one-hot vector of its equalised class.
 
-    Test groups get the balanced quotas (the competition's test set has as many images
-    of every class); OOF groups get their true class counts, because the training set
-    need not be balanced, and an OOF score under balanced quotas would punish a perfect
-    model on imbalanced classes (30 A + 10 B images: 0.75 instead of 1.0).
+    Test groups get the balanced quotas when ``balanced_test`` (the competition's test set
+    has as many images of every class); otherwise nothing says how many test images each
+    class has, any quota would move right predictions to fill it (a perfect model on
+    30 A + 10 B test crops: 0.75), so the test rows keep their argmax class. OOF groups get
+    their true class counts, because the training set need not be balanced, and an OOF score
+    under balanced quotas would punish a perfect model on imbalanced classes.
 
     The table schema has only class columns after the keys, so an equalised
     table stores the decision as exact 0/1 probabilities: argmax is the
@@ -299,11 +301,18 @@ def equalise_table(df: pd.DataFrame, classes: list[str], method: str,
     info: dict[str, dict] = {}
     for name, rows in row_groups(df).items():
         start = time.perf_counter()
-        q = label_quotas(df["label"].to_numpy()[rows], classes) if name.startswith("oof") else quotas(probs[rows])
+        if name.startswith("oof"):
+            q, rule = label_quotas(df["label"].to_numpy()[rows], classes), "labels"
+        elif balanced_test:
+            q, rule = quotas(probs[rows]), "balanced"
+        else:
+            onehot[rows, probs[rows].argmax(axis=1)] = 1.0
+            info[name] = {"rows": int(len(rows)), "quotas": None, "solver": "argmax",
+                          "quota_rule": "none: blend.balanced_test is false", "seconds": 0.0}
+            continue
         assign, used = solve(probs[rows], method, q, floor)
         onehot[rows, assign] = 1.0
-        info[name] = {"rows": int(len(rows)), "quotas": q.tolist(), "solver": used,
-                      "quota_rule": "labels" if name.startswith("oof") else "balanced",
+        info[name] = {"rows": int(len(rows)), "quotas": q.tolist(), "solver": used, "quota_rule": rule,
                       "seconds": round(time.perf_counter() - start, 4)}
     out = df.copy()
     out[classes] = onehot

@@ -1,27 +1,35 @@
-"""PRNU test clustering: the test images of one class share one device, so their sensor noise agrees.
+"""PRNU test clustering: the test images of one device share its sensor noise.
 
 The 4th place (Guanshuo Xu) went from 0.976 to 0.987 on the private leaderboard by building
-reference patterns from clusters of test images. Here, for a test set in which every class's
-photos come from ONE device (the competition's design):
+reference patterns from clusters of test images. Here:
 
 1. every test crop's noise residual (``prnu.query_residual``: wavelet denoiser, zero-mean,
-   Wiener in the DFT domain) is normalised to unit energy;
-2. the unaltered crops are clustered by residual correlation into as many clusters as there
-   are classes (spectral clustering on the positive part of the pairwise z-scores);
-3. each cluster is named by the probabilities of the level-2 strategy it refines: a
-   cluster-by-class Hungarian assignment on the summed log-probabilities of its members (a
-   cluster-level vote under the rule "one device per class, one class per device"), taken
-   again once step 5 has found the manipulated crops of each cluster, with their votes too;
-4. a cluster counts only when its members really share a pattern (mean pairwise z-score
-   ``min_cluster_z``) and it has ``min_cluster_size`` members; its fingerprint is the sum of
-   its members' normalised residuals;
-5. every test crop is scored against every fingerprint (its own residual left out): a z-score
-   at zero shift, and for ``_manip`` crops also after resampling the fingerprint the way the
-   competition's bicubic resize would have moved it (``scales``, with a +-``max_shift`` pixel
-   search because centre-crop offsets are rounded); a crop whose best z-score reaches
-   ``accept_z`` and beats the runner-up by ``margin_z`` is assigned to that cluster's class;
-   an unaltered crop is also assigned to its own (coherent) cluster's class when its z-score
-   against that cluster reaches ``member_z`` (membership is decided by all links at once).
+   Wiener in the DFT domain) is normalised to unit energy, and the unaltered crops' pairwise
+   correlations are turned into z-scores (``pairwise_z``);
+2. the unaltered crops are clustered. By default the number of clusters comes from the data
+   (``agglomerate``: groups merge while their cross links are significant in sum and at least
+   ``min_cluster_z`` on average, so two devices never share a cluster, and a class may have two
+   devices). When the test is declared balanced (``blend.balanced_test``: the competition's
+   design, one device per class) they are split into as many clusters as classes (spectral),
+   and a cluster whose two halves do not link to each other holds two sensors and is refused
+   (``one_sensor``), as is one larger than ``max_size_ratio`` times a class's share;
+3. a cluster counts only when it has ``min_cluster_size`` members and a mean pairwise z-score
+   of ``min_cluster_z``; when less than ``min_clustered`` of the unaltered crops fall in such
+   clusters the sensor noise is too weak to trust (real natural-scene crops, crops from
+   different sensor positions) and the step changes nothing, saying why;
+4. each cluster is named by the mean probability of each class over its members and over every
+   base of the blend (``name_clusters``; bounded per crop, so a few confidently wrong crops cannot
+   outvote the majority; one-to-one when the test is declared balanced), and used only when the
+   name survives ``name_confidence`` of bootstrap draws of its members and of the bases
+   (``naming_confidence``); the naming is taken again once step 5 has found the manipulated
+   crops of each cluster, with their votes too;
+5. every test crop is scored against every usable cluster's fingerprint (the sum of its
+   members' residuals, the crop's own left out): a z-score at zero shift, and for ``_manip``
+   crops also after resampling the fingerprint the way the competition's bicubic resize would
+   have moved it (``scales``, with a +-``max_shift`` pixel search because centre-crop offsets are
+   rounded); a crop whose best z-score reaches ``accept_z`` and beats the best cluster of another
+   class by ``margin_z`` takes that cluster's class; an unaltered member of a usable cluster
+   also takes its name when its z-score against that cluster reaches ``member_z``.
 
 Crops that are not accepted keep the strategy's probabilities, so an unconfident clustering
 changes nothing. z-scores are standardised by the spread of the scores against the clusters a
@@ -32,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +50,7 @@ import pandas as pd
 from scipy import fft as sfft
 from scipy.cluster.vq import kmeans2
 from scipy.optimize import linear_sum_assignment
+from scipy.stats import norm
 
 from ..config import PrnuClusterConfig
 from ..data.images import read_image
@@ -51,6 +61,7 @@ from ..util.io import write_atomic, write_json
 from ..util.log import stage_log
 from ..util.pool import parallel_map
 
+_SPLIT_Z = 3.0  # one_sensor: the halves of a one-device cluster link at least this clearly
 # Canvas on which a fingerprint, known only on the centre crop, is resized like a whole photo.
 _CANVAS = 4
 
@@ -94,8 +105,60 @@ def pairwise_z(r: np.ndarray) -> np.ndarray:
     return c
 
 
+def agglomerate(z: np.ndarray, min_link: float, merge_z: float | None = None) -> np.ndarray:
+    """Sensor clusters of the crops, their number found from the data.
+
+    Two groups a and b are merged, the strongest first, while the sum of the z-scores of their
+    n_a x n_b cross links, divided by sqrt(n_a n_b) (~N(0, 1) when the groups share no sensor),
+    reaches ``merge_z`` AND the mean cross link reaches ``min_link``. The sum gathers weak
+    same-device links over many crops (one pair at z ~1.5 is noise, 12 x 12 of them are not);
+    the mean keeps two devices apart however large their groups grow (their mean cross link is
+    ~0, while a sum over thousands of links would pass any threshold on a slight bias).
+    ``merge_z`` None: the one-sided 5% Bonferroni bound over the n(n-1)/2 pairs, so that pure
+    noise is left as singletons whatever the number of crops (3.9 for 48 crops, 5.3 for 1320)."""
+    n = len(z)
+    label = np.arange(n)
+    if n < 2:
+        return label.astype(np.int64)
+    if merge_z is None:
+        merge_z = float(norm.isf(0.05 / (n * (n - 1) / 2)))
+    cross = np.array(z, dtype=np.float64, copy=True)  # row g: sum of group g's links to each group
+    np.fill_diagonal(cross, 0.0)
+    size = np.ones(n)
+
+    def scores(g: int) -> np.ndarray:
+        pairs = size[g] * size
+        out = np.where(cross[g] >= min_link * pairs, cross[g] / np.sqrt(np.maximum(pairs, 1.0)), -np.inf)
+        out[g] = -np.inf
+        return out
+
+    score = np.stack([scores(g) for g in range(n)])
+    while True:
+        a, b = (int(i) for i in np.unravel_index(int(score.argmax()), score.shape))
+        if score[a, b] < merge_z:
+            break
+        label[label == b] = a  # group b joins group a; b's row and column are retired
+        cross[a] += cross[b]
+        cross[:, a] += cross[:, b]
+        cross[a, a] = 0.0
+        size[a] += size[b]
+        size[b] = 0.0
+        score[b], score[:, b] = -np.inf, -np.inf
+        score[a] = scores(a)
+        score[a, size == 0] = -np.inf
+        score[:, a] = score[a]
+    # biggest cluster first, ties by first member, so the numbering is reproducible
+    _, lab = np.unique(label, return_inverse=True)
+    sizes = np.bincount(lab)
+    first = np.array([np.flatnonzero(lab == c)[0] for c in range(len(sizes))])
+    order = np.lexsort((first, -sizes))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[lab].astype(np.int64)
+
+
 def spectral_clusters(z: np.ndarray, k: int, seed: int = 0, restarts: int = 10) -> np.ndarray:
-    """Normalised spectral clustering (Ng-Jordan-Weiss) on the affinity max(z, 0)."""
+    """Normalised spectral clustering (Ng-Jordan-Weiss) on the affinity max(z, 0) into ``k`` groups."""
     n = len(z)
     if n <= k:
         return np.arange(n)
@@ -115,16 +178,85 @@ def spectral_clusters(z: np.ndarray, k: int, seed: int = 0, restarts: int = 10) 
     return best[1]
 
 
-def name_clusters(members: np.ndarray, probs: np.ndarray, k_clusters: int, floor: float = 1e-7) -> np.ndarray:
-    """Class of each cluster: the one-to-one assignment maximising the members' joint likelihood."""
-    logp = np.log(np.clip(probs, floor, None))
-    votes = np.zeros((k_clusters, probs.shape[1]))
+def one_sensor(block: np.ndarray, seed: int = 0) -> bool:
+    """Whether a cluster's crops share ONE sensor: split it in two (spectral) and ask that the
+    two halves link to each other as well as within themselves. Two devices forced into one
+    cluster have strong halves and cross links near 0 (the audit's mixed clusters still had a
+    mean z of 2.6-3.8, above any coherence threshold, while their halves do not link at all)."""
+    if len(block) < 4:
+        return True
+    half = spectral_clusters(block, 2, seed) == 1
+    if half.all() or not half.any():
+        return True
+    cross = block[np.ix_(half, ~half)]
+    within = [block[np.ix_(m, m)].sum() / max(m.sum() * (m.sum() - 1), 1) for m in (half, ~half)]
+    # the cross links must be clearly there (their sum / sqrt(links), ~N(0, 1) for two sensors)
+    # and at least half as strong as the weaker half's own links
+    return bool(cross.sum() / np.sqrt(cross.size) >= _SPLIT_Z and cross.mean() >= 0.5 * min(within))
+
+
+def name_clusters(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], k_clusters: int,
+                  one_to_one: np.ndarray | None = None) -> np.ndarray:
+    """Class of each cluster from the mean probability of each class over its members, averaged
+    over every base in ``probs`` (one (n, k) array per base). A crop adds at most 1 to a class, so
+    a few confidently wrong crops cannot outvote the majority (a log-probability sum lets one
+    crop at 1e-7 weigh as much as 16 right ones).
+
+    Each cluster takes its own best class, so two clusters may carry the same name (a class whose
+    test crops come from two devices); with ``one_to_one`` (a mask of clusters) those clusters
+    get distinct classes by the assignment of highest total mean probability (one device per
+    class: a declared balanced test), the others their own best. -1: a cluster without members."""
+    return _names(cluster_evidence(members, probs, k_clusters)[None], one_to_one)[0]
+
+
+def _names(evidence: np.ndarray, one_to_one: np.ndarray | None) -> np.ndarray:
+    """(draws, clusters, classes) evidence -> (draws, clusters) names (see ``name_clusters``)."""
+    names = np.nan_to_num(evidence, nan=-1.0).argmax(axis=2)
+    names[~np.isfinite(evidence).all(axis=2)] = -1
+    if one_to_one is not None and one_to_one.any():
+        rows = np.flatnonzero(one_to_one)
+        for d in range(len(evidence)):
+            r, c = linear_sum_assignment(-np.nan_to_num(evidence[d, rows], nan=0.0))
+            names[d, rows[r]] = c
+    return names.astype(np.int64)
+
+
+def cluster_evidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], k_clusters: int) -> np.ndarray:
+    """(k_clusters, classes) mean probability of each class over a cluster's members and the bases (nan: empty)."""
+    bases = np.stack([np.asarray(p, dtype=np.float64) for p in _as_bases(probs)])
+    out = np.full((k_clusters, bases.shape[2]), np.nan)
     for c in range(k_clusters):
-        votes[c] = logp[members == c].sum(axis=0)
-    rows, cols = linear_sum_assignment(-votes)
-    out = np.full(k_clusters, -1, dtype=np.int64)
-    out[rows] = cols
+        m = members == c
+        if m.any():
+            out[c] = bases[:, m].mean(axis=(0, 1))
     return out
+
+
+def naming_confidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], names: np.ndarray,
+                      draws: int = 200, seed: int = 0, one_to_one: np.ndarray | None = None) -> np.ndarray:
+    """How stable each cluster's name is: the share of bootstrap draws (members AND bases
+    resampled with replacement) in which ``name_clusters`` still gives it that name. Near 1
+    only when the name holds whatever subset of crops and whichever base is asked; a cluster
+    split between two classes, or whose bases disagree, lands near 0.5 or below."""
+    bases = np.stack([np.asarray(p, dtype=np.float64) for p in _as_bases(probs)])
+    rng = np.random.default_rng(seed)
+    n_bases = len(bases)
+    means = np.full((draws, len(names), bases.shape[2]), np.nan)
+    for c in range(len(names)):
+        idx = np.flatnonzero(members == c)
+        if not len(idx):
+            continue
+        w = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=draws)  # (draws, m)
+        v = rng.multinomial(n_bases, np.full(n_bases, 1 / n_bases), size=draws)  # (draws, bases)
+        means[:, c] = np.einsum("db,dm,bmk->dk", v, w, bases[:, idx]) / (len(idx) * n_bases)
+    drawn = _names(means, one_to_one)
+    return np.where(names >= 0, (drawn == names[None]).mean(axis=0), 0.0)
+
+
+def _as_bases(probs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(probs, np.ndarray) and probs.ndim == 2:
+        return [probs]
+    return list(probs)
 
 
 def warp_fingerprint(f: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -197,34 +329,77 @@ class Structure:
     """What the clustering finds from the residuals alone, before any class probability:
     computed once per blend run and shared by every ``+prnu`` strategy."""
 
-    members: np.ndarray  # (n_unalt,) spectral cluster of each unaltered crop
+    members: np.ndarray  # (n_unalt,) cluster of each unaltered crop; -1: in no cluster of min_cluster_size
     coherence: np.ndarray  # (k,) mean within-cluster pairwise z-score
     sizes: np.ndarray  # (k,)
-    ok: np.ndarray  # (k,) coherent and large enough to use
+    ok: np.ndarray  # (k,) coherent, large enough, and (balanced test) not larger than a class's share
     z: np.ndarray  # (n, k) standardised best score of each crop against each fingerprint (-inf: unusable)
     scale: np.ndarray  # (n,) resize factor of the best match (1.0: none)
+    refused: dict[str, int] = field(default_factory=dict)  # clusters found but not used, by reason
+    skipped: str = ""  # why the step changes nothing at all ("": it applies)
+    one_per_class: bool = False  # a declared balanced test: one device per class, names one-to-one
 
 
 def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
-                      s: ClusterSettings | None = None) -> Structure:
-    """Cluster the unaltered crops into ``k`` sensor groups and score every crop against every
-    group's fingerprint (``residuals`` (n, h, w) post-processed noise residuals, ``manip`` (n,))."""
+                      s: ClusterSettings | None = None, balanced: bool = False) -> Structure:
+    """Cluster the unaltered crops into sensor groups and score every crop against every usable
+    group's fingerprint (``residuals`` (n, h, w) post-processed noise residuals, ``manip`` (n,),
+    ``k`` classes; ``balanced``: the test has as many crops of every class, so a cluster larger than
+    ``max_size_ratio`` times a class's share holds more than one class's device and is refused)."""
     s = s or ClusterSettings()
     n = len(residuals)
     shape = residuals.shape[1:]
     r = normalise(residuals)
     unalt = np.flatnonzero(manip == 0)
     zu = pairwise_z(r[unalt])
-    members = spectral_clusters(zu, k, s.seed)
-    n_clusters = int(members.max()) + 1 if len(members) else 0
+    if balanced and k:
+        # A declared balanced test is the competition's design: one device per class, so k
+        # clusters; a cluster that nonetheless holds two devices is refused below (one_sensor).
+        found = spectral_clusters(zu, k, s.seed)
+        sizes_all = np.bincount(found, minlength=k)
+        keep = np.flatnonzero(sizes_all >= s.min_cluster_size)
+        remap = np.full(len(sizes_all), -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        members = remap[found]
+        n_clusters = len(keep)
+    else:
+        members, n_clusters = np.full(len(unalt), -1, dtype=np.int64), 0
+        while True:
+            # Crops left out are clustered again among themselves: fewer pairs, a lower Bonferroni
+            # bound, so a device whose links were too weak to stand out among all pairs is found next.
+            rest = np.flatnonzero(members < 0)
+            found = agglomerate(zu[np.ix_(rest, rest)], s.min_cluster_z, s.merge_z)
+            new = np.bincount(found, minlength=1) >= s.min_cluster_size  # numbered biggest first
+            if not new.any():
+                break
+            members[rest[new[found]]] = n_clusters + found[new[found]]
+            n_clusters += int(new.sum())
+    sizes = np.bincount(members[members >= 0], minlength=n_clusters)
     coherence = np.zeros(n_clusters)
-    sizes = np.bincount(members, minlength=n_clusters)
+    single = np.ones(n_clusters, dtype=bool)
     for c in range(n_clusters):
         m = members == c
-        if m.sum() >= 2:
-            block = zu[np.ix_(m, m)]
-            coherence[c] = block.sum() / (m.sum() * (m.sum() - 1))
-    ok = (coherence >= s.min_cluster_z) & (sizes >= s.min_cluster_size)
+        block = zu[np.ix_(m, m)]
+        coherence[c] = block.sum() / (m.sum() * (m.sum() - 1))
+        single[c] = one_sensor(block, s.seed)
+    ok = coherence >= s.min_cluster_z
+    refused = {"incoherent": int((~ok).sum()), "two sensors": int((ok & ~single).sum())}
+    ok &= single
+    if balanced and k:
+        too_big = sizes > s.max_size_ratio * len(unalt) / k
+        refused["larger than a class's share"] = int((ok & too_big).sum())
+        ok &= ~too_big
+    refused = {why: c for why, c in refused.items() if c}
+    clustered = float(sizes[ok].sum() / max(len(unalt), 1))
+    skipped = ""
+    if clustered < s.min_clustered:
+        # One sensor per class means most crops should fall in a usable cluster when the noise is
+        # readable; a few small groups are what chance finds among many weak correlations.
+        skipped = (f"only {clustered:.0%} of the unaltered test crops fall in a coherent sensor cluster "
+                   f"(blend.prnu.min_clustered {s.min_clustered:.0%}): the sensor noise is too weak to trust")
+    if skipped or not ok.any():
+        return Structure(members, coherence, sizes, np.zeros(n_clusters, bool), np.full((n, n_clusters), -np.inf),
+                         np.ones(n), refused, skipped or "no coherent sensor cluster", bool(balanced and k))
     fingerprints = np.stack([r[unalt][members == c].sum(axis=0) for c in range(n_clusters)])
     raw, scale = score_against(r, shape, fingerprints, manip, members, unalt, s)
     # Most (crop, cluster) pairs are unrelated: their spread is the noise. _manip crops are the
@@ -235,59 +410,95 @@ def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
         rows = np.flatnonzero(manip == half)
         if not len(rows):
             continue
-        block = raw[rows][:, ok] if ok.any() else raw[rows]
+        block = raw[rows][:, ok]
         null = np.sort(block, axis=1)[:, :-1] if block.shape[1] > 1 else block
         z[rows] = (raw[rows] - float(np.median(null))) / _robust_sd(null)
     z[:, ~ok] = -np.inf
     assert z.shape == (n, n_clusters)
-    return Structure(members, coherence, sizes, ok, z, scale)
+    return Structure(members, coherence, sizes, ok, z, scale, refused, "", bool(balanced and k))
 
 
-def decide(st: Structure, manip: np.ndarray, probs: np.ndarray, s: ClusterSettings | None = None,
-           floor: float = 1e-7) -> ClusterResult:
-    """Name the clusters by ``probs`` (n, k) and decide which crops they confirm."""
-    s = s or ClusterSettings()
-    n = len(probs)
-    unalt = np.flatnonzero(manip == 0)
-    n_clusters = len(st.ok)
-    names = name_clusters(st.members, probs[unalt], n_clusters, floor)
-    ok = st.ok & (names >= 0)
-    z = np.where(ok[None, :], st.z, -np.inf)
-    order = np.sort(z, axis=1)
-    best = z.argmax(axis=1)
-    top, second = order[:, -1], order[:, -2] if n_clusters > 1 else np.full(n, -np.inf)
+def _accept(z: np.ndarray, ok: np.ndarray, names: np.ndarray, s: ClusterSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Crops whose best usable cluster reaches ``accept_z`` and beats, by ``margin_z``, the best
+    cluster of ANOTHER class (two devices of one class do not compete); returns (accepted, best)."""
+    n = len(z)
+    if not ok.any():
+        return np.zeros(n, bool), np.zeros(n, np.int64)
+    zz = np.where(ok[None, :], z, -np.inf)
+    best = zz.argmax(axis=1)
+    top = zz[np.arange(n), best]
+    rival = np.where(names[None, :] != names[best][:, None], zz, -np.inf).max(axis=1)
     with np.errstate(invalid="ignore"):  # -inf - -inf: no usable cluster at all
-        margin = np.where(np.isfinite(second), top - second, np.inf)
-    accepted = np.isfinite(top) & (top >= s.accept_z) & (margin >= s.margin_z)
+        margin = np.where(np.isfinite(rival), top - rival, np.inf)
+    return np.isfinite(top) & (top >= s.accept_z) & (margin >= s.margin_z), best
+
+
+def decide(st: Structure, manip: np.ndarray, probs: np.ndarray | Sequence[np.ndarray],
+           s: ClusterSettings | None = None) -> ClusterResult:
+    """Name the clusters by ``probs`` ((n, k) rows of one base, or a list of them: every base
+    of the blend, so the names do not depend on which strategy asks) and decide which crops they
+    confirm. A cluster is used only when its name is stable (``naming_confidence`` at least
+    ``name_confidence``)."""
+    s = s or ClusterSettings()
+    bases = _as_bases(probs)
+    n = len(bases[0])
+    unalt = np.flatnonzero(manip == 0)
+    k_cl = len(st.ok)
+    info: dict = {"applied": False, "clusters": int(k_cl), "coherent_clusters": int(st.ok.sum()),
+                  "cluster_sizes": st.sizes.tolist(), "cluster_z": np.round(st.coherence, 2).tolist(),
+                  "clustered_unalt": int(st.ok[st.members[st.members >= 0]].sum()), "refused": dict(st.refused)}
+    if st.skipped or not st.ok.any():
+        info.update(skipped=st.skipped or "no coherent sensor cluster", usable_clusters=0, accepted=0,
+                    accepted_unalt=0, accepted_manip=0)
+        return ClusterResult(st.members, np.full(k_cl, -1), st.ok, st.coherence, st.z, st.scale,
+                             np.zeros(n, bool), np.full(n, -1, np.int64), info)
+
+    def named(voters: np.ndarray, rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        one = st.ok if st.one_per_class else None
+        names = name_clusters(voters, rows, k_cl, one)
+        conf = naming_confidence(voters, rows, names, s.name_draws, s.seed, one)
+        return names, conf, st.ok & (names >= 0) & (conf >= s.name_confidence)
+
+    names, conf, ok = named(st.members, [b[unalt] for b in bases])
+    accepted, best = _accept(st.z, ok, names, s)
     # The manipulated crops a cluster's fingerprint confirms are photos of that device too:
     # their votes join the unaltered members' in a second naming (about 1.7x the votes).
     voters = np.full(n, -1, dtype=np.int64)
     voters[unalt] = st.members
     confirmed = accepted & (manip == 1)
     voters[confirmed] = best[confirmed]
-    names = name_clusters(voters, probs, n_clusters, floor)
+    names, conf, ok = named(voters, bases)
+    accepted, best = _accept(st.z, ok, names, s)
     label = np.where(accepted, names[best], -1)
-    # Spectral membership uses every pairwise link at once, so it is surer than any single
-    # z-score: an unaltered crop in a coherent cluster takes its class unless it barely
+    # Agglomerative membership uses every pairwise link at once, so it is surer than any single
+    # z-score: an unaltered crop in a usable cluster takes its name unless it barely
     # correlates with that cluster's fingerprint at all.
-    own_z = z[unalt, st.members]
-    by_member = ok[st.members] & (own_z >= s.member_z)
+    own = st.members
+    inside = own >= 0
+    own_z = np.where(inside, st.z[unalt, np.maximum(own, 0)], -np.inf)
+    by_member = inside & ok[np.maximum(own, 0)] & (own_z >= s.member_z)
     accepted[unalt[by_member]] = True
-    label[unalt[by_member]] = names[st.members[by_member]]
-    info = {"clusters": int(n_clusters), "usable_clusters": int(ok.sum()),
-            "accepted": int(accepted.sum()), "accepted_unalt": int(accepted[manip == 0].sum()),
-            "accepted_manip": int(accepted[manip == 1].sum()),
-            "cluster_sizes": st.sizes.tolist(), "cluster_z": np.round(st.coherence, 2).tolist()}
-    return ClusterResult(st.members, names, ok, st.coherence, z, st.scale, accepted, label, info)
+    label[unalt[by_member]] = names[own[by_member]]
+    unstable = int((st.ok & ~ok).sum())
+    if unstable:
+        info["refused"]["name not stable"] = unstable
+    info.update(applied=bool(ok.any()), usable_clusters=int(ok.sum()), names=names.tolist(),
+                naming_confidence=np.round(conf, 3).tolist(), accepted=int(accepted.sum()),
+                accepted_unalt=int(accepted[manip == 0].sum()), accepted_manip=int(accepted[manip == 1].sum()))
+    if not ok.any():
+        info["skipped"] = "no coherent cluster has a stable name"
+    return ClusterResult(own, names, ok, st.coherence, st.z, st.scale, accepted, label, info)
 
 
-def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray,
-                 s: ClusterSettings | None = None, floor: float = 1e-7) -> ClusterResult:
+def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray | Sequence[np.ndarray],
+                 s: ClusterSettings | None = None, balanced: bool = False) -> ClusterResult:
     """Cluster test crops by sensor pattern and decide which predictions the clusters confirm.
 
     ``residuals`` (n, h, w) post-processed noise residuals of the test crops, ``manip`` (n,) their
-    0/1 flag, ``probs`` (n, k) the strategy's class probabilities (rows in the same order)."""
-    return decide(cluster_structure(residuals, manip, probs.shape[1], s), manip, probs, s, floor)
+    0/1 flag, ``probs`` (n, k) the class probabilities (rows in the same order), or a list of
+    them, one per base; ``balanced``: see ``cluster_structure``."""
+    k = _as_bases(probs)[0].shape[1]
+    return decide(cluster_structure(residuals, manip, k, s, balanced), manip, probs, s)
 
 
 def apply_clusters(probs: np.ndarray, result: ClusterResult, floor: float = 1e-7) -> np.ndarray:
@@ -360,38 +571,49 @@ def solution_labels(data_dir: Path) -> pd.Series | None:
 
 def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache: Path, settings: ClusterSettings,
                  floor: float, structures: dict[str, Structure] | None = None,
+                 evidence: Sequence[pd.DataFrame] = (), balanced: bool = False,
                  ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """The ``+prnu`` step on a level-2 table: test rows confirmed by their sensor cluster become
     (near) one-hot on the cluster's class; OOF rows and unconfirmed test rows are unchanged.
 
+    ``evidence``: the level-2 tables of every base in the blend; the clusters are named by all of
+    them (default: by ``table`` alone), so every ``+prnu`` strategy confirms the same names.
+    ``balanced``: the test is declared balanced (``blend.balanced_test``).
     OOF rows are left alone on purpose: they are photos of the TRAINING devices, so clustering
     them would not measure what clustering does on the unseen test device; the local CV of a
-    ``+prnu`` strategy is its base's. Returns the table, a summary, and one report row per test
-    crop (cluster, best z-score, scale, accepted, class) for ``oof/blend/<strategy>.prnu.csv``."""
+    ``+prnu`` strategy is its base's. Returns the table, a summary (``applied``: whether any
+    cluster was used; ``skipped``: why not), and one report row per test crop (cluster, best
+    z-score, scale, accepted, class) for ``oof/blend/<strategy>.prnu.csv``."""
     test, residuals = test_residuals(data_dir, cache, settings.workers or (os.cpu_count() or 1))
-    rows = np.flatnonzero((table["split"] == "test").to_numpy())
-    by_name = pd.Series(rows, index=table["fname"].to_numpy()[rows])
-    missing = sorted(set(test["fname"]) - set(by_name.index))
-    if missing:
-        raise DataError(f"the level-2 table has no rows for {len(missing)} test file(s), e.g. {missing[:3]}")
-    order = by_name.loc[test["fname"]].to_numpy()
+
+    def test_order(t: pd.DataFrame) -> np.ndarray:
+        rows = np.flatnonzero((t["split"] == "test").to_numpy())
+        by_name = pd.Series(rows, index=t["fname"].to_numpy()[rows])
+        missing = sorted(set(test["fname"]) - set(by_name.index))
+        if missing:
+            raise DataError(f"the level-2 table has no rows for {len(missing)} test file(s), e.g. {missing[:3]}")
+        return by_name.loc[test["fname"]].to_numpy()
+
+    order = test_order(table)
     probs = table[classes].to_numpy(dtype=np.float64)[order]
+    bases = [t[classes].to_numpy(dtype=np.float64)[test_order(t)] for t in evidence] or [probs]
     manip = test["manip"].to_numpy().astype(int)
     k = len(classes)
     t0 = time.perf_counter()
     if (manip == 0).sum() < 2 * k:
-        stage_log("blend", f"PRNU clustering needs at least {2 * k} unaltered test crops, has {(manip == 0).sum()}: "
-                           "nothing changed")
-        return table, {"skipped": "too few unaltered test crops"}, pd.DataFrame()
+        reason = f"PRNU clustering needs at least {2 * k} unaltered test crops, has {(manip == 0).sum()}"
+        stage_log("blend", f"{reason}: nothing changed")
+        return table, {"applied": False, "skipped": reason}, pd.DataFrame()
     structures = {} if structures is None else structures
-    if str(cache) not in structures:
-        structures[str(cache)] = cluster_structure(residuals.astype(np.float32), manip, k, settings)
-    res = decide(structures[str(cache)], manip, probs, settings, floor)
+    key = f"{cache}|balanced={balanced}"
+    if key not in structures:
+        structures[key] = cluster_structure(residuals.astype(np.float32), manip, k, settings, balanced)
+    res = decide(structures[key], manip, bases, settings)
     refined = apply_clusters(probs, res, floor)
     out = table.copy()
     out.loc[out.index[order], classes] = refined
     report = pd.DataFrame({"fname": test["fname"].to_numpy(), "manip": manip,
-                           "cluster": -1, "best_z": np.round(res.z.max(axis=1), 3),
+                           "cluster": -1, "best_z": np.round(res.z.max(axis=1, initial=-np.inf), 3),
                            "scale": res.scale, "accepted": res.accepted,
                            "class": [classes[c] if c >= 0 else "" for c in res.label],
                            "before": [classes[c] for c in probs.argmax(axis=1)],
@@ -399,19 +621,29 @@ def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache:
     report.loc[manip == 0, "cluster"] = res.cluster_of_unalt
     info = dict(res.info, seconds=round(time.perf_counter() - t0, 2),
                 changed=int((report["before"] != report["after"]).sum()))
+    if "names" in info:
+        info["names"] = [classes[c] if c >= 0 else "" for c in info["names"]]
     truth = solution_labels(data_dir)
     if truth is not None and set(test["fname"]) <= set(truth.index):
         y = truth.loc[test["fname"]].to_numpy()
-        u = manip == 0
         clusters = res.cluster_of_unalt
-        info["purity"] = round(float(sum(pd.Series(y[u][clusters == c]).value_counts().iloc[0]
-                                         for c in np.unique(clusters)) / u.sum()), 4)
+        inside = clusters >= 0
+        yu = y[manip == 0][inside]
+        info["purity"] = round(float(sum(pd.Series(yu[clusters[inside] == c]).value_counts().iloc[0]
+                                         for c in np.unique(clusters[inside])) / inside.sum()), 4) \
+            if inside.any() else None
         acc = report["accepted"].to_numpy()
         info["accepted_precision"] = round(float((report["class"].to_numpy()[acc] == y[acc]).mean()), 4) \
             if acc.any() else None
-    stage_log("blend", f"PRNU clustering: {info['usable_clusters']}/{info['clusters']} coherent clusters, "
+    if not info["applied"]:
+        stage_log("blend", f"PRNU clustering: {info['skipped']}: nothing changed ({info['clusters']} clusters of "
+                           f"{settings.min_cluster_size}+ crops, {info['coherent_clusters']} coherent"
+                           + (f", refused: {info['refused']}" if info["refused"] else "") + ")")
+        return table, info, report
+    stage_log("blend", f"PRNU clustering: {info['usable_clusters']}/{info['clusters']} clusters used "
+                       f"(refused: {info['refused'] or 'none'}), "
                        f"{info['accepted_unalt']}/{int((manip == 0).sum())} unaltered and {info['accepted_manip']}/"
                        f"{int((manip == 1).sum())} manipulated crops confirmed, {info['changed']} predictions changed"
-                       + (f"; against the solution: cluster purity {info['purity']:.3f}, confirmed precision "
+                       + (f"; against the solution: cluster purity {info['purity']}, confirmed precision "
                           f"{info['accepted_precision']}" if "purity" in info else "") + f" ({info['seconds']} s)")
     return out, info, report

@@ -231,6 +231,50 @@ def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence
     return out, {"models": len(fold_scores), "fold_accuracy": fold_scores, "files": files}
 
 
+def _sharpen(p: np.ndarray, power: float) -> np.ndarray:
+    q = np.power(np.clip(p, 1e-12, None), power)
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def match_sharpness(arrays: Sequence[np.ndarray], is_test: np.ndarray, manip: np.ndarray,
+                    max_power: float = 8.0) -> tuple[list[np.ndarray], list[list[float]]]:
+    """Test rows of each model raised to the power (renormalised) that gives them the OOF rows'
+    mean top probability, per half (unaltered, manipulated); labels are never read.
+
+    An OOF row comes from ONE fold model, a test row from the geometric mean of K, which is
+    flatter where the fold models disagree: a stacker fitted on the sharp rows would meet test
+    features it never saw (its tree thresholds sit at sharper values). Only sharpening is done
+    (power in [1, ``max_power``]): a test row that is already as sharp is left alone. Returns
+    the arrays and, per model, the power of each half."""
+    out, powers = [], []
+    for a in arrays:
+        a = np.array(a, dtype=np.float64, copy=True)
+        used = []
+        for half in (0, 1):
+            oof = ~is_test & (manip == half)
+            test = is_test & (manip == half)
+            power = 1.0
+            if oof.any() and test.any():
+                target = float(a[oof].max(axis=1).mean())
+
+                def top(t: float, rows: np.ndarray = a[test]) -> float:
+                    return float(_sharpen(rows, t).max(axis=1).mean())  # rises with t
+
+                if top(1.0) < target:
+                    lo, hi = 1.0, max_power
+                    if top(max_power) <= target:
+                        lo = hi
+                    while hi - lo > 1e-3:
+                        mid = 0.5 * (lo + hi)
+                        lo, hi = (mid, hi) if top(mid) < target else (lo, mid)
+                    power = hi
+                a[test] = _sharpen(a[test], power)
+            used.append(round(power, 4))
+        out.append(a)
+        powers.append(used)
+    return out, powers
+
+
 def run(kind: str, tables: dict[str, pd.DataFrame], settings: StackConfig, floor: float, seed: int,
         save_dir: Path) -> tuple[pd.DataFrame, dict]:
     """Train the ``kind`` stacker bag on aligned tables, saving its models under ``save_dir``;
@@ -240,11 +284,16 @@ def run(kind: str, tables: dict[str, pd.DataFrame], settings: StackConfig, floor
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index.get(lbl, 0) for lbl in keys["label"]], dtype=np.int64)  # test rows: dummy 0
     w = class_weights(y, classes, settings.class_weights) * metric_weights(keys["manip"].to_numpy(), is_test)
+    powers = None
+    if settings.match_sharpness:
+        arrays, powers = match_sharpness(arrays, is_test, keys["manip"].to_numpy())
+        stage_log("blend", f"{kind}: test rows sharpened to the OOF rows' mean top probability, powers "
+                           f"(unaltered, manipulated) {dict(zip(tables, powers, strict=True))}")
     X = features(arrays, keys["manip"].to_numpy(), settings.log_features, floor)
     save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     probs, info = bag(kind, X, y, w, keys["fname"].to_numpy(), is_test, len(classes), settings, seed, save_dir)
-    info.update(stacker=kind, features=int(X.shape[1]), train_rows=int((~is_test).sum()),
+    info.update(stacker=kind, features=int(X.shape[1]), train_rows=int((~is_test).sum()), test_powers=powers,
                 settings=dict(vars(settings)), model_dir=str(save_dir),
                 train_seconds=round(time.perf_counter() - start, 3))
     write_json(save_dir / "manifest.json", {k: v for k, v in info.items() if k != "fold_accuracy"}

@@ -6,9 +6,10 @@ Strategy names (one output table each, ``oof/blend/<strategy>.parquet``)::
     base      gmean | mean | rms | pmean<p>   (averages: power means of the models)
               xgb | lgb | mlp                  (stackers, see ``camid.level2.stack``)
     prnu      test crops confirmed by their sensor-noise cluster take its class
-              (``camid.level2.prnu_cluster``; valid when each class's test photos
-              come from one device, as in the competition)
-    equaliser greedy | hungarian | flow        (see ``camid.level2.equalise``)
+              (``camid.level2.prnu_cluster``; changes nothing when the clusters
+              are not coherent or their names not stable)
+    equaliser greedy | hungarian | flow        (see ``camid.level2.equalise``; balanced
+              test quotas only with ``blend.balanced_test``)
 
 Averages are weighted power means per class, then rows are renormalised:
 ``mean`` p=1, ``rms`` p=2, ``gmean`` p=0 (the limit: exp of the mean log, with
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -52,39 +53,54 @@ class Strategy:
     power: float | None  # power-mean exponent for averages, None for stackers
     equaliser: str | None
     prnu: bool = False  # PRNU test clustering before the equaliser
+    steps: tuple[str, ...] = ()  # the POST_STEPS kinds it runs after its base, in order
 
     @property
     def is_stacker(self) -> bool:
         return self.power is None
 
+def _step_kind(token: str) -> str | None:
+    """Which post-step a name token stands for (None: none)."""
+    if token in equalise.METHODS:
+        return "equalise"
+    return token if token in POST_STEPS and token != "equalise" else None  # an equaliser is named by its method
+
 
 def parse_strategy(name: str) -> Strategy:
-    """``'gmean+prnu+hungarian'`` -> Strategy(base='gmean', power=0, equaliser='hungarian', prnu=True)."""
-    base, *steps = name.strip().split("+")
-    prnu = bool(steps) and steps[0] == "prnu"
-    rest = steps[1:] if prnu else steps
-    if "prnu" in rest:
-        raise StrategyError(f"strategy {name!r}: prnu comes before the equaliser: <base>+prnu+<equaliser>")
-    if len(rest) > 1:
-        raise StrategyError(f"strategy {name!r}: after the base come an optional +prnu and one optional equaliser")
-    if rest and rest[0] not in equalise.METHODS:
-        raise StrategyError(f"strategy {name!r}: unknown equaliser {rest[0]!r}; "
-                            f"choose from {', '.join(equalise.METHODS)}")
-    eq = rest[0] if rest else None
+    """``'gmean+prnu+hungarian'`` -> Strategy(base='gmean', power=0, equaliser='hungarian', prnu=True).
+
+    After the base come optional post-steps, each at most once, in ``POST_STEPS`` order."""
+    base, *tokens = name.strip().split("+")
+    kinds: list[str] = []
+    for token in tokens:
+        kind = _step_kind(token)
+        if kind is None:
+            raise StrategyError(f"strategy {name!r}: unknown step {token!r}; after the base come "
+                                f"{', '.join('+' + k for k in POST_STEPS if k != 'equalise')} and one equaliser "
+                                f"({', '.join(equalise.METHODS)}), in that order")
+        if kinds and list(POST_STEPS).index(kind) <= list(POST_STEPS).index(kinds[-1]):
+            if kind == kinds[-1]:
+                raise StrategyError(f"strategy {name!r}: after the base each step comes at most once "
+                                    "(one equaliser)")
+            raise StrategyError(f"strategy {name!r}: {STEP_LABELS[kind]} comes before the {STEP_LABELS[kinds[-1]]}: "
+                                f"<base>{''.join('+' + STEP_LABELS[k] for k in POST_STEPS)}")
+        kinds.append(kind)
+    eq = next((t for t in tokens if _step_kind(t) == "equalise"), None)
+    prnu = "prnu" in kinds
     if base in REDUCTION_POWERS:
-        return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu)
+        return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu, tuple(kinds))
     m = _PMEAN_RE.match(base)
     if m:
-        return Strategy(name, base, float(m.group(1)), eq, prnu)
+        return Strategy(name, base, float(m.group(1)), eq, prnu, tuple(kinds))
     if base in STACKERS:
-        return Strategy(name, base, None, eq, prnu)
+        return Strategy(name, base, None, eq, prnu, tuple(kinds))
     raise StrategyError(f"unknown strategy {name!r}: base must be one of {', '.join((*REDUCTION_POWERS, *STACKERS))} "
                         "or pmean<p>, optionally +prnu, then optionally +greedy, +hungarian or +flow")
 
 
 def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
                  weights: Sequence[float] | None = None,
-                 floor: float = equalise.DEFAULT_FLOOR) -> tuple[pd.DataFrame, dict]:
+                 floor: float = equalise.DEFAULT_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
     """Average (and equalise) aligned tables; returns the new table and what was done."""
     st = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     if st.power is None:
@@ -95,7 +111,7 @@ def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
     out[classes] = power_mean(arrays, st.power, weights, floor)
     info: dict[str, Any] = {"average_seconds": round(time.perf_counter() - t0, 4)}
     if st.equaliser:
-        out, info["equalise"] = equalise.equalise_table(out, classes, st.equaliser, floor)
+        out, info["equalise"] = equalise.equalise_table(out, classes, st.equaliser, floor, balanced_test)
     return out, info
 
 
@@ -125,6 +141,50 @@ def base_table(st: Strategy, tables: dict[str, pd.DataFrame], weights: list[floa
     return blend_tables(tables, Strategy(st.base, st.base, st.power, None), weights, cfg.blend.floor)
 
 
+@dataclass
+class BlendRun:
+    """What the post-steps of one ``camid blend`` share: the base tables (every base of the
+    configured strategies, computed once), one PRNU decision per base, one clustering."""
+
+    cfg: Config
+    ws: Workspace
+    bases: dict[str, tuple[pd.DataFrame, dict]]
+    refined: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = field(default_factory=dict)
+    structures: dict[str, prnu_cluster.Structure] = field(default_factory=dict)
+
+
+def _prnu_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
+    if st.base not in run.refined:
+        # the clusters are named by every base of the blend, so every +prnu strategy confirms the same names
+        run.refined[st.base] = prnu_cluster.refine_table(
+            out, class_columns(out), run.ws.data_dir, run.ws.prnu_residuals, run.cfg.blend.prnu, run.cfg.blend.floor,
+            run.structures, evidence=[t for t, _ in run.bases.values()], balanced=run.cfg.blend.balanced_test)
+    refined, info["prnu"], report = run.refined[st.base]
+    if len(report):
+        write_csv(run.ws.prnu_report(st.name), report)
+    return refined
+
+
+def _equalise_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
+    assert st.equaliser is not None
+    out, info["equalise"] = equalise.equalise_table(out, class_columns(out), st.equaliser, run.cfg.blend.floor,
+                                                    run.cfg.blend.balanced_test)
+    for group, g in info["equalise"].items():
+        if g["solver"] == "argmax":
+            stage_log("blend", f"{st.name}: {group} keeps the base's classes (blend.balanced_test is false: "
+                               "no quota is known for the test)")
+        elif g["solver"] != st.equaliser:
+            stage_log("blend", f"{st.name}: {group} has {g['rows']} rows, above hungarian's "
+                               f"{equalise.HUNGARIAN_MAX_N}: solved by {g['solver']} (same optimum)")
+    return out
+
+
+# The post-steps after a strategy's base, in the order they run and are named (<base>+prnu+<equaliser>).
+POST_STEPS: dict[str, Callable[[BlendRun, Strategy, pd.DataFrame, dict], pd.DataFrame]] = {
+    "prnu": _prnu_step, "equalise": _equalise_step}
+STEP_LABELS = {"prnu": "prnu", "equalise": "equaliser"}
+
+
 def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models: Sequence[str] | None = None,
           tta: str | None = None) -> list[str]:
     """Write ``oof/blend/<strategy>.parquet`` for every strategy (``None``: the config's); returns their names."""
@@ -140,33 +200,25 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
     remove_stale_temps(ws.level2, recursive=True)
     inputs = [{"model": m, "path": str(p), "sha256": sha256_file(p)} for m, p in paths.items()]
     read_seconds = round(time.perf_counter() - t0, 3)
-    cache: dict[str, tuple[pd.DataFrame, dict]] = {}  # gmean and gmean+flow share one average
-    refined: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = {}  # gmean+prnu, gmean+prnu+greedy: one decision
-    structures: dict[str, prnu_cluster.Structure] = {}  # and one clustering for every base
+    run = BlendRun(cfg, ws, {})
+    seconds: dict[str, float] = {}
+    for st in strategies:  # every base first: the +prnu step names its clusters by all of them
+        if st.base not in run.bases:
+            start = time.perf_counter()
+            run.bases[st.base] = base_table(st, tables, weights, cfg, ws)
+            seconds[st.base] = time.perf_counter() - start
     for st in strategies:
-        start = time.perf_counter()
-        if st.base not in cache:
-            cache[st.base] = base_table(st, tables, weights, cfg, ws)
-        out, info = cache[st.base][0], dict(cache[st.base][1])
+        start = time.perf_counter() - seconds.pop(st.base, 0.0)
+        out, info = run.bases[st.base][0], dict(run.bases[st.base][1])
         classes = class_columns(out)
-        if st.prnu:
-            if st.base not in refined:
-                refined[st.base] = prnu_cluster.refine_table(out, classes, ws.data_dir, ws.prnu_residuals,
-                                                             cfg.blend.prnu, cfg.blend.floor, structures)
-            out, info["prnu"], report = refined[st.base][0], refined[st.base][1], refined[st.base][2]
-            if len(report):
-                write_csv(ws.prnu_report(st.name), report)
-        if st.equaliser:
-            out, info["equalise"] = equalise.equalise_table(out, classes, st.equaliser, cfg.blend.floor)
-            for group, g in info["equalise"].items():
-                if g["solver"] != st.equaliser:
-                    stage_log("blend", f"{st.name}: {group} has {g['rows']} rows, above hungarian's "
-                                       f"{equalise.HUNGARIAN_MAX_N}: solved by {g['solver']} (same optimum)")
+        for kind in st.steps:
+            out = POST_STEPS[kind](run, st, out, info)
         rep = score_table(out, classes)
         path = ws.blend_table(st.name)
         meta = {"stage": "blend", "strategy": st.name, "base": st.base, "power": st.power,
                 "equaliser": st.equaliser, "prnu": st.prnu, "tta": tta, "inputs": inputs, "weights": weights,
-                "floor": cfg.blend.floor, "config": cfg.name, "config_digest": cfg.digest(),
+                "floor": cfg.blend.floor, "balanced_test": cfg.blend.balanced_test,
+                "config": cfg.name, "config_digest": cfg.digest(),
                 "read_seconds": read_seconds, "seconds": round(time.perf_counter() - start, 3),
                 "oof_score": rep.score, "oof_unalt": rep.acc_unalt, "oof_manip": rep.acc_manip, **info}
         write_table(out, path, classes, meta=meta)

@@ -7,16 +7,19 @@ is an error naming them: a partial submission is never written. Each strategy
 also gets its local CV score (OOF rows, 0.7 unalt + 0.3 manip) and, when a
 solution file exists, its test score; all go to ``submissions/scores.csv``.
 
-``submissions/final.csv`` is the one a user sends: among the strategies named
-``*<blend.final>`` (default ``+prnu+hungarian``), the best local CV (``pick_final``). The
-choice never reads the test scores, so it is the choice a Kaggle user makes before the
-leaderboard answers.
+``submissions/final.csv`` is the one a user sends (``pick_final``): the base (average or
+stacker) of best local CV, then each step of ``blend.final`` (default ``+prnu+hungarian``) only
+where the run shows what local CV cannot: ``+prnu`` when blend recorded a coherent clustering
+with stable names, the equaliser when ``blend.balanced_test`` declares the test balanced. The
+reasons go to ``final.json``. The choice never reads the test scores, so it is the choice a
+Kaggle user makes before the leaderboard answers.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,7 +31,10 @@ from ..util.io import remove_stale_temps, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
 from .metrics import read_csv_strict, score_submission, score_table, validate_submission
+from .strategies import parse_strategy
 
+FINAL_RULE = ("the base of best local CV; +prnu only when its sensor clusters were coherent and their names stable; "
+              "the equaliser only when blend.balanced_test")
 SCORE_COLUMNS = ["strategy", "cv_score", "cv_unalt", "cv_manip", "n_oof",
                  "test_score", "test_unalt", "test_manip", "submission"]
 
@@ -60,27 +66,69 @@ def make_submission(table: pd.DataFrame, classes: Sequence[str], fnames: Sequenc
     return sub
 
 
-def pick_final(cfg: Config, ws: Workspace) -> tuple[str, float, list[str]]:
-    """The final strategy: the best local CV (the ``oof_score`` blend wrote) among the configured
-    strategies ending in ``blend.final`` that have a table, ties to the first listed.
+class FinalChoice(NamedTuple):
+    strategy: str
+    cv_score: float  # the local CV of the chosen strategy's base
+    candidates: list[str]  # the configured strategies that have a table
+    reasons: dict  # why this base and each of its steps (final.json)
 
-    Returns it, its CV score and the candidates. CV ranks the bases (averages, stackers); the
-    suffix fixes the test-only steps CV cannot see (PRNU clustering, balanced test quotas).
+
+def _sidecar(ws: Workspace, name: str) -> dict | None:
+    meta = ws.blend_table(name).with_suffix(".json")
+    if not (ws.blend_table(name).is_file() and meta.is_file()):
+        return None
+    return json.loads(meta.read_text())
+
+
+def pick_final(cfg: Config, ws: Workspace) -> FinalChoice:
+    """The final strategy, chosen without the test labels.
+
+    Local CV is the base's OOF score on the TRAINING devices: it ranks the bases (averages,
+    stackers) but cannot see what the test-only steps do. So: the base of best CV (a base's CV is
+    its plain form's, else that of its form with the fewest steps: ``+prnu`` leaves OOF rows alone,
+    an equaliser's OOF quotas come from the labels), then each step of ``blend.final`` only where
+    the run shows its precondition: ``+prnu`` when blend recorded that the clustering was applied
+    (coherent sensor clusters whose names were stable, ``prnu.applied``), an equaliser when the
+    test is declared balanced (``blend.balanced_test``). The strategy is the configured form of
+    that base with those steps (if it is not configured: its form with the most of them and no
+    other, else with the fewest steps), ties to the first listed.
     """
-    suffix = cfg.blend.final
-    wanted = [s for s in cfg.blend.strategies if suffix and s.endswith(suffix)] or list(cfg.blend.strategies)
-    scored = []
-    for name in wanted:
-        meta = ws.blend_table(name).with_suffix(".json")
-        if ws.blend_table(name).is_file() and meta.is_file():
-            cv = json.loads(meta.read_text()).get("oof_score")
-            if cv is not None and np.isfinite(cv):
-                scored.append((name, float(cv)))
+    metas = {n: m for n in cfg.blend.strategies if (m := _sidecar(ws, n)) is not None}
+    scored = {n: m for n, m in metas.items() if m.get("oof_score") is not None and np.isfinite(m["oof_score"])}
     if not scored:
-        raise StrategyError(f"no level-2 table with a local CV score for any of {wanted} in {ws.blend_dir}: "
-                            "run `camid blend` first")
-    best = max(scored, key=lambda t: t[1])  # max keeps the first of equal scores
-    return best[0], best[1], [n for n, _ in scored]
+        raise StrategyError(f"no level-2 table with a local CV score for any of {list(cfg.blend.strategies)} in "
+                            f"{ws.blend_dir}: run `camid blend` first")
+    forms: dict[str, list[str]] = {}
+    for n in scored:
+        forms.setdefault(parse_strategy(n).base, []).append(n)
+    base_cv = {b: float(scored[min(f, key=lambda n: len(parse_strategy(n).steps))]["oof_score"])
+               for b, f in forms.items()}
+    base = max(base_cv, key=lambda b: base_cv[b])  # max keeps the first of equal scores
+    wanted = parse_strategy("gmean" + cfg.blend.final).steps if cfg.blend.final else ()
+    steps: dict[str, dict] = {}
+    if "prnu" in wanted:
+        info = next((scored[n].get("prnu") or {} for n in forms[base] if parse_strategy(n).prnu), None)
+        if info is None:
+            steps["prnu"] = {"taken": False, "why": f"no {base}+prnu strategy was blended"}
+        elif info.get("applied"):
+            steps["prnu"] = {"taken": True, "why": f"{info.get('usable_clusters')} coherent sensor cluster(s) with "
+                                                   f"stable names; {info.get('accepted')} test crops confirmed"}
+        else:
+            steps["prnu"] = {"taken": False, "why": info.get("skipped") or "the clustering was not applied"}
+    if "equalise" in wanted:
+        steps["equalise"] = {"taken": cfg.blend.balanced_test,
+                             "why": "blend.balanced_test: every class has the same share of the test"
+                             if cfg.blend.balanced_test else "blend.balanced_test is false: no quota is known"}
+    take = {k for k, v in steps.items() if v["taken"]}
+    exact = [n for n in forms[base] if set(parse_strategy(n).steps) <= take]
+    if exact:
+        name = max(exact, key=lambda n: len(parse_strategy(n).steps))
+    else:
+        name = min(forms[base], key=lambda n: len(parse_strategy(n).steps))
+    reasons = {"base": base, "base_cv": {b: round(v, 6) for b, v in base_cv.items()}, "steps": steps}
+    if set(parse_strategy(name).steps) != take:
+        reasons["note"] = f"{name} is the closest configured form of {base} to {base}{''.join('+' + k for k in take)}"
+    return FinalChoice(name, base_cv[base], list(scored), reasons)
 
 
 def list_strategies(ws: Workspace, spec: str | None, config_strategies: Sequence[str]) -> list[str]:
@@ -148,13 +196,14 @@ def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None,
         stage_log("submission", f"wrote {ws.scores_csv}")
         subs = {r["strategy"]: b[1] for r, b in zip(rows, built, strict=True)}
         if any(s in subs for s in cfg.blend.strategies):
-            name, cv, among = pick_final(cfg, ws)
-            if name in subs:
-                sub = subs[name]
-                write_csv(ws.final_submission, sub)
+            choice = pick_final(cfg, ws)
+            if choice.strategy in subs:
+                write_csv(ws.final_submission, subs[choice.strategy])
                 write_json(ws.final_submission.with_suffix(".json"),
-                           {"strategy": name, "cv_score": cv, "rule": f"best local CV among *{cfg.blend.final}",
-                            "candidates": among})
-                stage_log("submission", f"final: {name} (best local CV {cv:.4f} of {len(among)} candidates "
-                                        f"*{cfg.blend.final}) -> wrote {ws.final_submission}")
+                           {"strategy": choice.strategy, "cv_score": choice.cv_score, "rule": FINAL_RULE,
+                            "candidates": choice.candidates, **choice.reasons})
+                taken = [k for k, v in choice.reasons["steps"].items() if v["taken"]]
+                stage_log("submission", f"final: {choice.strategy} (base {choice.reasons['base']}, best local CV "
+                                        f"{choice.cv_score:.4f}; steps taken: {taken or 'none'}) -> wrote "
+                                        f"{ws.final_submission}")
     return scores, solution is not None
