@@ -2,9 +2,12 @@
 
 Strategy names (one output table each, ``oof/blend/<strategy>.parquet``)::
 
-    <base>[+prnu][+<equaliser>]
+    <base>[+match][+prnu][+<equaliser>]
     base      gmean | mean | rms | pmean<p>   (averages: power means of the models)
               xgb | lgb | mlp                  (stackers, see ``camid.level2.stack``)
+    match     test crops whose sensor noise matches a training device's fingerprint
+              take its class (``camid.level2.prnu_match``; finds nothing when the
+              test devices are not training devices, as on Kaggle)
     prnu      test crops confirmed by their sensor-noise cluster take its class
               (``camid.level2.prnu_cluster``; valid when each class's test photos
               come from one device, as in the competition)
@@ -36,7 +39,7 @@ from ..infer.table import class_columns, read_table, write_table
 from ..util.io import remove_stale_temps, sha256_file, write_csv
 from ..util.log import stage_log
 from ..workspace import Workspace
-from . import equalise, prnu_cluster, stack
+from . import equalise, prnu_cluster, prnu_match, stack
 from .align import align_tables
 from .average import power_mean
 from .metrics import score_table
@@ -52,6 +55,7 @@ class Strategy:
     power: float | None  # power-mean exponent for averages, None for stackers
     equaliser: str | None
     prnu: bool = False  # PRNU test clustering before the equaliser
+    match: bool = False  # PRNU matching against the training devices, before the clustering
 
     @property
     def is_stacker(self) -> bool:
@@ -61,6 +65,10 @@ class Strategy:
 def parse_strategy(name: str) -> Strategy:
     """``'gmean+prnu+hungarian'`` -> Strategy(base='gmean', power=0, equaliser='hungarian', prnu=True)."""
     base, *steps = name.strip().split("+")
+    match = bool(steps) and steps[0] == "match"
+    steps = steps[1:] if match else steps
+    if "match" in steps:
+        raise StrategyError(f"strategy {name!r}: match comes right after the base: <base>+match[+prnu][+<equaliser>]")
     prnu = bool(steps) and steps[0] == "prnu"
     rest = steps[1:] if prnu else steps
     if "prnu" in rest:
@@ -72,14 +80,14 @@ def parse_strategy(name: str) -> Strategy:
                             f"choose from {', '.join(equalise.METHODS)}")
     eq = rest[0] if rest else None
     if base in REDUCTION_POWERS:
-        return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu)
+        return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu, match)
     m = _PMEAN_RE.match(base)
     if m:
-        return Strategy(name, base, float(m.group(1)), eq, prnu)
+        return Strategy(name, base, float(m.group(1)), eq, prnu, match)
     if base in STACKERS:
-        return Strategy(name, base, None, eq, prnu)
+        return Strategy(name, base, None, eq, prnu, match)
     raise StrategyError(f"unknown strategy {name!r}: base must be one of {', '.join((*REDUCTION_POWERS, *STACKERS))} "
-                        "or pmean<p>, optionally +prnu, then optionally +greedy, +hungarian or +flow")
+                        "or pmean<p>, optionally +match, then +prnu, then +greedy, +hungarian or +flow")
 
 
 def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
@@ -143,17 +151,27 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
     cache: dict[str, tuple[pd.DataFrame, dict]] = {}  # gmean and gmean+flow share one average
     refined: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = {}  # gmean+prnu, gmean+prnu+greedy: one decision
     structures: dict[str, prnu_cluster.Structure] = {}  # and one clustering for every base
+    matched: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = {}  # gmean+match*: one matching per base
+    evidence: dict[str, prnu_match.Evidence | None] = {}  # and one scoring of the test crops for every base
     for st in strategies:
         start = time.perf_counter()
         if st.base not in cache:
             cache[st.base] = base_table(st, tables, weights, cfg, ws)
         out, info = cache[st.base][0], dict(cache[st.base][1])
         classes = class_columns(out)
+        if st.match:
+            if st.base not in matched:
+                matched[st.base] = prnu_match.refine_table(out, classes, ws.data_dir, ws.match_fingerprints,
+                                                           cfg.blend.match, cfg.blend.floor, evidence)
+            out, info["match"], report = matched[st.base]
+            if len(report):
+                write_csv(ws.match_report(st.name), report)
         if st.prnu:
-            if st.base not in refined:
-                refined[st.base] = prnu_cluster.refine_table(out, classes, ws.data_dir, ws.prnu_residuals,
-                                                             cfg.blend.prnu, cfg.blend.floor, structures)
-            out, info["prnu"], report = refined[st.base][0], refined[st.base][1], refined[st.base][2]
+            key = f"{st.base}+match" if st.match else st.base
+            if key not in refined:
+                refined[key] = prnu_cluster.refine_table(out, classes, ws.data_dir, ws.prnu_residuals,
+                                                         cfg.blend.prnu, cfg.blend.floor, structures)
+            out, info["prnu"], report = refined[key][0], refined[key][1], refined[key][2]
             if len(report):
                 write_csv(ws.prnu_report(st.name), report)
         if st.equaliser:
@@ -165,7 +183,8 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
         rep = score_table(out, classes)
         path = ws.blend_table(st.name)
         meta = {"stage": "blend", "strategy": st.name, "base": st.base, "power": st.power,
-                "equaliser": st.equaliser, "prnu": st.prnu, "tta": tta, "inputs": inputs, "weights": weights,
+                "equaliser": st.equaliser, "prnu": st.prnu, "match": st.match, "tta": tta, "inputs": inputs,
+                "weights": weights,
                 "floor": cfg.blend.floor, "config": cfg.name, "config_digest": cfg.digest(),
                 "read_seconds": read_seconds, "seconds": round(time.perf_counter() - start, 3),
                 "oof_score": rep.score, "oof_unalt": rep.acc_unalt, "oof_manip": rep.acc_manip, **info}
