@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from scipy import fft as sfft
@@ -196,7 +197,14 @@ class Evidence:
 
 def _spectra(ks: np.ndarray, scales: list[float]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Conjugate spectra and norms of the zero-mean fingerprints, as they are and warped by each scale."""
-    variants = [ks] + [np.stack([warp_fingerprint(k, s)[0] for k in ks]) for s in scales]
+    # Warped on one OpenCV thread: once OpenCV's thread pool has started in a process, workers
+    # forked from it later (the scoring pool, a simulator) deadlock in their first OpenCV call.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        variants = [ks] + [np.stack([warp_fingerprint(k, s)[0] for k in ks]) for s in scales]
+    finally:
+        cv2.setNumThreads(threads)
     spectra, norms = [], []
     for v in variants:
         v = v.astype(np.float64) - v.mean(axis=(1, 2), keepdims=True)
