@@ -134,8 +134,8 @@ def main() -> int:
     t0 = time.perf_counter()
     df = run(args.shared, args.workers, args.out)
     print(summarise(df))
-    print(f"\n{time.perf_counter() - t0:.0f} s, {args.workers} worker(s), {platform.processor() or platform.machine()}, "
-          f"python {sys.version.split()[0]}")
+    machine = platform.processor() or platform.machine()
+    print(f"\n{time.perf_counter() - t0:.0f} s, {args.workers} worker(s), {machine}, python {sys.version.split()[0]}")
     return 0
 
 
