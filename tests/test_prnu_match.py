@@ -9,12 +9,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from camid.config import MatchConfig
+from camid.config import Config, MatchConfig
 from camid.data import simulate as sim
 from camid.data.crops import centre_crop, manipulated_centre_crop
 from camid.errors import StrategyError
+from camid.infer.table import read_table, write_table
 from camid.level2 import prnu_match as pm
-from camid.level2.strategies import parse_strategy
+from camid.level2.pseudo import confidence_strategy
+from camid.level2.strategies import blend, parse_strategy
+from camid.workspace import Workspace
 from conftest import SHARED, with_prnu
 
 H, W, CROP = 320, 384, 256
@@ -117,6 +120,26 @@ def test_training_device_crops_match_their_class_and_others_do_not(world):
     assert cache.is_file()
     _, _, again = pm.refine_table(table, CLASSES, root, cache, MatchConfig(), 1e-7)
     pd.testing.assert_frame_equal(again, report)
+
+
+def test_camid_blend_writes_match_strategies_and_their_reports(world, tmp_path):
+    root, sol = world
+    ws = Workspace(tmp_path / "work", root)
+    cfg = Config(classes=CLASSES)
+    table = _table(sorted(sol["fname"]), CLASSES)
+    write_table(table, ws.table("m", "none"), CLASSES)
+    names = blend(cfg, ws, ["gmean+match+hungarian", "gmean+match", "gmean"], ["m"], "none")
+    assert names == ["gmean+match+hungarian", "gmean+match", "gmean"]
+    report = pd.read_csv(ws.match_report("gmean+match"))
+    assert (report["decided_by"] == "prnu-match").sum() == 8
+    assert ws.match_fingerprints.is_file() and not ws.match_report("gmean").exists()
+    matched = read_table(ws.blend_table("gmean+match")).set_index("fname")
+    plain = read_table(ws.blend_table("gmean")).set_index("fname")
+    hit = report.loc[report["decided_by"] == "prnu-match", ["fname", "class"]]
+    assert (matched.loc[hit["fname"], CLASSES].idxmax(axis=1).to_numpy() == hit["class"].to_numpy()).all()
+    rest = report.loc[report["decided_by"] == "base", "fname"]
+    assert np.allclose(matched.loc[rest, CLASSES], plain.loc[rest, CLASSES])
+    assert confidence_strategy("gmean+match+prnu+hungarian") == "gmean+match+prnu"
 
 
 def test_demo_simulator_test_devices_are_never_matched(tmp_path):
