@@ -116,10 +116,13 @@ def test_training_device_crops_match_their_class_and_others_do_not(world):
     hit = out["fname"].isin(report.loc[report["decided_by"] == "prnu-match", "fname"]).to_numpy()
     assert np.allclose(out.loc[hit, CLASSES].max(axis=1), 1 - 2e-7)
     assert np.array_equal(out.loc[~hit, CLASSES].to_numpy(), table.loc[~hit, CLASSES].to_numpy())
-    # the fingerprints are cached: a second run reads them and decides the same
-    assert cache.is_file()
+    # the fingerprints and the scores are cached: a second run reads them and decides the same
+    assert cache.is_file() and cache.with_name("fp.scores.npz").is_file()
     _, _, again = pm.refine_table(table, CLASSES, root, cache, MatchConfig(), 1e-7)
     pd.testing.assert_frame_equal(again, report)
+    # other settings: the scores are computed again
+    _, info2, _ = pm.refine_table(table, CLASSES, root, cache, MatchConfig(scales=[1.5]), 1e-7)
+    assert info2["matched"] == 8
 
 
 def test_camid_blend_writes_match_strategies_and_their_reports(world, tmp_path):

@@ -6,7 +6,8 @@
     oof/<run>.<tta>.parquet              probability tables (format: ``camid.infer.table``)
     oof/blend/<strategy>.parquet         level-2 tables (``+prnu`` ones with a ``.prnu.csv`` report)
     oof/prnu/test_residuals.npz          cached noise residuals of the test crops
-    oof/prnu/train_fingerprints.npz      cached fingerprints of the training devices (``+match``)
+    oof/prnu/train_fingerprints.npz      cached fingerprints of the training devices (``+match``; the
+                                         test crops' scores against them: ``train_fingerprints.scores.npz``)
     oof/pseudo-r<N>.csv                  pseudo-labelled test crops chosen from round N (``camid pseudo``)
     submissions/<strategy>.csv           submissions, and ``scores.csv``
     reports/robustness/<run>-fold<k>/    ``camid robustness``

@@ -322,10 +322,29 @@ def match_evidence(data_dir: Path, classes: list[str], cache: Path, s: MatchConf
         stage_log("blend", "PRNU matching needs square test crops: nothing changed")
         return None
     devices = train_fingerprints(data_dir, classes, side, cache, workers)
+    # The scores are cached beside the fingerprints, valid for these fingerprints, test files and settings.
+    scores = cache.with_name(f"{cache.stem}.scores.npz")
+    fingerprints = json.loads(cache.with_suffix(".json").read_text())["stamp"]
+    stamp = {"version": _FINGERPRINT_VERSION, "fingerprints": fingerprints,
+             "match": {"scales": list(s.scales), "max_shift": s.max_shift},
+             "test": [[f, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
+                      for f, p in zip(test["fname"], test["path"], strict=True)]}
+    meta = scores.with_suffix(".json")
+    if scores.is_file() and meta.is_file() and json.loads(meta.read_text()) == stamp:
+        with np.load(scores, allow_pickle=False) as z:
+            stage_log("blend", f"read the PRNU match scores of {len(test)} test crops from {scores}")
+            return Evidence(devices, test, z["pce"], z["ncc"], z["scale"], z["note"].tolist())
     t0 = time.perf_counter()
     ev = score_test(data_dir, devices, s, workers, test)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a temp name
+            np.savez(fh, pce=ev.pce, ncc=ev.ncc, scale=ev.scale, note=np.array(ev.note, dtype=str))
+
+    write_atomic(scores, save)
+    write_json(meta, stamp)
     stage_log("blend", f"PRNU matching: {len(test)} test crops against {len(devices)} training-device "
-                       f"fingerprints in {time.perf_counter() - t0:.1f} s")
+                       f"fingerprints in {time.perf_counter() - t0:.1f} s; scores cached in {scores}")
     return ev
 
 
