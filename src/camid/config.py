@@ -218,6 +218,31 @@ class PrnuClusterConfig:
 
 
 @dataclass
+class MatchConfig:
+    """The ``+match`` level-2 step (``camid.level2.prnu_match``): test crops matched against the
+    sensor fingerprints of the training devices."""
+
+    threshold: float = 60.0  # a crop takes a device's class when its PCE reaches this (the usual decision threshold)...
+    margin: float = 4.0  # ...and is at least this many times the best PCE of any other class's device
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.5, 2.0])  # resizes tried for _manip crops
+    max_shift: int = 2  # +- pixels searched around a resized crop's expected position
+    workers: int = 0  # residual extraction processes; 0: all cores
+
+    def problem(self) -> str:
+        """Why these settings cannot work ("" when they can)."""
+        if self.threshold <= 0:
+            return f"blend.match.threshold must be > 0 (a PCE), got {self.threshold}"
+        if self.margin < 1:
+            return f"blend.match.margin must be >= 1 (best PCE / other classes' best), got {self.margin}"
+        if self.max_shift < 0 or self.workers < 0:
+            return "blend.match.max_shift and blend.match.workers must be >= 0"
+        bad = [v for v in self.scales if not 0.1 <= v <= 4 or v == 1]
+        if bad:
+            return f"blend.match.scales: {bad} not in 0.1..4 or equal to 1 (1 is always tried)"
+        return ""
+
+
+@dataclass
 class BlendConfig:
     strategies: list[str] = field(default_factory=lambda: ["gmean", "gmean+hungarian"])
     models: list[str] = field(default_factory=list)  # table stems in oof/; empty = all
@@ -226,13 +251,15 @@ class BlendConfig:
     floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
     stack: StackConfig = field(default_factory=StackConfig)
     prnu: PrnuClusterConfig = field(default_factory=PrnuClusterConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
     # The test set has as many crops of every class in each half (the competition, the demo): the
     # equalisers (+greedy, +hungarian, +flow) give every class the same quota. False (a user's own
     # photos): the equalisers leave the test rows as their base had them, and say so.
     balanced_test: bool = False
     # The steps `submissions/final.csv` may add to the base of best local CV (level2.submission.pick_final):
-    # +prnu when the clustering was coherent and its names stable, the equaliser when balanced_test.
-    final: str = "+prnu+hungarian"
+    # +match when a test crop matched a training device, +prnu when the clustering was coherent and its
+    # names stable, the equaliser when balanced_test.
+    final: str = "+match+prnu+hungarian"
 
 
 @dataclass
@@ -406,7 +433,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 
 def _check(cfg: Config) -> None:
-    problem = cfg.simulate.external_problem()
+    problem = cfg.simulate.external_problem() or cfg.blend.match.problem()
     if problem:
         raise ConfigError(problem)
     if cfg.folds.mode == "kfold" and cfg.folds.n_folds < 2:

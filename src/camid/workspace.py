@@ -6,6 +6,8 @@
     oof/<run>.<tta>.parquet              probability tables (format: ``camid.infer.table``)
     oof/blend/<strategy>.parquet         level-2 tables (``+prnu`` ones with a ``.prnu.csv`` report)
     oof/prnu/test_residuals.npz          cached noise residuals of the test crops
+    oof/prnu/train_fingerprints.npz      cached fingerprints of the training devices (``+match``; the
+                                         test crops' scores against them: ``train_fingerprints.scores.npz``)
     oof/pseudo-r<N>.csv                  pseudo-labelled test crops chosen from round N (``camid pseudo``)
     submissions/<strategy>.csv           submissions, and ``scores.csv``
     reports/robustness/<run>-fold<k>/    ``camid robustness``
@@ -119,6 +121,15 @@ class Workspace:
     def prnu_residuals(self) -> Path:
         """Cache of the test crops' noise residuals for PRNU clustering."""
         return self.oof / "prnu" / "test_residuals.npz"
+
+    def match_report(self, strategy: str) -> Path:
+        """Per test crop: its best training device, the PCE and what decided its class (``+match`` strategies)."""
+        return self.blend_dir / f"{strategy}.match.csv"
+
+    @property
+    def match_fingerprints(self) -> Path:
+        """Cache of the training devices' sensor fingerprints at the test crops' region (``+match``)."""
+        return self.oof / "prnu" / "train_fingerprints.npz"
 
     def blend_strategies(self) -> list[str]:
         """Strategies that have a level-2 table, sorted."""

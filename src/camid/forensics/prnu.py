@@ -219,13 +219,28 @@ def pce(a: np.ndarray, b: np.ndarray, exclude: int = PCE_EXCLUDE) -> float:
     b = b.astype(np.float64) - b.mean()
     h, w = a.shape
     xc = sfft.irfft2(sfft.rfft2(a) * np.conj(sfft.rfft2(b)), s=(h, w))
-    peak = xc[0, 0]
+    return peak_pce(xc, 0, exclude)[0]
+
+
+def peak_pce(xc: np.ndarray, max_shift: int = 0, exclude: int = PCE_EXCLUDE) -> tuple[float, int, int]:
+    """(signed PCE, dy, dx) of a circular cross-correlation's highest value within +-``max_shift``
+    of zero shift (0: the value at zero shift, signed); the energy is the mean square of ``xc``
+    outside an ``exclude x exclude`` window around that value."""
+    h, w = xc.shape
+    if max_shift:
+        win = np.r_[0:max_shift + 1, -max_shift:0]
+        local = xc[np.ix_(win % h, win % w)]
+        i, j = np.unravel_index(int(np.argmax(local)), local.shape)
+        dy, dx = int(win[i]), int(win[j])
+    else:
+        dy = dx = 0
+    peak = float(xc[dy % h, dx % w])
     r = exclude // 2
-    mask = np.ones((h, w), bool)
-    rows, cols = np.arange(-r, r + 1) % h, np.arange(-r, r + 1) % w
-    mask[np.ix_(rows, cols)] = False
-    energy = float(np.mean(xc[mask] ** 2)) if mask.any() else 0.0
-    return float(np.sign(peak) * peak ** 2 / energy) if energy > 0 else 0.0
+    near = xc[np.ix_(np.unique(np.arange(dy - r, dy + r + 1) % h), np.unique(np.arange(dx - r, dx + r + 1) % w))]
+    rest = xc.size - near.size
+    # total minus the window rather than a masked mean: this runs once per (crop, fingerprint, scale)
+    energy = float((np.einsum("ij,ij->", xc, xc) - np.einsum("ij,ij->", near, near)) / rest) if rest else 0.0
+    return (float(np.sign(peak) * peak ** 2 / energy) if energy > 0 else 0.0), dy, dx
 
 
 def match(residual: np.ndarray, grey: np.ndarray, fingerprint: np.ndarray) -> tuple[float, float]:

@@ -2,9 +2,12 @@
 
 Strategy names (one output table each, ``oof/blend/<strategy>.parquet``)::
 
-    <base>[+prnu][+<equaliser>]
+    <base>[+match][+prnu][+<equaliser>]
     base      gmean | mean | rms | pmean<p>   (averages: power means of the models)
               xgb | lgb | mlp                  (stackers, see ``camid.level2.stack``)
+    match     test crops whose sensor noise matches a training device's fingerprint
+              take its class (``camid.level2.prnu_match``; finds nothing when the
+              test devices are not training devices, as on Kaggle)
     prnu      test crops confirmed by their sensor-noise cluster take its class
               (``camid.level2.prnu_cluster``; changes nothing when the clusters
               are not coherent or their names not stable)
@@ -37,7 +40,7 @@ from ..infer.table import class_columns, read_table, write_table
 from ..util.io import remove_stale_temps, sha256_file, write_csv
 from ..util.log import stage_log
 from ..workspace import Workspace
-from . import equalise, prnu_cluster, stack
+from . import equalise, prnu_cluster, prnu_match, stack
 from .align import align_tables
 from .average import power_mean
 from .metrics import score_table
@@ -58,6 +61,10 @@ class Strategy:
     @property
     def is_stacker(self) -> bool:
         return self.power is None
+
+    @property
+    def match(self) -> bool:
+        return "match" in self.steps
 
 def _step_kind(token: str) -> str | None:
     """Which post-step a name token stands for (None: none)."""
@@ -95,7 +102,7 @@ def parse_strategy(name: str) -> Strategy:
     if base in STACKERS:
         return Strategy(name, base, None, eq, prnu, tuple(kinds))
     raise StrategyError(f"unknown strategy {name!r}: base must be one of {', '.join((*REDUCTION_POWERS, *STACKERS))} "
-                        "or pmean<p>, optionally +prnu, then optionally +greedy, +hungarian or +flow")
+                        "or pmean<p>, optionally +match, then +prnu, then +greedy, +hungarian or +flow")
 
 
 def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
@@ -151,15 +158,29 @@ class BlendRun:
     bases: dict[str, tuple[pd.DataFrame, dict]]
     refined: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = field(default_factory=dict)
     structures: dict[str, prnu_cluster.Structure] = field(default_factory=dict)
+    matched: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = field(default_factory=dict)  # one per base
+    evidence: dict[str, prnu_match.Evidence | None] = field(default_factory=dict)  # one scoring of the test crops
+
+
+def _match_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
+    if st.base not in run.matched:
+        run.matched[st.base] = prnu_match.refine_table(out, class_columns(out), run.ws.data_dir,
+                                                       run.ws.match_fingerprints, run.cfg.blend.match,
+                                                       run.cfg.blend.floor, run.evidence)
+    matched, info["match"], report = run.matched[st.base]
+    if len(report):
+        write_csv(run.ws.match_report(st.name), report)
+    return matched
 
 
 def _prnu_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
-    if st.base not in run.refined:
+    key = f"{st.base}+match" if st.match else st.base
+    if key not in run.refined:
         # the clusters are named by every base of the blend, so every +prnu strategy confirms the same names
-        run.refined[st.base] = prnu_cluster.refine_table(
+        run.refined[key] = prnu_cluster.refine_table(
             out, class_columns(out), run.ws.data_dir, run.ws.prnu_residuals, run.cfg.blend.prnu, run.cfg.blend.floor,
             run.structures, evidence=[t for t, _ in run.bases.values()], balanced=run.cfg.blend.balanced_test)
-    refined, info["prnu"], report = run.refined[st.base]
+    refined, info["prnu"], report = run.refined[key]
     if len(report):
         write_csv(run.ws.prnu_report(st.name), report)
     return refined
@@ -181,8 +202,8 @@ def _equalise_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -
 
 # The post-steps after a strategy's base, in the order they run and are named (<base>+prnu+<equaliser>).
 POST_STEPS: dict[str, Callable[[BlendRun, Strategy, pd.DataFrame, dict], pd.DataFrame]] = {
-    "prnu": _prnu_step, "equalise": _equalise_step}
-STEP_LABELS = {"prnu": "prnu", "equalise": "equaliser"}
+    "match": _match_step, "prnu": _prnu_step, "equalise": _equalise_step}
+STEP_LABELS = {"match": "match", "prnu": "prnu", "equalise": "equaliser"}
 
 
 def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models: Sequence[str] | None = None,
@@ -216,7 +237,7 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
         rep = score_table(out, classes)
         path = ws.blend_table(st.name)
         meta = {"stage": "blend", "strategy": st.name, "base": st.base, "power": st.power,
-                "equaliser": st.equaliser, "prnu": st.prnu, "tta": tta, "inputs": inputs, "weights": weights,
+                "equaliser": st.equaliser, "prnu": st.prnu, "match": st.match, "tta": tta, "inputs": inputs, "weights": weights,
                 "floor": cfg.blend.floor, "balanced_test": cfg.blend.balanced_test,
                 "config": cfg.name, "config_digest": cfg.digest(),
                 "read_seconds": read_seconds, "seconds": round(time.perf_counter() - start, 3),

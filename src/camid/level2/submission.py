@@ -106,6 +106,17 @@ def pick_final(cfg: Config, ws: Workspace) -> FinalChoice:
     base = max(base_cv, key=lambda b: base_cv[b])  # max keeps the first of equal scores
     wanted = parse_strategy("gmean" + cfg.blend.final).steps if cfg.blend.final else ()
     steps: dict[str, dict] = {}
+    if "match" in wanted:
+        # a PCE above the decision threshold with a margin over every other device is decisive
+        # evidence (it never fires when the test devices are not training devices)
+        minfo = next((scored[n].get("match") or {} for n in forms[base] if parse_strategy(n).match), None)
+        if minfo is None:
+            steps["match"] = {"taken": False, "why": f"no {base}+match strategy was blended"}
+        elif minfo.get("matched"):
+            steps["match"] = {"taken": True, "why": f"{minfo['matched']} test crop(s) matched a training device's "
+                                                    "fingerprint"}
+        else:
+            steps["match"] = {"taken": False, "why": minfo.get("skipped") or "no test crop matched a training device"}
     if "prnu" in wanted:
         info = next((scored[n].get("prnu") or {} for n in forms[base] if parse_strategy(n).prnu), None)
         if info is None:
