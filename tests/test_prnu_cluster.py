@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import strong_sensor_noise
 
 from camid.config import PrnuClusterConfig
 from camid.data import manipulations
@@ -14,6 +13,7 @@ from camid.data.crops import centre_crop
 from camid.errors import StrategyError
 from camid.level2 import prnu_cluster as pc
 from camid.level2.strategies import parse_strategy
+from conftest import strong_sensor_noise
 
 # 4 models, 12 unaltered + 12 manipulated 256-px test crops each from device B (the demo's crop
 # size): as in the competition, every class's test crops share one sensor. The sensors' PRNU is
