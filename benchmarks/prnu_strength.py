@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from camid.config import load_config
+from camid.config import PrnuClusterConfig, load_config
 from camid.data import images
 from camid.data import simulate as sim
 from camid.forensics import prnu
+from camid.level2 import prnu_cluster as pc
+from camid.level2.metrics import weighted_score
 from camid.util.io import write_csv
 from camid.util.pool import parallel_map
 
@@ -113,6 +115,49 @@ def summarise(pairs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def synthetic_probs(y: np.ndarray, k: int, accuracy: float, seed: int) -> np.ndarray:
+    """A classifier of about ``accuracy`` top-1: the true class's logit raised by a bonus found by
+    bisection, plus unit Gaussian noise (the same noise for every bonus)."""
+    noise = np.random.default_rng(seed).standard_normal((len(y), k))
+    lo, hi = 0.0, 10.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ((mid * np.eye(k)[y] + noise).argmax(1) == y).mean() < accuracy else (lo, mid)
+    logits = hi * np.eye(k)[y] + noise
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def cluster_gain(data: Path, accuracy: float, seeds: int, cache: Path, workers: int) -> pd.DataFrame:
+    """The ``+prnu`` step (default settings) on a simulated competition's test crops, refining a
+    synthetic classifier of the given accuracy: the score before and after, and the clustering."""
+    test, residuals = pc.test_residuals(data, cache, workers)
+    truth = pc.solution_labels(data)
+    if truth is None:
+        raise SystemExit(f"{data}: no solution.csv")
+    classes = sorted(truth.unique())
+    y = np.array([classes.index(c) for c in truth.loc[test["fname"]]])
+    manip = test["manip"].to_numpy()
+    u = manip == 0
+    rows = []
+    for seed in range(seeds):
+        probs = synthetic_probs(y, len(classes), accuracy, seed)
+        res = pc.cluster_test(residuals.astype(np.float32), manip, probs, PrnuClusterConfig())
+        after = pc.apply_clusters(probs, res).argmax(1)
+        before = probs.argmax(1)
+        members = [y[u][res.cluster_of_unalt == c] for c in np.unique(res.cluster_of_unalt)]
+        acc = res.accepted
+        rows.append({"data": str(data), "seed": seed, "acc": accuracy,
+                     "score_before": weighted_score((before[u] == y[u]).mean(), (before[~u] == y[~u]).mean()),
+                     "score_after": weighted_score((after[u] == y[u]).mean(), (after[~u] == y[~u]).mean()),
+                     "purity": sum(np.bincount(m).max() for m in members) / u.sum(),
+                     "coherent": int(res.cluster_ok.sum()), "confirmed_unalt": int(acc[u].sum()),
+                     "confirmed_manip": int(acc[~u].sum()),
+                     "confirmed_precision": float((res.label[acc] == y[acc]).mean()) if acc.any() else float("nan")})
+    out = pd.DataFrame(rows)
+    return out.assign(gain=out["score_after"] - out["score_before"])
+
+
 def markdown(table: pd.DataFrame) -> str:
     cells = [["" if pd.isna(v) else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
              for row in table.itertuples(index=False)]
@@ -128,11 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--simulated", type=int, default=0, help="photos per device A and B rendered in memory")
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     ap.add_argument("--classes", type=int, default=0, help="--simulated: only the first N classes (0: all)")
+    ap.add_argument("--cluster", type=Path, nargs="*", default=[],
+                    help="simulated competitions: +prnu's gain on a synthetic classifier (no residual NCC)")
+    ap.add_argument("--cluster-acc", type=float, default=0.6, help="--cluster: the classifier's top-1 accuracy")
+    ap.add_argument("--cluster-seeds", type=int, default=3)
     ap.add_argument("--crops", default="256,512")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "prnu_strength")
     a = ap.parse_args(argv)
     crops = tuple(int(c) for c in a.crops.split(","))
+    if a.cluster:
+        gains = pd.concat([cluster_gain(d, a.cluster_acc, a.cluster_seeds, a.out / f"residuals{k}.npz", a.workers)
+                           for k, d in enumerate(a.cluster)], ignore_index=True)
+        write_csv(a.out / "cluster_gain.csv", gains)
+        print(markdown(gains))
     frames = []
     path_sets: list[tuple[str, str, str, list]] = []
     if a.real:
@@ -160,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         per = [flat[k * a.simulated:(k + 1) * a.simulated] for k in range(len(sets))]
         frames.append(pairs_for(sets, per, crops))
     if not frames:
-        ap.error("nothing to measure: pass --real, --dresden, --sim-data or --simulated")
+        if a.cluster:
+            return 0
+        ap.error("nothing to measure: pass --real, --dresden, --sim-data, --simulated or --cluster")
     pairs = pd.concat(frames, ignore_index=True)
     summary = summarise(pairs)
     write_csv(a.out / "pairs.csv", pairs)
