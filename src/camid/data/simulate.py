@@ -15,7 +15,9 @@ A camera MODEL is a processing pipeline (colour-filter pattern, demosaicing,
 white balance and colour matrix, tone curve, denoise/sharpening, JPEG quality and
 chroma subsampling). A DEVICE of a model adds its own PRNU fixed pattern and noise
 levels; train photos come from device A and test photos from device B, as in the
-competition. No single discrete setting identifies a class: every CFA pattern,
+competition. The PRNU strength is calibrated to real photos: two crops of one device
+correlate about as weakly as real natural-scene crops do, and some models have none
+usable (``prnu_level``; BENCHMARKS.md, "Sensor noise: real vs simulated"). No single discrete setting identifies a class: every CFA pattern,
 demosaicing algorithm, JPEG quality and subsampling mode is shared by at least two
 models (when there are >= 4), so only the combination (plus the continuous colour,
 tone and sharpening settings) tells them apart.
