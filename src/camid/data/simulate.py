@@ -17,10 +17,11 @@ chroma subsampling). A DEVICE of a model adds its own PRNU fixed pattern and noi
 levels; train photos come from device A and test photos from device B, as in the
 competition. The PRNU strength is calibrated to real photos: two crops of one device
 correlate about as weakly as real natural-scene crops do, and some models have none
-usable (``prnu_level``; BENCHMARKS.md, "Sensor noise: real vs simulated"). No single discrete setting identifies a class: every CFA pattern,
-demosaicing algorithm, JPEG quality and subsampling mode is shared by at least two
-models (when there are >= 4), so only the combination (plus the continuous colour,
-tone and sharpening settings) tells them apart.
+usable (``prnu_level``; BENCHMARKS.md, "Sensor noise: real vs simulated").
+No single discrete setting identifies a class: every CFA pattern, demosaicing
+algorithm, JPEG quality and subsampling mode is shared by at least two models (when
+there are >= 4), so only the combination (plus the continuous colour, tone and
+sharpening settings) tells them apart.
 
 Every image is seeded from (seed, class, device, index), never from worker order,
 so the same options give byte-identical files for any number of workers.
