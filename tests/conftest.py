@@ -1,3 +1,5 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,18 @@ def with_prnu(scene: np.ndarray, k: np.ndarray, seed: int) -> np.ndarray:
     img = scene * (1 + k[..., None])
     img += np.random.default_rng(seed + 999).normal(0, 1.0, img.shape)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+@contextmanager
+def strong_sensor_noise() -> Iterator[None]:
+    """The simulator before its calibration to real photos (BENCHMARKS.md, "Sensor noise: real vs
+    simulated"): every device's PRNU std uniform in 0.007-0.013, no model without PRNU. For tests
+    of what PRNU matching does when the evidence is there; simulate's forked workers inherit it."""
+    from camid.data import simulate as sim
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sim, "prnu_level", lambda class_index, seed: 0.01)
+        mp.setattr(sim, "PRNU_DEVICE_SPREAD", 0.3)
+        yield
 
 
 def write_jpeg(path: Path, h: int = 64, w: int = 80, seed: int = 0, quality: int = 95) -> Path:

@@ -15,10 +15,13 @@ A camera MODEL is a processing pipeline (colour-filter pattern, demosaicing,
 white balance and colour matrix, tone curve, denoise/sharpening, JPEG quality and
 chroma subsampling). A DEVICE of a model adds its own PRNU fixed pattern and noise
 levels; train photos come from device A and test photos from device B, as in the
-competition. No single discrete setting identifies a class: every CFA pattern,
-demosaicing algorithm, JPEG quality and subsampling mode is shared by at least two
-models (when there are >= 4), so only the combination (plus the continuous colour,
-tone and sharpening settings) tells them apart.
+competition. The PRNU strength is calibrated to real photos: two crops of one device
+correlate about as weakly as real natural-scene crops do, and some models have none
+usable (``prnu_level``; BENCHMARKS.md, "Sensor noise: real vs simulated").
+No single discrete setting identifies a class: every CFA pattern, demosaicing
+algorithm, JPEG quality and subsampling mode is shared by at least two models (when
+there are >= 4), so only the combination (plus the continuous colour, tone and
+sharpening settings) tells them apart.
 
 Every image is seeded from (seed, class, device, index), never from worker order,
 so the same options give byte-identical files for any number of workers.
@@ -51,7 +54,7 @@ from .crops import centre_crop
 from .manipulations import MANIPULATION_NAMES, apply
 
 # Bump when the generator changes, so an old dataset is not mistaken for a current one.
-FORMAT_VERSION = 2  # 2: resizes by the exact factor (manipulations.resize)
+FORMAT_VERSION = 3  # 2: resizes by the exact factor (manipulations.resize); 3: calibrated PRNU strength
 
 KAGGLE_CLASSES: tuple[str, ...] = (
     "HTC-1-M7", "iPhone-4s", "iPhone-6", "LG-Nexus-5x", "Motorola-Droid-Maxx",
@@ -73,10 +76,16 @@ DISCRETE_CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 # Independent random streams: the second seed word says what a generator is for.
-_S_ASSIGN, _S_MODEL, _S_DEVICE, _S_PRNU, _S_SCENE, _S_SENSOR, _S_NAMES = range(1, 8)
+_S_ASSIGN, _S_MODEL, _S_DEVICE, _S_PRNU, _S_SCENE, _S_SENSOR, _S_NAMES, _S_PRNU_LEVEL = range(1, 9)
 # A and B keep codes 0 and 1 (their bytes must never change); C, D, ... are the
 # external pool's further devices (camid.data.external_pool).
 DEVICE_CODES = {d: i for i, d in enumerate(string.ascii_uppercase[:len(DEVICES) + MAX_EXTERNAL_DEVICES])}
+# Sensor fixed-pattern strength, calibrated so that the same-device NCC of two photos' crop
+# residuals matches real photos (BENCHMARKS.md, "Sensor noise: real vs simulated").
+PRNU_LEVELS = (0.0055, 0.012)  # a model's PRNU std, log-uniform
+PRNU_DEVICE_SPREAD = 0.15  # each device's std is its model's times 1 +- this
+PRNU_NONE_EVERY = 5  # one model in every 5 consecutive classes has no usable PRNU ...
+PRNU_NONE_STD = 0.0005  # ... only this much
 _TONE_LUT_SIZE = 4096  # the sensor's 12-bit ADC resolution
 _BT601 = np.array([[0.299, 0.587, 0.114],
                    [-0.168736, -0.331264, 0.5],
@@ -238,11 +247,26 @@ def make_models(n_classes: int, seed: int) -> list[CameraModel]:
     return [draw_model(i, names[i], seed, discrete[i]) for i in range(n_classes)]
 
 
+def prnu_level(class_index: int, seed: int) -> float:
+    """The PRNU strength of model ``class_index``'s sensors (std of K before the device's spread).
+
+    Sensor technology and the firmware's processing set how much fixed pattern survives in a
+    photo, so the strength is a model's, log-uniform in ``PRNU_LEVELS``; in every block of
+    ``PRNU_NONE_EVERY`` consecutive classes one seeded model has none usable (``PRNU_NONE_STD``):
+    multi-frame computational photography averages it away."""
+    block, pos = divmod(class_index, PRNU_NONE_EVERY)
+    if int(seeded_rng(seed, _S_PRNU_LEVEL, block).integers(PRNU_NONE_EVERY)) == pos:
+        return PRNU_NONE_STD
+    lo, hi = PRNU_LEVELS
+    return float(np.exp(seeded_rng(seed, _S_PRNU_LEVEL, PRNU_NONE_EVERY, class_index).uniform(np.log(lo), np.log(hi))))
+
+
 def make_device(class_index: int, device: str, seed: int) -> Device:
     """Device ``A`` or ``B`` of model ``class_index`` (or an external-pool device ``C``, ``D``, ...)."""
     rng = seeded_rng(seed, _S_DEVICE, class_index, DEVICE_CODES[device])
+    spread = PRNU_DEVICE_SPREAD
     return Device(class_index=class_index, device=device,
-                  prnu_std=float(rng.uniform(0.007, 0.013)),
+                  prnu_std=prnu_level(class_index, seed) * float(rng.uniform(1 - spread, 1 + spread)),
                   read_noise=float(rng.uniform(0.0005, 0.002)),
                   shot_noise=float(rng.uniform(2e-5, 8e-5)))
 

@@ -249,6 +249,24 @@ def match(residual: np.ndarray, grey: np.ndarray, fingerprint: np.ndarray) -> tu
     return ncc(residual, expected), pce(residual, expected)
 
 
+def crop_residuals(images: Iterable[np.ndarray], crop: int, s: PrnuSettings = PrnuSettings()) -> np.ndarray:
+    """(n, crop, crop) post-processed residuals of the images' centre crops (the residual the
+    ``+prnu`` step clusters); centre crops of same-size photos share their sensor pixels."""
+    return np.stack([query_residual(np.ascontiguousarray(centre_crop(img, crop)), s)[0] for img in images])
+
+
+def residual_ncc_pairs(residuals: np.ndarray, devices: Sequence[str]) -> pd.DataFrame:
+    """NCC of every pair of residuals (``i < j``) with the two devices: the same-device pairs
+    measure how much PRNU survives in one crop, the others the chance level (~ 1/side)."""
+    if len(residuals) != len(devices):
+        raise DataError(f"{len(residuals)} residuals but {len(devices)} device names")
+    n = len(residuals)
+    rows = [{"i": i, "j": j, "device_i": devices[i], "device_j": devices[j],
+             "same_device": devices[i] == devices[j], "ncc": ncc(residuals[i], residuals[j])}
+            for i in range(n) for j in range(i + 1, n)]
+    return pd.DataFrame(rows, columns=["i", "j", "device_i", "device_j", "same_device", "ncc"])
+
+
 # ------------------------------------------------------------------ ROC
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
