@@ -4,7 +4,9 @@ Layout (a user points ``DATA`` at the unpacked Kaggle folder or at ``camid simul
 
     DATA/train/<class>/*.{jpg,jpeg,png,tif,tiff,bmp,webp}   one folder per camera model
     DATA/test/*_{unalt,manip}.<ext>                         centre crops to classify
-    DATA/sample_submission.csv, DATA/solution.csv (optional, simulated data only)
+    DATA/sample_submission.csv, DATA/solution.csv (optional: simulated or composed data only)
+    DATA/train_devices.csv                                  optional: device and scene per training photo
+    DATA/solution_info.csv                                  composed data only: what each test crop is
 
 Extra training folders (external data) have the same ``<class>/*`` shape.
 Training images are keyed by ``fname`` = their path relative to ``DATA``
@@ -24,6 +26,17 @@ from ..errors import DataError
 from ..util.log import stage_log
 from .competition import manip_flag
 from .images import is_image_file
+
+TRAIN_DIR = "train"
+TEST_DIR = "test"
+SAMPLE_SUBMISSION = "sample_submission.csv"
+SOLUTION = "solution.csv"
+# fname, class, device, scene per training photo (`camid compose`); `camid folds` groups by device with it.
+DEVICES_FILE = "train_devices.csv"
+# Per test crop: device, scene, seen/unseen device, manipulation, source photo (`camid compose`). An
+# answer file like solution.csv: nothing that predicts reads it, only the benchmark's scoring.
+TEST_INFO_FILE = "solution_info.csv"
+DEVICES_COLUMNS = ["fname", "class", "device", "scene"]
 
 
 def _hidden(rel: Path) -> bool:
