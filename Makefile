@@ -24,7 +24,7 @@ SIM_ARGS ?=
 CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit \
+.PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit compose real-bench \
 	bench bench-open-set filter-external robustness prnu prnu-dresden clean-outputs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
@@ -46,6 +46,10 @@ lint: venv
 
 data: venv
 	$(CAMID) simulate $(DATA) --config $(CONFIG) $(SIM_ARGS)
+
+# Your own photos as a competition: SRC = <class>/* folders and/or manifest CSVs, OUT = the data folder.
+compose: venv
+	$(CAMID) compose $(SRC) --out $(or $(OUT),$(DATA)) $(COMPOSE_ARGS)
 
 folds: venv
 	$(CAMID) folds --config $(CONFIG) --data $(DATA)
