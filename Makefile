@@ -121,5 +121,10 @@ demo: venv
 	$(CAMID) score $(DEMO_SUBMISSION) --solution $(SOLUTION) && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs: models/ oof/ submissions/ (round 2: submissions/r2/)"
 
+# BENCHMARKS.md's "Real photographs": the eight real camera models of ../shared/data composed into a
+# competition (data/real), both rounds with configs/real.yaml, reports in bench_out/real/reports/.
+real-bench: venv
+	$(VENV)/bin/python benchmarks/real_bench.py --config $(or $(REAL_CONFIG),configs/real.yaml) $(REAL_ARGS)
+
 clean-outputs:
 	rm -rf models/*/ models/folds.csv oof/*.parquet oof/*.json oof/*.csv oof/*/ submissions/*.csv submissions/*.png submissions/*/

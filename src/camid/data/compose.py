@@ -42,7 +42,7 @@ from ..util.io import atomic_path, write_csv, write_json
 from ..util.log import progress, stage_log
 from .crops import GRID, MCU
 from .images import is_image_file, read_image
-from .layout import DEVICES_FILE, SAMPLE_SUBMISSION, SOLUTION, TEST_DIR, TEST_INFO_FILE, TRAIN_DIR
+from .layout import DEVICES_FILE, SAMPLE_SUBMISSION, SOLUTION, TEST_DIR, TEST_INFO_FILE, TRAIN_DIR, device_from_name
 from .testcrops import (
     make_test_crop,
     rotating_manipulation,
@@ -100,12 +100,6 @@ class Composition:
     test: list[Photo] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     notes: list[str] = field(default_factory=list)  # how each class was split
-
-
-def device_from_name(camera: str, stem: str) -> str:
-    """``Nikon_D70_1_21015`` of class ``Nikon_D70`` -> ``Nikon_D70_1`` (Dresden names); "" otherwise."""
-    m = re.fullmatch(re.escape(camera) + r"_(\d+)_[^_]+", stem)
-    return f"{camera}_{m.group(1)}" if m else ""
 
 
 def _check_class(name: str, where: str) -> str:
