@@ -19,6 +19,7 @@ to ``WORKDIR/reports/real_bench.{md,csv}`` and ``real_bench_final.csv``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from camid.config import load_config
-from camid.data.compose import ComposeOptions, compose
+from camid.data.compose import MARKER, ComposeOptions, compose
 from camid.data.folds import CASE_DEVICE, CASE_PHOTO, read_folds
 from camid.data.layout import TEST_INFO_FILE
 from camid.infer.table import class_columns, read_table
@@ -144,6 +145,8 @@ def main() -> int:
     summary = compose([manifest], data, ComposeOptions(test_devices=TEST_DEVICES, crop=512, seed=args.seed),
                       overwrite=True)
     walls = {"compose": time.perf_counter() - t0}
+    if summary["skipped_run"]:  # already composed: the counts are in its marker
+        summary = json.loads((data / MARKER).read_text())
     common = ["--config", args.config, "--data", str(data), "--workdir", str(workdir)]
     walls["folds"] = camid("folds", *common)
     for rnd in ROUNDS:
@@ -175,7 +178,7 @@ def main() -> int:
         f"# Real photographs ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         f"`python benchmarks/real_bench.py --config {args.config}` on {platform.node()} "
         f"({os.cpu_count()} cores, load average at the end {load}); wall time **{wall:.0f} s**.",
-        f"Composed: {summary.get('n_train')} training photos, {summary.get('n_test_crops')} test crops "
+        f"Composed: {summary['n_train']} training photos, {summary['n_test_crops']} test crops "
         f"(test devices {', '.join(TEST_DEVICES)}); OOF rows by case: {cases}.",
         "## Every strategy: local CV (all / unseen device / photo-disjoint) and test\n\n" + _md(table),
         "## Final submissions: accuracy per class and per manipulation\n\n" + _md(final),
