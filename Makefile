@@ -49,7 +49,8 @@ data: venv
 
 # Your own photos as a competition: SRC = <class>/* folders and/or manifest CSVs, OUT = the data folder.
 compose: venv
-	$(CAMID) compose $(SRC) --out $(or $(OUT),$(DATA)) $(COMPOSE_ARGS)
+	$(if $(and $(SRC),$(OUT)),,$(error make compose needs SRC= (folders and/or manifest CSVs) and OUT= (the data folder to write)))
+	$(CAMID) compose $(SRC) --out $(OUT) $(COMPOSE_ARGS)
 
 folds: venv
 	$(CAMID) folds --config $(CONFIG) --data $(DATA)
