@@ -118,6 +118,9 @@ def test_named_test_devices_and_a_class_left_without_training_photos(tmp_path):
     info = pd.read_csv(tmp_path / "a" / layout.TEST_INFO_FILE, keep_default_na=False)
     assert set(info.loc[info["camera"] == "multi", "device"]) == {"multi-d0", "multi-d2"}
     assert set(info.loc[info["camera"] == "Cam_X", "device"]) == {"Cam_X_1"}
+    compose(sources, tmp_path / "d", ComposeOptions(crop=CROP, test_devices=("Cam_X_1",)))
+    info = pd.read_csv(tmp_path / "d" / layout.TEST_INFO_FILE, keep_default_na=False)
+    assert info.loc[info["camera"] == "multi", "device"].nunique() == 1  # not named: one seeded device
     with pytest.raises(errors.DataError, match="multi has no training photo"):
         compose(sources, tmp_path / "b", ComposeOptions(crop=CROP, test_devices=("multi-d0", "multi-d1", "multi-d2")))
     with pytest.raises(errors.UsageError, match="not devices of the input"):

@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "paths relative to the manifest's folder)")
     parser.add_argument("--out", required=True, help="data folder to write (Kaggle layout); empty or new")
     parser.add_argument("--test-devices", default="", metavar="D1,D2",
-                        help="devices whose photos form the test set (default: one seeded device of each class "
-                             "with >= 2 devices); classes with one device are split by photo")
+                        help="devices whose photos form the test set; a class with >= 2 devices none of which is "
+                             "named gets one seeded test device; classes with one device are split by photo")
     parser.add_argument("--test-fraction", type=float, default=ComposeOptions.test_fraction, metavar="F",
                         help="share of each single-device class's photos (per scene) that go to test "
                              "(default %(default)s)")

@@ -74,7 +74,9 @@ class Photo:
 @dataclass(frozen=True)
 class ComposeOptions:
     test_fraction: float = 0.3  # photos of each single-device class (per scene) that go to test
-    test_devices: tuple[str, ...] = ()  # devices whose photos are the test set (default: one per class with >= 2)
+    # Devices whose photos are the test set; a class with >= 2 devices none of which is named gets
+    # one seeded test device.
+    test_devices: tuple[str, ...] = ()
     crop: int = 512  # test crop side; the window is twice this
     windows: int = 1  # windows per test photo: the centre, then seeded places
     seed: int = 2018
@@ -197,9 +199,9 @@ def split(photos: Sequence[Photo], sizes: dict[Path, tuple[int, int]], opts: Com
         fits = {p.path for p in usable if min(sizes[p.path]) >= opts.window}
         devices = sorted({p.device for p in usable})
         if len(devices) >= 2:
-            chosen = [d for d in devices if d in opts.test_devices]
-            if not chosen and not opts.test_devices:
-                chosen = [devices[int(_rng(opts.seed, "device", cls).integers(len(devices)))]]
+            # Named devices decide for their class; any other class gets one seeded test device.
+            chosen = [d for d in devices if d in opts.test_devices] or \
+                [devices[int(_rng(opts.seed, "device", cls).integers(len(devices)))]]
             for p in usable:
                 if p.device not in chosen:
                     comp.train.append(p)
