@@ -137,32 +137,36 @@ def main() -> int:
     ap.add_argument("--data", default="data/real", help="the composed data folder")
     ap.add_argument("--workdir", default="bench_out/real", help="models/, oof/, submissions/, reports/ of the run")
     ap.add_argument("--seed", type=int, default=ComposeOptions.seed, help="compose split seed")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: report the rounds whose submissions/scores.csv exist in WORKDIR")
     args = ap.parse_args()
     start = time.perf_counter()
     workdir, data = Path(args.workdir), Path(args.data)
-    manifest = write_manifest(Path(args.shared), workdir / "real_manifest.csv")
-    t0 = time.perf_counter()
-    summary = compose([manifest], data, ComposeOptions(test_devices=TEST_DEVICES, crop=512, seed=args.seed),
-                      overwrite=True)
-    walls = {"compose": time.perf_counter() - t0}
-    if summary["skipped_run"]:  # already composed: the counts are in its marker
-        summary = json.loads((data / MARKER).read_text())
-    common = ["--config", args.config, "--data", str(data), "--workdir", str(workdir)]
-    walls["folds"] = camid("folds", *common)
-    for rnd in ROUNDS:
-        rc = [*common, "--round", str(rnd)]
-        for step in ("train-all", "predict", "blend", "submission"):
-            walls[f"{step} r{rnd}"] = camid(step, *rc)
-        if rnd < ROUNDS[-1]:
-            walls[f"pseudo r{rnd}"] = camid("pseudo", *rc)
+    walls: dict[str, float] = {}
+    if not args.report_only:
+        manifest = write_manifest(Path(args.shared), workdir / "real_manifest.csv")
+        t0 = time.perf_counter()
+        compose([manifest], data, ComposeOptions(test_devices=TEST_DEVICES, crop=512, seed=args.seed),
+                overwrite=True)
+        walls["compose"] = time.perf_counter() - t0
+        common = ["--config", args.config, "--data", str(data), "--workdir", str(workdir)]
+        walls["folds"] = camid("folds", *common)
+        for rnd in ROUNDS:
+            rc = [*common, "--round", str(rnd)]
+            for step in ("train-all", "predict", "blend", "submission"):
+                walls[f"{step} r{rnd}"] = camid(step, *rc)
+            if rnd < ROUNDS[-1]:
+                walls[f"pseudo r{rnd}"] = camid("pseudo", *rc)
     wall = time.perf_counter() - start
+    summary = json.loads((data / MARKER).read_text())
+    rounds = [r for r in ROUNDS if Workspace(workdir, data, round=r).scores_csv.is_file()]
 
     cfg = load_config(args.config)
     folds = read_folds(Workspace(workdir, data).folds_csv)
     info = pd.read_csv(data / TEST_INFO_FILE, dtype={"device": str, "scene": str}, keep_default_na=False)
     classes = list(cfg.classes) if cfg.classes else sorted(set(folds["label"]))
     tables, finals, pngs = [], [], []
-    for rnd in ROUNDS:
+    for rnd in rounds:
         ws = Workspace(workdir, data, round=rnd)
         tables.append(strategy_rows(ws, classes, folds, info))
         fb, png, name = final_breakdown(ws, classes, info)
@@ -177,13 +181,15 @@ def main() -> int:
     text = "\n\n".join([
         f"# Real photographs ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         f"`python benchmarks/real_bench.py --config {args.config}` on {platform.node()} "
-        f"({os.cpu_count()} cores, load average at the end {load}); wall time **{wall:.0f} s**.",
+        f"({os.cpu_count()} cores, load average at the end {load}); "
+        + ("report only (no wall time)." if args.report_only else f"wall time **{wall:.0f} s**."),
         f"Composed: {summary['n_train']} training photos, {summary['n_test_crops']} test crops "
         f"(test devices {', '.join(TEST_DEVICES)}); OOF rows by case: {cases}.",
         "## Every strategy: local CV (all / unseen device / photo-disjoint) and test\n\n" + _md(table),
         "## Final submissions: accuracy per class and per manipulation\n\n" + _md(final),
         "## Confusion PNGs\n\n" + "\n".join(f"- {p}" for p in pngs),
-        "## Wall time per step (s)\n\n" + _md(pd.DataFrame({"step": list(walls), "seconds": list(walls.values())})),
+        "## Wall time per step (s)\n\n" + _md(pd.DataFrame({"step": list(walls), "seconds": list(walls.values())}))
+        if walls else "",
     ])
     write_text(reports / "real_bench.md", text + "\n")
     print(text)
