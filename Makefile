@@ -24,7 +24,7 @@ SIM_ARGS ?=
 CAMID := $(VENV)/bin/camid
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit \
+.PHONY: venv test lint demo data folds train-all predict pseudo blend submission score kaggle-data kaggle-submit compose real-bench \
 	weights check bench bench-open-set filter-external robustness prnu prnu-dresden clean-outputs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
@@ -55,6 +55,11 @@ weights: venv
 # Preflight before train-all: data, weights, GPUs, disk, jobs, estimated time; exits 1 on a blocker.
 check: venv
 	$(CAMID) check --config $(CONFIG) --data $(DATA) $(if $(GPUS),--gpus $(GPUS)) --backend $(BACKEND)
+
+# Your own photos as a competition: SRC = <class>/* folders and/or manifest CSVs, OUT = the data folder.
+compose: venv
+	$(if $(and $(SRC),$(OUT)),,$(error make compose needs SRC= (folders and/or manifest CSVs) and OUT= (the data folder to write)))
+	$(CAMID) compose $(SRC) --out $(OUT) $(COMPOSE_ARGS)
 
 folds: venv
 	$(CAMID) folds --config $(CONFIG) --data $(DATA)
@@ -125,6 +130,11 @@ demo: venv
 	$(MAKE) --no-print-directory train-all predict blend submission CONFIG=$(CONFIG) DATA=$(DATA) ROUND=2 && \
 	$(CAMID) score $(DEMO_SUBMISSION) --solution $(SOLUTION) && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs: models/ oof/ submissions/ (round 2: submissions/r2/)"
+
+# BENCHMARKS.md's "Real photographs": the eight real camera models of ../shared/data composed into a
+# competition (data/real), both rounds with configs/real.yaml, reports in bench_out/real/reports/.
+real-bench: venv
+	$(VENV)/bin/python benchmarks/real_bench.py --config $(or $(REAL_CONFIG),configs/real.yaml) $(REAL_ARGS)
 
 clean-outputs:
 	rm -rf models/*/ models/folds.csv oof/*.parquet oof/*.json oof/*.csv oof/*/ submissions/*.csv submissions/*.png submissions/*/

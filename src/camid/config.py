@@ -66,6 +66,9 @@ class FoldsConfig:
     seed: int = 42
     # Photos of extra_train_dirs: train_only (fold -1, never OOF rows) or split like train/.
     external: Literal["train_only", "kfold"] = "train_only"
+    # device: a class with >= 2 known devices validates each fold on a device it does not train on
+    # (DATA/train_devices.csv or <class>_<n>_<shot> names); photo: photo-grouped; auto: device where known.
+    group: Literal["auto", "device", "photo"] = "auto"
 
 
 @dataclass

@@ -30,6 +30,7 @@ class Group:
 
 COMMANDS: dict[str, Command | Group] = {
     "simulate": Command("camid.cli.simulate", "write a simulated competition in the Kaggle layout"),
+    "compose": Command("camid.cli.compose", "a competition in the Kaggle layout from your own photos"),
     "folds": Command("camid.cli.folds", "build deterministic stratified folds (CSV)"),
     "train": Command("camid.cli.train", "train one backbone on one fold"),
     "train-all": Command("camid.cli.train_all", "train every (backbone, fold) job of a config"),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.folds import make_folds, write_folds
-from ..data.layout import scan_train
+from ..data.folds import CASE_DEVICE, group_by_device, make_folds, write_folds
+from ..data.layout import attach_devices, scan_train
 from ..util.log import stage_log
 from .common import add_common_arguments, resolve
 
@@ -21,8 +21,13 @@ def main(args: argparse.Namespace) -> int:
     for path, reason in scan.skipped:
         stage_log("folds", f"skipped {path}: {reason}")
     f = cfg.folds
-    folds = make_folds(scan.table, f.mode, f.n_folds, f.holdout_fraction, f.seed, external=f.external)
-    out = write_folds(folds, args.out or ws.folds_csv)
+    table = group_by_device(attach_devices(ws.data_dir, scan.table), f.group)
+    folds = make_folds(table, f.mode, f.n_folds, f.holdout_fraction, f.seed, group_col="group", external=f.external)
+    by_device = sorted(folds.loc[folds["case"] == CASE_DEVICE, "label"].unique())
+    if by_device:
+        stage_log("folds", f"grouped by device (each fold validates on devices it does not train on): {by_device}; "
+                           "other classes by photo")
+    out = write_folds(folds.drop(columns="group"), args.out or ws.folds_csv)
     counts = folds.groupby("fold").size().to_dict()
-    stage_log("folds", f"wrote {out} ({f.mode}, seed {f.seed}): images per fold {counts}")
+    stage_log("folds", f"wrote {out} ({f.mode}, seed {f.seed}, group {f.group}): images per fold {counts}")
     return 0

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..util.io import write_csv
+from .layout import DEVICES_FILE
 
 
 def _assign_folds(labels: pd.Series, n_folds: int, seed: int) -> np.ndarray:
@@ -23,6 +24,35 @@ def _assign_folds(labels: pd.Series, n_folds: int, seed: int) -> np.ndarray:
         folds[idx] = (np.arange(len(idx)) + offset) % n_folds
         offset += len(idx)
     return folds
+
+
+# The `case` column of the folds file: what a fold's held-out photo measures.
+CASE_DEVICE = "unseen device"  # its class has >= 2 training devices: its device is not in the fold's training set
+CASE_PHOTO = "photo-disjoint"  # other photos of the same device(s) train
+CASE_EXTERNAL = "train only"  # an extra folder's photo: always trains, never validated
+
+
+def group_by_device(table: pd.DataFrame, group: str = "auto") -> pd.DataFrame:
+    """``table`` with ``case`` and ``group`` columns for ``make_folds(group_col="group")``.
+
+    ``group``: ``photo``: every photo its own group (each class photo-disjoint); ``device`` /
+    ``auto``: a class with >= 2 known devices (column ``device``, "" when unknown) is grouped by
+    device, so a fold's held-out photos come from a device the fold does not train on; other
+    classes are photo-grouped. ``device`` refuses a table where no class has two devices."""
+    if group not in ("auto", "device", "photo"):
+        raise DataError(f"unknown folds.group {group!r}; choose auto, device or photo")
+    out = table.copy()
+    devices = out["device"] if "device" in out.columns else pd.Series("", index=out.index)
+    out["device"] = devices.fillna("").astype(str)
+    n_devices = out[out["device"] != ""].groupby("label")["device"].nunique()
+    by_device = set(n_devices[n_devices >= 2].index) if group != "photo" else set()
+    if group == "device" and not by_device:
+        raise DataError("folds.group is device, but no class has photos of two known devices "
+                        f"(devices come from DATA/{DEVICES_FILE} or <class>_<n>_<shot> names); use auto or photo")
+    device_rows = out["label"].isin(by_device) & (out["device"] != "")
+    out["case"] = np.where(device_rows, CASE_DEVICE, CASE_PHOTO)
+    out["group"] = np.where(device_rows, "device:" + out["label"] + "/" + out["device"], "photo:" + out["fname"])
+    return out
 
 
 def make_folds(table: pd.DataFrame, mode: str = "kfold", n_folds: int = 5,
@@ -50,6 +80,8 @@ def make_folds(table: pd.DataFrame, mode: str = "kfold", n_folds: int = 5,
             raise DataError("every training image comes from an extra folder: nothing is left to validate on")
         folded = make_folds(own, mode, n_folds, holdout_fraction, seed, group_col, "kfold")
         rest = table[table["source"] != "train"].assign(fold=-1)
+        if "case" in rest.columns:
+            rest["case"] = CASE_EXTERNAL
         return pd.concat([folded, rest], ignore_index=True).sort_values("fname", ignore_index=True)
     groups = table[group_col] if group_col else table["fname"]
     # One row per group, labelled by its most common class, so stratification still holds.
@@ -78,10 +110,12 @@ def fold_ids(folds: pd.DataFrame) -> list[int]:
 
 
 FOLDS_COLUMNS = ["fname", "path", "label", "source", "fold"]
+# Written when known: the photo's device and what its validation measures (group_by_device).
+OPTIONAL_COLUMNS = ["device", "case"]
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:
-    return write_csv(path, folds[FOLDS_COLUMNS])
+    return write_csv(path, folds[FOLDS_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in folds.columns]])
 
 
 def read_folds(path: str | Path, classes: Sequence[str] | None = None) -> pd.DataFrame:
@@ -90,7 +124,8 @@ def read_folds(path: str | Path, classes: Sequence[str] | None = None) -> pd.Dat
     if not path.is_file():
         raise DataError(f"folds file not found: {path} (run `camid folds` / `make folds` first)")
     try:
-        df = pd.read_csv(path, dtype={"fname": str, "path": str, "label": str, "source": str},
+        df = pd.read_csv(path, dtype={"fname": str, "path": str, "label": str, "source": str, "device": str,
+                                       "case": str},
                          keep_default_na=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:  # EmptyDataError is a ValueError
         raise DataError(f"{path}: cannot parse folds CSV ({exc})") from exc

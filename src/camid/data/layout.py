@@ -4,7 +4,9 @@ Layout (a user points ``DATA`` at the unpacked Kaggle folder or at ``camid simul
 
     DATA/train/<class>/*.{jpg,jpeg,png,tif,tiff,bmp,webp}   one folder per camera model
     DATA/test/*_{unalt,manip}.<ext>                         centre crops to classify
-    DATA/sample_submission.csv, DATA/solution.csv (optional, simulated data only)
+    DATA/sample_submission.csv, DATA/solution.csv (optional: simulated or composed data only)
+    DATA/train_devices.csv                                  optional: device and scene per training photo
+    DATA/solution_info.csv                                  composed data only: what each test crop is
 
 Extra training folders (external data) have the same ``<class>/*`` shape.
 Training images are keyed by ``fname`` = their path relative to ``DATA``
@@ -13,6 +15,7 @@ test images by their bare file name, as in the submission.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,17 @@ from ..errors import DataError
 from ..util.log import stage_log
 from .competition import manip_flag
 from .images import is_image_file
+
+TRAIN_DIR = "train"
+TEST_DIR = "test"
+SAMPLE_SUBMISSION = "sample_submission.csv"
+SOLUTION = "solution.csv"
+# fname, class, device, scene per training photo (`camid compose`); `camid folds` groups by device with it.
+DEVICES_FILE = "train_devices.csv"
+# Per test crop: device, scene, seen/unseen device, manipulation, source photo (`camid compose`). An
+# answer file like solution.csv: nothing that predicts reads it, only the benchmark's scoring.
+TEST_INFO_FILE = "solution_info.csv"
+DEVICES_COLUMNS = ["fname", "class", "device", "scene"]
 
 
 def _hidden(rel: Path) -> bool:
@@ -108,6 +122,32 @@ def scan_test(data_dir: str | Path) -> pd.DataFrame:
     if not rows:
         raise DataError(f"{test_dir}: no test images found")
     return pd.DataFrame(rows)
+
+
+def device_from_name(camera: str, stem: str) -> str:
+    """``Nikon_D70_1_21015`` of class ``Nikon_D70`` -> ``Nikon_D70_1`` (Dresden names); "" otherwise."""
+    m = re.fullmatch(re.escape(camera) + r"_(\d+)_[^_]+", stem)
+    return f"{camera}_{m.group(1)}" if m else ""
+
+
+def attach_devices(data_dir: str | Path, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (``scan_train``'s) with a ``device`` column ("" when unknown): from
+    ``DATA/train_devices.csv`` when it lists the photo, else from a Dresden-style file name."""
+    path = Path(data_dir) / DEVICES_FILE
+    known: dict[str, str] = {}
+    if path.is_file():
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read ({exc})") from exc
+        missing = [c for c in DEVICES_COLUMNS if c not in df.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}")
+        known = dict(zip(df["fname"], df["device"], strict=True))
+    out = table.copy()
+    out["device"] = [known.get(f) or device_from_name(label, Path(f).stem)
+                     for f, label in zip(out["fname"], out["label"], strict=True)]
+    return out
 
 
 def resolve_classes(cfg: Config, data_dir: str | Path) -> list[str]:

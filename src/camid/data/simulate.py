@@ -41,17 +41,21 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pandas as pd
-from PIL import Image
 
 from ..config import EXTERNAL_FIELDS, MAX_EXTERNAL_DEVICES, SimulateConfig
 from ..errors import SimulateError
-from ..util.io import atomic_path, write_csv, write_json
+from ..util.io import atomic_path, write_json
 from ..util.log import stage_log
 from ..util.pool import parallel_map
 from . import images
-from .crops import centre_crop
-from .manipulations import MANIPULATION_NAMES, apply
+from .testcrops import (
+    make_test_crop,
+    rotating_manipulation,
+    test_fname,
+    unique_names,
+    write_answer_tables,
+    write_test_crop,
+)
 
 # Bump when the generator changes, so an old dataset is not mistaken for a current one.
 FORMAT_VERSION = 3  # 2: resizes by the exact factor (manipulations.resize); 3: calibrated PRNU strength
@@ -623,22 +627,14 @@ def make_test_plan(opts: SimOptions) -> list[PlanItem]:
     the manipulations rotating over one global sequence so they are balanced overall and
     within each class; names are seeded random hex, unique."""
     n, t = opts.n_classes, opts.test_per_class
-    rng = seeded_rng(opts.seed, _S_NAMES)
-    names: list[str] = []
-    seen: set[str] = set()
-    while len(names) < 2 * n * t:
-        for v in rng.integers(0, 16 ** 7, size=2 * n * t - len(names)):
-            name = f"{int(v):07x}"
-            if name not in seen:
-                seen.add(name)
-                names.append(name)
+    names = unique_names(seeded_rng(opts.seed, _S_NAMES), 2 * n * t)
     items = []
     for c in range(n):
         for j in range(t):
             k = 2 * (c * t + j)
-            items.append(PlanItem(f"img_{names[k]}_unalt.tif", c, j, "none"))
-            manip = MANIPULATION_NAMES[(c * t + j) % len(MANIPULATION_NAMES)]
-            items.append(PlanItem(f"img_{names[k + 1]}_manip.tif", c, t + j, manip))
+            items.append(PlanItem(test_fname(names[k], "none"), c, j, "none"))
+            manip = rotating_manipulation(c * t + j)
+            items.append(PlanItem(test_fname(names[k + 1], manip), c, t + j, manip))
     return items
 
 
@@ -683,13 +679,9 @@ def _run_job(job: tuple[str, Any]) -> str:
     item: PlanItem = payload
     data = shoot(_WORKER["models"][item.class_index], "B", item.photo_index, opts.width, opts.height,
                  opts.seed)
-    img = images.decode_bytes(data)
-    # Like the organisers: manipulate the full photo, then take the centre crop.
-    crop = np.ascontiguousarray(centre_crop(apply(img, item.manipulation), opts.test_crop))
-    rel = f"test/{item.fname}"
-    with atomic_path(out / rel) as tmp:
-        Image.fromarray(crop).save(tmp, format="TIFF")
-    return rel
+    # The whole photo is manipulated, then centre-cropped (the simulated photos are small).
+    crop = make_test_crop(images.decode_bytes(data), item.manipulation, opts.test_crop)
+    return write_test_crop(out, item.fname, crop)
 
 
 def _jobs(opts: SimOptions, plan: list[PlanItem]) -> list[tuple[str, Any]]:
@@ -786,9 +778,5 @@ def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
 
 
 def _write_tables(out: Path, plan: list[PlanItem], models: list[CameraModel]) -> None:
-    solution = pd.DataFrame({"fname": [p.fname for p in plan],
-                             "camera": [models[p.class_index].name for p in plan],
-                             "manipulation": [p.manipulation for p in plan]})
-    solution = solution.sort_values("fname", kind="mergesort").reset_index(drop=True)
-    write_csv(out / "solution.csv", solution)
-    write_csv(out / "sample_submission.csv", solution[["fname"]].assign(camera=models[0].name))
+    write_answer_tables(out, [p.fname for p in plan], [models[p.class_index].name for p in plan],
+                        [p.manipulation for p in plan], models[0].name)
