@@ -237,7 +237,8 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
         rep = score_table(out, classes)
         path = ws.blend_table(st.name)
         meta = {"stage": "blend", "strategy": st.name, "base": st.base, "power": st.power,
-                "equaliser": st.equaliser, "prnu": st.prnu, "match": st.match, "tta": tta, "inputs": inputs, "weights": weights,
+                "equaliser": st.equaliser, "prnu": st.prnu, "match": st.match, "tta": tta, "inputs": inputs,
+                "weights": weights,
                 "floor": cfg.blend.floor, "balanced_test": cfg.blend.balanced_test,
                 "config": cfg.name, "config_digest": cfg.digest(),
                 "read_seconds": read_seconds, "seconds": round(time.perf_counter() - start, 3),
