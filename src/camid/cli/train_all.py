@@ -8,6 +8,7 @@ training settings) are skipped, interrupted ones resume from ``last.pt``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..data.folds import fold_ids, read_folds
@@ -48,10 +49,11 @@ def train_job(ws: Workspace, run: str, fold: int) -> CamidJob:
 
 def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
-    require_weights(cfg, args.config)
+    wanted = names(args.models) or [m.run_name for m in cfg.models]
+    # only the runs this command starts: a run left out with --models must not block the others
+    require_weights(replace(cfg, models=[m for m in cfg.models if m.run_name in wanted]), args.config)
     options = backend_options(args, cfg)
     folds = fold_ids(read_folds(ws.folds_csv, resolve_classes(cfg, ws.data_dir)))
-    wanted = names(args.models) or [m.run_name for m in cfg.models]
     pairs = [(run, k) for run in wanted for k in folds]
     todo = [(r, k) for r, k in pairs if not is_done(ws, cfg, r, k)]
     stage_log("train-all", f"{len(pairs)} job(s), {len(pairs) - len(todo)} already finished, {len(todo)} to run")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, ConfigError, UsageError
 from ..util.io import sha256_file, write_atomic
 from ..util.log import progress, stage_log
 from .registry import BackboneSpec, find_weights, get_spec, read_state_dict
@@ -70,7 +70,10 @@ def missing_weights(cfg: Config) -> list[tuple[str, Path]]:
     and finds none under ``train.weights_dir``."""
     out = []
     for backbone in backbones_of(cfg):
-        spec = get_spec(backbone)
+        try:
+            spec = get_spec(backbone)
+        except ConfigError:
+            continue  # not a weights question: the run's own job fails on the name and is reported by it
         if spec.weights_files and find_weights(spec, cfg.train.weights_dir) is None:
             out.append((backbone, Path(cfg.train.weights_dir) / spec.weights_files[0]))
     return out
