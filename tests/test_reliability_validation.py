@@ -169,7 +169,7 @@ def test_blend_settings_are_checked_before_any_work(ws, capsys):
     put(root, "a", make_table())
     capsys.readouterr()
     assert camid("blend", *common, "--models", "a", "--strategies", "gmean+hungrian") == 2
-    assert "unknown equaliser 'hungrian'" in one_error(capsys.readouterr().err, "blend")
+    assert "unknown step 'hungrian'" in one_error(capsys.readouterr().err, "blend")
     cfg = Path(common[1])
     settings = yaml.safe_load(cfg.read_text())
     settings["blend"].update(models=["a"], weights=[1, 2])
