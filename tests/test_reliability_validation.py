@@ -175,7 +175,7 @@ def test_blend_settings_are_checked_before_any_work(ws, capsys):
     settings["blend"].update(models=["a"], weights=[1, 2])
     cfg.write_text(yaml.safe_dump(settings))
     assert camid("blend", *common) == 2
-    assert "blend.weights has 2 entries but 1 models" in one_error(capsys.readouterr().err, "blend")
+    assert "blend.weights has 2 entries but blend.models lists 1" in one_error(capsys.readouterr().err, "blend")
     assert not (root / "oof" / "blend").exists()
 
 
