@@ -153,7 +153,7 @@ def test_bad_photos_are_reported_and_skipped(tmp_path, capsys):
 def test_wrong_inputs_are_one_line_errors(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"path": ["a.jpg"], "model": ["x"]}).to_csv(bad, index=False)
-    with pytest.raises(errors.DataError, match="lacks column"):
+    with pytest.raises(errors.DataError, match="missing column"):
         compose([bad], tmp_path / "o1", OPTS)
     (tmp_path / "flat").mkdir()
     write_jpeg(tmp_path / "flat" / "a.jpg")

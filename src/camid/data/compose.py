@@ -42,7 +42,16 @@ from ..util.io import atomic_path, write_csv, write_json
 from ..util.log import progress, stage_log
 from .crops import GRID, MCU
 from .images import is_image_file, read_image
-from .layout import DEVICES_FILE, SAMPLE_SUBMISSION, SOLUTION, TEST_DIR, TEST_INFO_FILE, TRAIN_DIR, device_from_name
+from .layout import (
+    DEVICES_FILE,
+    SAMPLE_SUBMISSION,
+    SOLUTION,
+    TEST_DIR,
+    TEST_INFO_FILE,
+    TRAIN_DIR,
+    device_from_name,
+    read_columns,
+)
 from .testcrops import (
     make_test_crop,
     rotating_manipulation,
@@ -112,14 +121,7 @@ def _check_class(name: str, where: str) -> str:
 
 def read_manifest(path: Path) -> tuple[list[Photo], list[tuple[str, str]]]:
     """Photos listed in a manifest CSV; listed files that do not exist are returned as skipped."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the manifest ({exc})") from exc
-    missing = [c for c in MANIFEST_REQUIRED if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: manifest lacks column(s) {missing} (needs file, camera; optional device, scene); "
-                        f"has {list(df.columns)}")
+    df = read_columns(path, MANIFEST_REQUIRED, "(a manifest needs file, camera; optional device, scene)")
     photos, skipped = [], []
     for i, row in enumerate(df.itertuples(index=False), start=2):
         file, camera = str(row.file).strip(), str(row.camera).strip()

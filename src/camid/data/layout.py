@@ -130,19 +130,26 @@ def device_from_name(camera: str, stem: str) -> str:
     return f"{camera}_{m.group(1)}" if m else ""
 
 
+def read_columns(path: Path, required: Sequence[str], hint: str = "") -> pd.DataFrame:
+    """A CSV of strings (empty cells stay "") that has at least the ``required`` columns; a
+    DataError naming the file, the missing columns and ``hint`` otherwise."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}{' ' + hint if hint else ''}; has {list(df.columns)}")
+    return df
+
+
 def attach_devices(data_dir: str | Path, table: pd.DataFrame) -> pd.DataFrame:
     """``table`` (``scan_train``'s) with a ``device`` column ("" when unknown): from
     ``DATA/train_devices.csv`` when it lists the photo, else from a Dresden-style file name."""
     path = Path(data_dir) / DEVICES_FILE
     known: dict[str, str] = {}
     if path.is_file():
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read ({exc})") from exc
-        missing = [c for c in DEVICES_COLUMNS if c not in df.columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}")
+        df = read_columns(path, DEVICES_COLUMNS)
         known = dict(zip(df["fname"], df["device"], strict=True))
     out = table.copy()
     out["device"] = [known.get(f) or device_from_name(label, Path(f).stem)

@@ -524,20 +524,32 @@ def _residual_job(path: str) -> np.ndarray | str:
     return prnu.query_residual(img)[0].astype(np.float16)
 
 
+def files_stamp(test: pd.DataFrame) -> list[list]:
+    """What a cache over the test files is valid for: each file's name, size and modification time."""
+    return [[f, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
+            for f, p in zip(test["fname"], test["path"], strict=True)]
+
+
+def read_stamped(cache: Path, stamp: dict) -> dict[str, np.ndarray] | None:
+    """The arrays of ``cache`` (.npz) when its ``.json`` sidecar equals ``stamp``; None otherwise."""
+    meta = cache.with_suffix(".json")
+    if not (cache.is_file() and meta.is_file() and json.loads(meta.read_text()) == stamp):
+        return None
+    with np.load(cache, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def test_residuals(data_dir: Path, cache: Path, workers: int) -> tuple[pd.DataFrame, np.ndarray]:
     """Post-processed noise residuals of every test crop (fname order), cached in ``cache``.
 
     The cache is reused when the test files (names, sizes, modification times) and the residual
     definition are unchanged; residuals are stored as float16 (2640 crops of 512 px: 1.4 GB)."""
     test = scan_test(data_dir)
-    stamp = {"version": _RESIDUAL_VERSION, "settings": asdict(prnu.PrnuSettings()),
-             "files": [[f, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
-                       for f, p in zip(test["fname"], test["path"], strict=True)]}
-    meta = cache.with_suffix(".json")
-    if cache.is_file() and meta.is_file() and json.loads(meta.read_text()) == stamp:
-        with np.load(cache, allow_pickle=False) as z:
-            stage_log("blend", f"read {len(test)} test residuals from {cache}")
-            return test, z["residuals"]
+    stamp = {"version": _RESIDUAL_VERSION, "settings": asdict(prnu.PrnuSettings()), "files": files_stamp(test)}
+    cached = read_stamped(cache, stamp)
+    if cached is not None:
+        stage_log("blend", f"read {len(test)} test residuals from {cache}")
+        return test, cached["residuals"]
     t0 = time.perf_counter()
     out = list(parallel_map(_residual_job, test["path"].tolist(), workers, "test residuals"))
     bad = [(f, r) for f, r in zip(test["fname"], out, strict=True) if isinstance(r, str)]
@@ -554,7 +566,7 @@ def test_residuals(data_dir: Path, cache: Path, workers: int) -> tuple[pd.DataFr
             np.savez(fh, residuals=residuals)
 
     write_atomic(cache, save)
-    write_json(meta, stamp)
+    write_json(cache.with_suffix(".json"), stamp)
     stage_log("blend", f"wrote {len(test)} test residuals ({shapes[0][1]}x{shapes[0][0]}) to {cache} "
                        f"in {time.perf_counter() - t0:.1f} s")
     return test, residuals

@@ -47,7 +47,7 @@ from ..forensics import prnu
 from ..util.io import write_atomic, write_json
 from ..util.log import stage_log
 from ..util.pool import parallel_map
-from .prnu_cluster import solution_labels, warp_fingerprint
+from .prnu_cluster import files_stamp, read_stamped, solution_labels, warp_fingerprint
 
 _FINGERPRINT_VERSION = 1  # bump when the fingerprint definition changes, so a cache is not reused
 _DEVICE_RE = re.compile(r"^(?P<device>.+_\d+)_\d+$")
@@ -327,13 +327,11 @@ def match_evidence(data_dir: Path, classes: list[str], cache: Path, s: MatchConf
     fingerprints = json.loads(cache.with_suffix(".json").read_text())["stamp"]
     stamp = {"version": _FINGERPRINT_VERSION, "fingerprints": fingerprints,
              "match": {"scales": list(s.scales), "max_shift": s.max_shift},
-             "test": [[f, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
-                      for f, p in zip(test["fname"], test["path"], strict=True)]}
-    meta = scores.with_suffix(".json")
-    if scores.is_file() and meta.is_file() and json.loads(meta.read_text()) == stamp:
-        with np.load(scores, allow_pickle=False) as z:
-            stage_log("blend", f"read the PRNU match scores of {len(test)} test crops from {scores}")
-            return Evidence(devices, test, z["pce"], z["ncc"], z["scale"], z["note"].tolist())
+             "test": files_stamp(test)}
+    z = read_stamped(scores, stamp)
+    if z is not None:
+        stage_log("blend", f"read the PRNU match scores of {len(test)} test crops from {scores}")
+        return Evidence(devices, test, z["pce"], z["ncc"], z["scale"], z["note"].tolist())
     t0 = time.perf_counter()
     ev = score_test(data_dir, devices, s, workers, test)
 
@@ -342,7 +340,7 @@ def match_evidence(data_dir: Path, classes: list[str], cache: Path, s: MatchConf
             np.savez(fh, pce=ev.pce, ncc=ev.ncc, scale=ev.scale, note=np.array(ev.note, dtype=str))
 
     write_atomic(scores, save)
-    write_json(meta, stamp)
+    write_json(scores.with_suffix(".json"), stamp)
     stage_log("blend", f"PRNU matching: {len(test)} test crops against {len(devices)} training-device "
                        f"fingerprints in {time.perf_counter() - t0:.1f} s; scores cached in {scores}")
     return ev

@@ -17,7 +17,7 @@ Kaggle user makes before the leaderboard answers.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,26 +106,25 @@ def pick_final(cfg: Config, ws: Workspace) -> FinalChoice:
     base = max(base_cv, key=lambda b: base_cv[b])  # max keeps the first of equal scores
     wanted = parse_strategy("gmean" + cfg.blend.final).steps if cfg.blend.final else ()
     steps: dict[str, dict] = {}
+    def test_only_step(kind: str, taken: Callable[[dict], str], default: str) -> dict:
+        """Whether the base's ``+<kind>`` form shows the step's precondition (blend's sidecar)."""
+        info = next((scored[n].get(kind) or {} for n in forms[base] if kind in parse_strategy(n).steps), None)
+        if info is None:
+            return {"taken": False, "why": f"no {base}+{kind} strategy was blended"}
+        why = taken(info)
+        return {"taken": True, "why": why} if why else {"taken": False, "why": info.get("skipped") or default}
+
     if "match" in wanted:
         # a PCE above the decision threshold with a margin over every other device is decisive
         # evidence (it never fires when the test devices are not training devices)
-        minfo = next((scored[n].get("match") or {} for n in forms[base] if parse_strategy(n).match), None)
-        if minfo is None:
-            steps["match"] = {"taken": False, "why": f"no {base}+match strategy was blended"}
-        elif minfo.get("matched"):
-            steps["match"] = {"taken": True, "why": f"{minfo['matched']} test crop(s) matched a training device's "
-                                                    "fingerprint"}
-        else:
-            steps["match"] = {"taken": False, "why": minfo.get("skipped") or "no test crop matched a training device"}
+        steps["match"] = test_only_step(
+            "match", lambda i: f"{i['matched']} test crop(s) matched a training device" if i.get("matched") else "",
+            "no test crop matched a training device")
     if "prnu" in wanted:
-        info = next((scored[n].get("prnu") or {} for n in forms[base] if parse_strategy(n).prnu), None)
-        if info is None:
-            steps["prnu"] = {"taken": False, "why": f"no {base}+prnu strategy was blended"}
-        elif info.get("applied"):
-            steps["prnu"] = {"taken": True, "why": f"{info.get('usable_clusters')} coherent sensor cluster(s) with "
-                                                   f"stable names; {info.get('accepted')} test crops confirmed"}
-        else:
-            steps["prnu"] = {"taken": False, "why": info.get("skipped") or "the clustering was not applied"}
+        steps["prnu"] = test_only_step(
+            "prnu", lambda i: f"{i.get('usable_clusters')} coherent sensor cluster(s) with stable names; "
+                              f"{i.get('accepted')} test crops confirmed" if i.get("applied") else "",
+            "the clustering was not applied")
     if "equalise" in wanted:
         steps["equalise"] = {"taken": cfg.blend.balanced_test,
                              "why": "blend.balanced_test: every class has the same share of the test"
