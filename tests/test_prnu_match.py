@@ -12,6 +12,7 @@ from PIL import Image
 from camid.config import Config, MatchConfig
 from camid.data import simulate as sim
 from camid.data.crops import centre_crop, manipulated_centre_crop
+from camid.data.testcrops import make_test_crop
 from camid.errors import StrategyError
 from camid.infer.table import read_table, write_table
 from camid.level2 import prnu_match as pm
@@ -179,8 +180,8 @@ DRESDEN = SHARED / "data" / "dresden_prnu"
 
 @pytest.mark.skipif(not DRESDEN.is_dir(), reason=f"{DRESDEN} not present (real Dresden photos)")
 def test_dresden_d70_device_0_fingerprint_against_natural_photos(tmp_path):
-    """Fingerprint from the flat-fields of Nikon_D70_0 at the centre 512; natural photos of the same
-    device and of the other D70 (device 1) as 512 test crops."""
+    """Fingerprint from the flat-fields of Nikon_D70_0 where compose cuts 512 test crops; natural
+    photos of the same device and of the other D70 (device 1) as compose's 512 test crops."""
     flats = sorted((DRESDEN / "flatfield").glob("Nikon_D70_0_*.JPG"))
     train = pd.DataFrame({"fname": [f"train/Nikon_D70/{p.name}" for p in flats], "path": [str(p) for p in flats],
                           "label": "Nikon_D70"})
@@ -191,7 +192,8 @@ def test_dresden_d70_device_0_fingerprint_against_natural_photos(tmp_path):
     for p in sorted((DRESDEN / "natural").glob("Nikon_D70_[01]_*.JPG")):
         from camid.data.images import read_image
         from camid.data.orientation import sensor_frame
-        save(tmp_path / f"{p.stem}_unalt.png", centre_crop(sensor_frame(read_image(p)), 512))
+        # the test crop where camid compose cuts it (the centre 1024 window on the 16-px grid)
+        save(tmp_path / f"{p.stem}_unalt.png", make_test_crop(sensor_frame(read_image(p)), "none", 512, window=1024))
         rows.append({"fname": f"{p.stem}_unalt.png", "path": str(tmp_path / f"{p.stem}_unalt.png"), "manip": 0})
     ev = pm.score_test(tmp_path, devices, MatchConfig(), workers=2, test=pd.DataFrame(rows))
     pce = pd.Series(ev.pce[:, 0], index=[r["fname"] for r in rows])
@@ -201,3 +203,26 @@ def test_dresden_d70_device_0_fingerprint_against_natural_photos(tmp_path):
     assert len(same) == 2 and len(other) == 4
     assert other.max() < 60  # never a false match
     assert same.min() > other.max()
+
+
+def test_a_composed_test_crop_is_matched_where_compose_cut_it(tmp_path):
+    """compose cuts its test window on the photo's 16-px JPEG grid (data.testcrops.window_origin),
+    up to 8 px per axis from the exact centre, and its crop at that window's centre: the training
+    fingerprints must cover that very sensor region (a PCE at zero shift sees nothing 12 px off)."""
+    h, w = 600, 712  # the exact centre crop and compose's crop are (12, 4) px apart
+    keys = {"Alpha": sensor(11, h, w), "Beta": sensor(12, h, w)}
+    rows = []
+    for c, (cls, k) in enumerate(keys.items()):
+        for shot in range(4):
+            save(tmp_path / "train" / cls / f"{cls}_{shot}.png", with_prnu(scene(500 + 10 * c + shot, h, w), k, shot))
+        fname = f"img_{cls}_unalt.tif"
+        save(tmp_path / "test" / fname,
+             make_test_crop(with_prnu(scene(900 + c, h, w), k, 40 + c), "none", CROP, window=2 * CROP))
+        rows.append({"fname": fname, "camera": cls})
+    pd.DataFrame(rows).to_csv(tmp_path / "solution.csv", index=False)
+    table = _table([r["fname"] for r in rows], list(keys))
+    _, info, report = pm.refine_table(table, list(keys), tmp_path, tmp_path / "fp.npz", MatchConfig(), 1e-7)
+    rep = report.set_index("fname")
+    for r in rows:
+        assert rep.loc[r["fname"], "decided_by"] == "prnu-match" and rep.loc[r["fname"], "class"] == r["camera"]
+    assert info["matched"] == 2

@@ -54,6 +54,14 @@ def window_origin(height: int, width: int, window: int) -> tuple[int, int]:
     return centre_offset(height, window, MCU), centre_offset(width, window, MCU)
 
 
+def crop_origin(height: int, width: int, size: int) -> tuple[int, int]:
+    """Where the ``_unalt`` crop of a photo's centre test window sits (the ``size`` square at the
+    centre of the ``2 x size`` window at ``window_origin``): the sensor region of ``camid compose``'s
+    test crops, and so of the ``+match`` fingerprints."""
+    y, x = window_origin(height, width, 2 * size)
+    return y + centre_offset(2 * size, size), x + centre_offset(2 * size, size)
+
+
 def make_test_crop(photo: np.ndarray, manipulation: str, size: int, window: int | None = None,
                    origin: tuple[int, int] | None = None) -> np.ndarray:
     """One test crop (uint8 HxWx3, ``size`` square).

@@ -42,6 +42,7 @@ from ..data.crops import centre_crop
 from ..data.images import probe_image, read_image
 from ..data.layout import scan_test, scan_train
 from ..data.orientation import sensor_frame
+from ..data.testcrops import crop_origin
 from ..errors import DataError, ImageReadError
 from ..forensics import prnu
 from ..util.io import write_atomic, write_json
@@ -49,7 +50,7 @@ from ..util.log import stage_log
 from ..util.pool import parallel_map
 from .prnu_cluster import files_stamp, read_stamped, solution_labels, warp_fingerprint
 
-_FINGERPRINT_VERSION = 1  # bump when the fingerprint definition changes, so a cache is not reused
+_FINGERPRINT_VERSION = 2  # bump when the fingerprint definition changes, so a cache is not reused
 _DEVICE_RE = re.compile(r"^(?P<device>.+_\d+)_\d+$")
 DECIDED_MATCH, DECIDED_BASE = "prnu-match", "base"
 
@@ -109,7 +110,12 @@ def _terms_job(path: str) -> tuple[np.ndarray, np.ndarray] | str:
     except ImageReadError as exc:
         return exc.reason
     crop = _JOBS["crop"]
-    region = np.ascontiguousarray(centre_crop(sensor_frame(img), crop))
+    frame = sensor_frame(img)
+    if min(frame.shape[:2]) >= 2 * crop:  # where compose cuts a test crop of a photo this size
+        y, x = crop_origin(frame.shape[0], frame.shape[1], crop)
+        region = np.ascontiguousarray(frame[y:y + crop, x:x + crop])
+    else:
+        region = np.ascontiguousarray(centre_crop(frame, crop))
     if region.shape[:2] != (crop, crop):  # the header promised a size the pixel data did not deliver
         return f"decoded size {img.shape[1]}x{img.shape[0]} is smaller than the {crop}-px test crops"
     return prnu.fingerprint_terms(region)
