@@ -501,14 +501,19 @@ def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray | S
     return decide(cluster_structure(residuals, manip, k, s, balanced), manip, probs, s)
 
 
+def confirm_rows(probs: np.ndarray, rows: np.ndarray, labels: np.ndarray, floor: float) -> np.ndarray:
+    """``probs`` with ``rows`` (near) one-hot on ``labels`` (class indices, one per row) at the
+    floor; every other row unchanged. The sensor-noise steps' decision (``+prnu``, ``+match``)."""
+    out = np.array(probs, dtype=np.float64, copy=True)
+    out[rows] = floor
+    out[rows, labels] = 1.0 - floor * (out.shape[1] - 1)
+    return out
+
+
 def apply_clusters(probs: np.ndarray, result: ClusterResult, floor: float = 1e-7) -> np.ndarray:
     """Accepted crops become (near) one-hot on their cluster's class; the others are unchanged."""
-    out = np.array(probs, dtype=np.float64, copy=True)
     rows = np.flatnonzero(result.accepted)
-    k = out.shape[1]
-    out[rows] = floor
-    out[rows, result.label[rows]] = 1.0 - floor * (k - 1)
-    return out
+    return confirm_rows(probs, rows, result.label[rows], floor)
 
 
 # ------------------------------------------------------------------ the level-2 step
@@ -528,6 +533,30 @@ def files_stamp(test: pd.DataFrame) -> list[list]:
     """What a cache over the test files is valid for: each file's name, size and modification time."""
     return [[f, Path(p).stat().st_size, Path(p).stat().st_mtime_ns]
             for f, p in zip(test["fname"], test["path"], strict=True)]
+
+
+def write_stamped(cache: Path, stamp: dict, **arrays: np.ndarray) -> None:
+    """``arrays`` to ``cache`` (.npz, atomically), then ``stamp`` to its ``.json`` sidecar: what
+    ``read_stamped`` checks before reusing them."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a temp name
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy types its keywords as allow_pickle
+
+    write_atomic(cache, save)
+    write_json(cache.with_suffix(".json"), stamp)
+
+
+def rows_of_test(table: pd.DataFrame, fnames: pd.Series) -> np.ndarray:
+    """The positions of the test rows of ``table`` for ``fnames``, in that order; a DataError when
+    the table lacks any of them."""
+    rows = np.flatnonzero((table["split"] == "test").to_numpy())
+    by_name = pd.Series(rows, index=table["fname"].to_numpy()[rows])
+    missing = sorted(set(fnames) - set(by_name.index))
+    if missing:
+        raise DataError(f"the level-2 table has no rows for {len(missing)} test file(s), e.g. {missing[:3]}")
+    return by_name.loc[fnames].to_numpy()
 
 
 def read_stamped(cache: Path, stamp: dict) -> dict[str, np.ndarray] | None:
@@ -559,14 +588,7 @@ def test_residuals(data_dir: Path, cache: Path, workers: int) -> tuple[pd.DataFr
     if len(shapes) != 1:
         raise DataError(f"PRNU clustering needs test crops of one size; found {shapes[:5]}")
     residuals = np.stack(out)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a temp name
-            np.savez(fh, residuals=residuals)
-
-    write_atomic(cache, save)
-    write_json(cache.with_suffix(".json"), stamp)
+    write_stamped(cache, stamp, residuals=residuals)
     stage_log("blend", f"wrote {len(test)} test residuals ({shapes[0][1]}x{shapes[0][0]}) to {cache} "
                        f"in {time.perf_counter() - t0:.1f} s")
     return test, residuals
@@ -598,17 +620,9 @@ def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache:
     z-score, scale, accepted, class) for ``oof/blend/<strategy>.prnu.csv``."""
     test, residuals = test_residuals(data_dir, cache, settings.workers or (os.cpu_count() or 1))
 
-    def test_order(t: pd.DataFrame) -> np.ndarray:
-        rows = np.flatnonzero((t["split"] == "test").to_numpy())
-        by_name = pd.Series(rows, index=t["fname"].to_numpy()[rows])
-        missing = sorted(set(test["fname"]) - set(by_name.index))
-        if missing:
-            raise DataError(f"the level-2 table has no rows for {len(missing)} test file(s), e.g. {missing[:3]}")
-        return by_name.loc[test["fname"]].to_numpy()
-
-    order = test_order(table)
+    order = rows_of_test(table, test["fname"])
     probs = table[classes].to_numpy(dtype=np.float64)[order]
-    bases = [t[classes].to_numpy(dtype=np.float64)[test_order(t)] for t in evidence] or [probs]
+    bases = [t[classes].to_numpy(dtype=np.float64)[rows_of_test(t, test["fname"])] for t in evidence] or [probs]
     manip = test["manip"].to_numpy().astype(int)
     k = len(classes)
     t0 = time.perf_counter()

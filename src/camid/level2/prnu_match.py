@@ -43,12 +43,20 @@ from ..data.images import probe_image, read_image
 from ..data.layout import scan_test, scan_train
 from ..data.orientation import sensor_frame
 from ..data.testcrops import crop_origin
-from ..errors import DataError, ImageReadError
+from ..errors import ImageReadError
 from ..forensics import prnu
 from ..util.io import write_atomic, write_json
 from ..util.log import stage_log
 from ..util.pool import parallel_map
-from .prnu_cluster import files_stamp, read_stamped, solution_labels, warp_fingerprint
+from .prnu_cluster import (
+    confirm_rows,
+    files_stamp,
+    read_stamped,
+    rows_of_test,
+    solution_labels,
+    warp_fingerprint,
+    write_stamped,
+)
 
 _FINGERPRINT_VERSION = 2  # bump when the fingerprint definition changes, so a cache is not reused
 _DEVICE_RE = re.compile(r"^(?P<device>.+_\d+)_\d+$")
@@ -303,12 +311,9 @@ def decide(ev: Evidence, s: MatchConfig) -> pd.DataFrame:
 
 def apply_matches(probs: np.ndarray, report: pd.DataFrame, classes: list[str], floor: float) -> np.ndarray:
     """Matched crops become (near) one-hot on their device's class; the others are unchanged."""
-    out = np.array(probs, dtype=np.float64, copy=True)
     hit = np.flatnonzero((report["decided_by"] == DECIDED_MATCH).to_numpy())
-    cols = [classes.index(c) for c in report["class"].to_numpy()[hit]]
-    out[hit] = floor
-    out[hit, cols] = 1.0 - floor * (len(classes) - 1)
-    return out
+    cols = np.array([classes.index(c) for c in report["class"].to_numpy()[hit]], dtype=int)
+    return confirm_rows(probs, hit, cols, floor)
 
 
 def crop_side(test: pd.DataFrame) -> int | None:
@@ -340,13 +345,7 @@ def match_evidence(data_dir: Path, classes: list[str], cache: Path, s: MatchConf
         return Evidence(devices, test, z["pce"], z["ncc"], z["scale"], z["note"].tolist())
     t0 = time.perf_counter()
     ev = score_test(data_dir, devices, s, workers, test)
-
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a temp name
-            np.savez(fh, pce=ev.pce, ncc=ev.ncc, scale=ev.scale, note=np.array(ev.note, dtype=str))
-
-    write_atomic(scores, save)
-    write_json(scores.with_suffix(".json"), stamp)
+    write_stamped(scores, stamp, pce=ev.pce, ncc=ev.ncc, scale=ev.scale, note=np.array(ev.note, dtype=str))
     stage_log("blend", f"PRNU matching: {len(test)} test crops against {len(devices)} training-device "
                        f"fingerprints in {time.perf_counter() - t0:.1f} s; scores cached in {scores}")
     return ev
@@ -365,12 +364,7 @@ def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache:
     ev = evidence[str(cache)]
     if ev is None:
         return table, {"skipped": "test crops are not square"}, pd.DataFrame()
-    rows = np.flatnonzero((table["split"] == "test").to_numpy())
-    by_name = pd.Series(rows, index=table["fname"].to_numpy()[rows])
-    missing = sorted(set(ev.test["fname"]) - set(by_name.index))
-    if missing:
-        raise DataError(f"the level-2 table has no rows for {len(missing)} test file(s), e.g. {missing[:3]}")
-    order = by_name.loc[ev.test["fname"]].to_numpy()
+    order = rows_of_test(table, ev.test["fname"])
     probs = table[classes].to_numpy(dtype=np.float64)[order]
     report = decide(ev, s)
     refined = apply_matches(probs, report, classes, floor)
