@@ -96,7 +96,7 @@ bench: venv
 # Leave-one-class-out measurement of identify's unknown-camera rejection (BENCHMARKS.md);
 # e.g. LOCO_ARGS="--held-out 0,4,8" or "--schedule short". Hours on a 2-core CPU.
 bench-open-set: venv
-	$(VENV)/bin/python benchmarks/open_set_loco.py --config $(CONFIG) --data $(DATA) $(LOCO_ARGS)
+	$(VENV)/bin/python -m camid.bench.open_set_loco --config $(CONFIG) --data $(DATA) $(LOCO_ARGS)
 
 # With SRC (a real scrape): RULES defaults to configs/external_rules.yaml and OUT is required.
 # Without SRC: the simulated pool of `camid simulate --external N` (make data with
@@ -118,7 +118,7 @@ prnu: venv
 
 # BENCHMARKS.md's Dresden table (real photos in ../shared/data/dresden_prnu; whole frame takes minutes).
 prnu-dresden: venv
-	$(VENV)/bin/python benchmarks/dresden_prnu.py $(PRNU_ARGS)
+	$(VENV)/bin/python -m camid.bench.dresden_prnu $(PRNU_ARGS)
 
 # The whole recipe on the simulated competition with the CPU profile: round 1 (train, predict,
 # level 2 with PRNU clustering and stackers), balanced pseudo-labels, round 2, the final score.
@@ -134,7 +134,7 @@ demo: venv
 # BENCHMARKS.md's "Real photographs": the eight real camera models of ../shared/data composed into a
 # competition (data/real), both rounds with configs/real.yaml, reports in bench_out/real/reports/.
 real-bench: venv
-	$(VENV)/bin/python benchmarks/real_bench.py --config $(or $(REAL_CONFIG),configs/real.yaml) $(REAL_ARGS)
+	$(VENV)/bin/python -m camid.bench.real_bench --config $(or $(REAL_CONFIG),configs/real.yaml) $(REAL_ARGS)
 
 clean-outputs:
 	rm -rf models/*/ models/folds.csv oof/*.parquet oof/*.json oof/*.csv oof/*/ submissions/*.csv submissions/*.png submissions/*/

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from camid import bench
+from camid.bench import suite as bench
 from camid.cli import main as cli_main
 
 

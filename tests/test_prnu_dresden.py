@@ -2,7 +2,7 @@
 each (../shared/data/dresden_prnu/, see its README). Fingerprints from each device's 10
 flat-fields, every natural photo matched against all four, through the CLI as an examiner
 would run it. Centre 512x512 crops keep this to seconds; the whole-frame figures are in
-benchmarks/dresden_prnu.py and BENCHMARKS.md."""
+camid.bench.dresden_prnu and BENCHMARKS.md."""
 from __future__ import annotations
 
 from pathlib import Path

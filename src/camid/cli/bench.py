@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..bench import OPTIONAL_SECTIONS, SECTIONS, format_table, machine_info, run, write_results
+from ..bench.suite import OPTIONAL_SECTIONS, SECTIONS, format_table, machine_info, run, write_results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ folds and runs that ``identify`` ranks classes by. Why this score and not anothe
   energy score ``logsumexp(logits)`` (Liu et al., NeurIPS 2020) needs the logits' absolute
   level, which the tables do not keep and which an average over views and checkpoints
   does not define uniquely; it would need a second calibration pass over the OOF photos.
-- ``benchmarks/open_set_loco.py`` compares it with the margin and the entropy of the same
+- ``camid.bench.open_set_loco`` compares it with the margin and the entropy of the same
   probabilities and with the energy of the mean logits, on leave-one-class-out runs
   (BENCHMARKS.md, "Unknown cameras").
 

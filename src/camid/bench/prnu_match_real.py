@@ -1,7 +1,7 @@
 """`+match` figures for BENCHMARKS.md: real test crops matched against the fingerprints of training devices.
 
-    PYTHONPATH=src python benchmarks/prnu_match_real.py [--shared ../shared/data] [--workers 2]
-                                                        [--out bench_out/prnu_match]
+    PYTHONPATH=src python -m camid.bench.prnu_match_real [--shared ../shared/data] [--workers 2]
+                                                         [--out bench_out/prnu_match]
 
 Training devices: the six phone/tablet models of ``real_cameras`` (fingerprint from each model's
 flat-fields) and Nikon_D70_0 and Nikon_D70s_0 of ``dresden_prnu`` (their flat-fields). Test
@@ -39,7 +39,7 @@ from camid.forensics import prnu
 from camid.level2 import prnu_match as pm
 from camid.util.io import write_csv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 CROP, WINDOW = 512, 1024
 
 

@@ -1,7 +1,7 @@
 """How strong is sensor noise in one crop? Real photos against the simulator (BENCHMARKS.md,
 "Sensor noise: real vs simulated").
 
-    PYTHONPATH=src python benchmarks/prnu_strength.py [--real ../shared/data/real_cameras]
+    PYTHONPATH=src python -m camid.bench.prnu_strength [--real ../shared/data/real_cameras]
         [--dresden ../shared/data/dresden_prnu] [--sim-data data/simulated]
         [--simulated 6 --config configs/demo.yaml] [--crops 256,512] [--out bench_out/prnu_strength]
 
@@ -28,13 +28,14 @@ import pandas as pd
 from camid.config import PrnuClusterConfig, load_config
 from camid.data import images
 from camid.data import simulate as sim
+from camid.data.layout import SOLUTION, TEST_DIR, TRAIN_DIR
 from camid.forensics import prnu
 from camid.level2 import prnu_cluster as pc
 from camid.level2.metrics import weighted_score
 from camid.util.io import write_csv
 from camid.util.pool import parallel_map
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 
 Loader = Callable[[], np.ndarray]
 
@@ -56,17 +57,17 @@ def dresden_sets(root: Path) -> list[tuple[str, str, str, list[str]]]:
 
 
 def sim_data_sets(root: Path) -> list[tuple[str, str, str, list[str]]]:
-    sol = pd.read_csv(root / "solution.csv", dtype=str)
+    sol = pd.read_csv(root / SOLUTION, dtype=str)
     sol = sol[sol["fname"].str.endswith("_unalt.tif")]
     out = []
     for cls in sorted(sol["camera"].unique()):
-        out.append(("sim_data", "train(A)", f"{cls}_A", sorted(str(p) for p in (root / "train" / cls).glob("*.jpg"))))
+        out.append(("sim_data", "train(A)", f"{cls}_A", sorted(str(p) for p in (root / TRAIN_DIR / cls).glob("*.jpg"))))
         out.append(("sim_data", "test_unalt(B)", f"{cls}_B",
-                    sorted(str(root / "test" / f) for f in sol.loc[sol["camera"] == cls, "fname"])))
+                    sorted(str(root / TEST_DIR / f) for f in sol.loc[sol["camera"] == cls, "fname"])))
     return out
 
 
-def _residuals_of_path(job: tuple[str, tuple[int, ...]]) -> dict[int, np.ndarray] | None:
+def _residuals_of_path(job: tuple[str, tuple[int, ...]]) -> dict[int, np.ndarray]:
     path, crops = job
     img = images.read_image(path)
     return {c: prnu.crop_residuals([img], c)[0] for c in crops if min(img.shape[:2]) >= c}
@@ -79,7 +80,7 @@ def _residuals_of_sim(job: tuple[dict, int, str, int, tuple[int, ...]]) -> dict[
     return {k: prnu.crop_residuals([img], k)[0] for k in crops if min(img.shape[:2]) >= k}
 
 
-def pairs_for(sets: list[tuple[str, str, str, list]], residuals: list[dict[int, np.ndarray]],
+def pairs_for(sets: list[tuple[str, str, str, list]], residuals: list[list[dict[int, np.ndarray]]],
               crops: tuple[int, ...]) -> pd.DataFrame:
     """Same-device pairs within each set; different-device pairs across the sets of one source and scene."""
     frames = []

@@ -1,8 +1,8 @@
 """Dresden PRNU figures for BENCHMARKS.md: fingerprints from each device's flat-fields, every
 natural photo against every fingerprint, for 512-px centre crops and the whole frame.
 
-    PYTHONPATH=src python benchmarks/dresden_prnu.py [--data ../shared/data/dresden_prnu]
-                                                     [--modes 512,512-search,full] [--workers 2]
+    PYTHONPATH=src python -m camid.bench.dresden_prnu [--data ../shared/data/dresden_prnu]
+                                                      [--modes 512,512-search,full] [--workers 2]
 
 It calls the functions behind `camid prnu fingerprint` and `camid prnu match`
 (``prnu_tools.build_fingerprint`` / ``match_paths``), so its numbers are the commands'
@@ -27,7 +27,7 @@ import pandas as pd
 from camid.forensics import prnu, prnu_tools
 from camid.util.io import write_csv, write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 THRESHOLD = prnu_tools.DEFAULT_THRESHOLD
 MODES = {"512": (512, False), "512-search": (512, True), "full": (None, False)}
 

@@ -16,9 +16,9 @@ Outputs under --workdir (default bench_out/open_set_<schedule>/): one work folde
 `summary.csv` / `summary.md` (the table in BENCHMARKS.md). Every step is resumable: finished
 training runs and up-to-date OOF tables are skipped, so a killed run continues where it stopped.
 
-    PYTHONPATH=src python benchmarks/open_set_loco.py                 # all 10 classes
-    PYTHONPATH=src python benchmarks/open_set_loco.py --held-out 0,4,8  # every 4th (sorted names)
-    PYTHONPATH=src python benchmarks/open_set_loco.py --stage eval    # re-score trained runs only
+    PYTHONPATH=src python -m camid.bench.open_set_loco                   # all 10 classes
+    PYTHONPATH=src python -m camid.bench.open_set_loco --held-out 0,4,8  # every 4th (sorted names)
+    PYTHONPATH=src python -m camid.bench.open_set_loco --stage eval      # re-score trained runs only
 """
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from camid.data.layout import SOLUTION, TEST_DIR, TRAIN_DIR
+
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 SCHEDULES = {
     "demo": {},  # the profile's own (configs/demo.yaml: 10 plateau epochs + 2 cosine cycles of 4, 30 steps of 64)
     # about half the epochs: half the time, a weaker classifier
@@ -49,7 +51,7 @@ def run(cmd: list[str]) -> None:
 def ensure_data(data: Path, config: Path, base: dict) -> None:
     """The simulated competition and, when the profile trains on extra folders (the demo's
     filtered external pool), the filter's output, as `make data filter-external` make them."""
-    if not (data / "train").is_dir() or not (data / "solution.csv").is_file():
+    if not (data / TRAIN_DIR).is_dir() or not (data / SOLUTION).is_file():
         run(["simulate", str(data), "--config", str(config)])
     missing = [d for d in base.get("extra_train_dirs") or [] if not Path(d).is_dir()]
     if missing and (data / "external").is_dir():
@@ -121,7 +123,7 @@ def evaluate_one(cfg_path: Path, work: Path, data: Path, held_out: str, tpr: flo
     ws = Workspace(work, data)
     torch.set_num_threads(1)
     runs, classes = load_ensembles(cfg, ws, [], torch.device("cpu"))
-    solution = pd.read_csv(data / "solution.csv")
+    solution = pd.read_csv(data / SOLUTION)
     rows = []
     for manip in (False, True):
         open_set = calibrate(ws, runs, cfg.predict.tta, classes, manip, tpr)
@@ -129,7 +131,7 @@ def evaluate_one(cfg_path: Path, work: Path, data: Path, held_out: str, tpr: flo
             raise SystemExit(f"{held_out}: open-set check off: {open_set.reason}")
         half = solution[solution["fname"].str.endswith("_manip.tif" if manip else "_unalt.tif")]
         for r in half.itertuples():
-            p = identify_photo(str(data / "test" / r.fname), runs, cfg.predict.crop, 0, manip,
+            p = identify_photo(str(data / TEST_DIR / r.fname), runs, cfg.predict.crop, 0, manip,
                                cfg.predict.batch_size, open_set)
             if p.probs is None:
                 raise SystemExit(f"{r.fname}: {p.error}")
@@ -139,7 +141,7 @@ def evaluate_one(cfg_path: Path, work: Path, data: Path, held_out: str, tpr: flo
                          "score": p.score, "threshold": open_set.threshold, "verdict": p.verdict,
                          "margin": float(order[0] - order[1]),
                          "neg_entropy": float(np.sum(p.probs * np.log(np.clip(p.probs, 1e-12, None)))),
-                         "energy": energy(runs, read_image(data / "test" / r.fname), cfg.predict.crop, manip),
+                         "energy": energy(runs, read_image(data / TEST_DIR / r.fname), cfg.predict.crop, manip),
                          "oof_accepted": open_set.accepted, "oof_n": open_set.n})
     return pd.DataFrame(rows)
 
@@ -203,13 +205,14 @@ def main() -> int:
 
     base = yaml.safe_load(args.config.read_text())
     ensure_data(args.data, args.config, base)
-    classes = sorted(p.name for p in (args.data / "train").iterdir() if p.is_dir())
+    classes = sorted(p.name for p in (args.data / TRAIN_DIR).iterdir() if p.is_dir())
     wanted = classes if args.held_out == "all" else [
         classes[int(x)] if x.isdigit() else x for x in args.held_out.split(",") if x]
     frames = []
     for held_out in wanted:
         work = args.workdir / held_out
-        cfg_path = class_config(base, classes, held_out, args.data.resolve(), work / "config.yaml", args.schedule)
+        # not config.yaml: that name is a run folder's (train.rundir)
+        cfg_path = class_config(base, classes, held_out, args.data.resolve(), work / "loco.yaml", args.schedule)
         if args.stage in ("all", "train"):
             took = train_one(cfg_path, work)
             print(f"[loco] {held_out}: trained and predicted in {took:.0f} s", flush=True)

@@ -6,8 +6,8 @@
                 with no EXIF or another camera's model cannot be labelled and stay out)
     filtered    plus the photos `make filter-external` keeps (the default rules of the pool)
 
-    PYTHONPATH=src python benchmarks/external_ablation.py [--config configs/demo.yaml] [--seeds 42,43,44]
-                                                          [--data data/simulated] [--out bench_out/external]
+    PYTHONPATH=src python -m camid.bench.external_ablation [--config configs/demo.yaml] [--seeds 42,43,44]
+                                                           [--data data/simulated] [--out bench_out/external]
 
 Each arm runs the profile's own level 2 (``blend.strategies``) and reports a few of them and
 ``submissions/final.csv``'s strategy (best local CV among ``*+prnu+hungarian``).
@@ -76,7 +76,7 @@ def main() -> int:
             camid("filter-external", str(data / "external"), "--rules", str(rules_path), "--out", str(kept),
                   "--truth", str(data / "external_truth.csv"))
             cfg["extra_train_dirs"] = [str(kept)]
-        cfg_path = work / "config.yaml"
+        cfg_path = work / "arm.yaml"  # not config.yaml: that name is a run folder's (train.rundir)
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         common = ["--config", str(cfg_path), "--data", str(data), "--workdir", str(work)]
         t0 = time.time()

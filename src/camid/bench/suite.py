@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from .util.io import write_csv, write_json
+from ..util.io import write_csv, write_json
 
 if TYPE_CHECKING:
-    from .data.fastjpeg import DecodeCache
+    from ..data.fastjpeg import DecodeCache
 
 SECTIONS = ("sample", "equalise", "stack", "prnu", "gpu")
 # Run only when asked for (`--only backends`): needs ray and submitit, and minutes.
@@ -145,13 +145,13 @@ def machine_info() -> dict:
 # ---------------------------------------------------------------- sample pipeline
 
 def _full_region(path: Path, box: tuple[slice, slice]) -> np.ndarray:
-    from .data.images import read_image
+    from ..data.images import read_image
 
     return read_image(path)[box]
 
 
 def _lazy_region(path: Path, box: tuple[slice, slice], cache: DecodeCache) -> np.ndarray:
-    from .data import fastjpeg
+    from ..data import fastjpeg
 
     return np.asarray(fastjpeg.open_image(path, cache)[box])
 
@@ -159,9 +159,9 @@ def _lazy_region(path: Path, box: tuple[slice, slice], cache: DecodeCache) -> np
 def bench_samples(quick: bool, workdir: Path) -> list[Row]:
     from PIL import Image
 
-    from .data import fastjpeg
-    from .data.images import read_image
-    from .data.samples import SampleSpec, training_sample
+    from ..data import fastjpeg
+    from ..data.images import read_image
+    from ..data.samples import SampleSpec, training_sample
 
     if quick:
         h, w, size, n_images, rounds, per_round = 600, 800, 96, 2, 2, 4
@@ -233,7 +233,7 @@ def bench_samples(quick: bool, workdir: Path) -> list[Row]:
 # ---------------------------------------------------------------- equalisation
 
 def bench_equalise(quick: bool) -> list[Row]:
-    from .level2 import equalise
+    from ..level2 import equalise
 
     rows = []
     probs = equalise.synthetic_probs(2640, 10, seed=0)
@@ -266,8 +266,8 @@ def bench_equalise(quick: bool) -> list[Row]:
 
 
 def bench_prnu(quick: bool) -> list[Row]:
-    from .forensics import prnu
-    from .level2 import prnu_cluster
+    from ..forensics import prnu
+    from ..level2 import prnu_cluster
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
@@ -294,9 +294,9 @@ def bench_prnu(quick: bool) -> list[Row]:
 # ---------------------------------------------------------------- stackers
 
 def bench_stack(quick: bool) -> list[Row]:
-    from .config import StackConfig
-    from .level2 import stack
-    from .level2.equalise import synthetic_probs
+    from ..config import StackConfig
+    from ..level2 import stack
+    from ..level2.equalise import synthetic_probs
 
     n_img, n_test, variants, n_models, k = (120, 60, 3, 2, 10) if quick else (800, 400, 3, 4, 10)
     rng = np.random.default_rng(0)
@@ -389,7 +389,7 @@ def infer_rate(model, tta: str, images: int, reps: int, device, crop: int = 512,
     """Inference images/s on ``crop`` test images with a TTA policy (bf16 + channels-last)."""
     import torch
 
-    from .infer.tta import make_views, predict_views
+    from ..infer.tta import make_views, predict_views
 
     model.eval().to(memory_format=torch.channels_last)
     views = make_views(tta, crop, crop, size)
@@ -424,7 +424,7 @@ def bench_gpu(device, backbones: Sequence[str], size: int = 480, batch: int = 32
     """Training and inference rows per backbone on ``device`` (tests run it on the CPU, tiny)."""
     import torch
 
-    from .models.classifier import build_model
+    from ..models.classifier import build_model
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops if peak_tflops is not None else peak_bf16_tflops(name)
@@ -474,7 +474,7 @@ def bench_gpu(device, backbones: Sequence[str], size: int = 480, batch: int = 32
 def gpu_rows(quick: bool, backbones: Sequence[str] | None, peak_tflops: float | None) -> list[Row]:
     import torch
 
-    from .models.registry import get_spec, list_backbones
+    from ..models.registry import get_spec, list_backbones
 
     if not torch.cuda.is_available():
         return [Row("gpu", what, "-", None, None, "", None, "skipped (no CUDA)") for what in
@@ -516,8 +516,8 @@ class _Timeline:
             self.seen.setdefault("step", at)
 
     def _poll(self) -> None:
-        from .train.rundir import RunDir
-        from .workspace import Workspace
+        from ..train.rundir import RunDir
+        from ..workspace import Workspace
 
         ws = Workspace(self.workdir, self.workdir)
         while not self.done.is_set():

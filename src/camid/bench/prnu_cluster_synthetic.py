@@ -1,6 +1,6 @@
 """The ``+prnu`` step on synthetic sensor residuals (BENCHMARKS.md, "PRNU clustering on synthetic devices").
 
-    PYTHONPATH=src python benchmarks/prnu_cluster_synthetic.py [--real ../shared/data/real_cameras]
+    PYTHONPATH=src python -m camid.bench.prnu_cluster_synthetic [--real ../shared/data/real_cameras]
 
 Each case: ``devices`` sensors, 12 unaltered 64-px crops each (residual = strength x the
 device's pattern + unit noise: strength 0.35 gives a same-device pair z-score of ~7, the audit's

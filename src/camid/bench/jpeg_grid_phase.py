@@ -2,7 +2,7 @@
 crops cut at known phases near the centre of every real photo, and the phase each photo size
 gives its centre crop (what a test crop of that camera has).
 
-    PYTHONPATH=src python benchmarks/jpeg_grid_phase.py [--window 128] [--crops 3] [--data ../shared/data]
+    PYTHONPATH=src python -m camid.bench.jpeg_grid_phase [--window 128] [--crops 3] [--data ../shared/data]
 
 Prints, per camera: crops whose phase was found, crops with a clear grid (margin >= MIN_MARGIN),
 the median and smallest margin, and the photo sizes with their centre-crop phase (row, col).

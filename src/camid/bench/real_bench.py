@@ -1,7 +1,7 @@
 """The real-photo benchmark (`make real-bench`, BENCHMARKS.md "Real photographs").
 
-    PYTHONPATH=src python benchmarks/real_bench.py [--shared ../shared/data] [--config configs/real.yaml]
-                                                   [--data data/real] [--workdir bench_out/real]
+    PYTHONPATH=src python -m camid.bench.real_bench [--shared ../shared/data] [--config configs/real.yaml]
+                                                    [--data data/real] [--workdir bench_out/real]
 
 From a clone with ../shared beside it: writes one manifest for the eight real camera models
 (``real_cameras/manifest.csv`` plus ``dresden_prnu`` parsed from its names: class ``Nikon_D70`` /
@@ -40,7 +40,7 @@ from camid.level2.metrics import plot_confusion, score_predictions
 from camid.util.io import write_csv, write_text
 from camid.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 DRESDEN_RE = re.compile(r"^(Nikon_D70s?)_(\d+)_(\d+)$")
 TEST_DEVICES = ("Nikon_D70_1", "Nikon_D70s_1")
 ROUNDS = (1, 2)
@@ -180,7 +180,7 @@ def main() -> int:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     text = "\n\n".join([
         f"# Real photographs ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-        f"`python benchmarks/real_bench.py --config {args.config}` on {platform.node()} "
+        f"`python -m camid.bench.real_bench --config {args.config}` on {platform.node()} "
         f"({os.cpu_count()} cores, load average at the end {load}); "
         + ("report only (no wall time)." if args.report_only else f"wall time **{wall:.0f} s**."),
         f"Composed: {summary['n_train']} training photos, {summary['n_test_crops']} test crops "

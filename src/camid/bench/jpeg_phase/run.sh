@@ -1,12 +1,12 @@
 #!/bin/bash
-# usage (from the repository root, after `PYTHONPATH=src PYTHONHASHSEED=0 python benchmarks/jpeg_phase/prep.py
-# bench_out/phase_exp/data44 4 4`): benchmarks/jpeg_phase/run.sh zero|test data44 -> bench_out/phase_exp/work_MODE_data44;
-# prints the test accuracy; then `PYTHONPATH=src python benchmarks/jpeg_phase/eval_phases.py bench_out/phase_exp/work_MODE_data44`
+# usage (from the repository root, after `PYTHONPATH=src PYTHONHASHSEED=0 python -m camid.bench.jpeg_phase.prep
+# bench_out/phase_exp/data44 4 4`): src/camid/bench/jpeg_phase/run.sh zero|test data44 -> bench_out/phase_exp/work_MODE_data44;
+# prints the test accuracy; then `PYTHONPATH=src python -m camid.bench.jpeg_phase.eval_phases bench_out/phase_exp/work_MODE_data44`
 # scores the same run on crops at other phases.
 set -e
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../../.."
 mode=$1; data=bench_out/phase_exp/$2; wd=bench_out/phase_exp/work_${mode}_$2
-C="--config benchmarks/jpeg_phase/$mode.yaml --workdir $wd --data $data"
+C="--config src/camid/bench/jpeg_phase/$mode.yaml --workdir $wd --data $data"
 export PYTHONPATH=src
 PY=${PYTHON:-.venv/bin/python}  # the project venv; PYTHON=... for another
 start=$(date +%s)
