@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from camid.bench.equalise import synthetic_probs
 from camid.level2 import equalise as eq
 
 EXACT = ("hungarian", "flow")
@@ -151,15 +152,9 @@ def test_equalise_table_per_group_quotas_and_one_hot():
     pd.testing.assert_frame_equal(out.drop(columns=classes), df.drop(columns=classes))
 
 
-def test_benchmark_reports_seconds():
-    res = eq.benchmark(300, k=5)
-    assert set(res) == set(eq.METHODS) and all(v >= 0 for v in res.values())
-    assert eq.benchmark(300, k=5, hungarian_max=100)["hungarian"] is None
-
-
 def test_flow_meets_the_quotas_at_scale():
     """30,000 rows (its speed is a benchmark row: `camid bench --only equalise`)."""
-    probs = eq.synthetic_probs(30000, 10, seed=1, strength=1.0)
+    probs = synthetic_probs(30000, 10, seed=1, strength=1.0)
     assign = eq.flow(probs)
     assert (np.bincount(assign, minlength=10) == eq.quotas(probs)).all()
 

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from camid import cli
+from camid.bench import open_set_loco
 from camid.config import load_config
 from camid.forensics import identify, metacheck, openset
 from camid.infer.ensemble import Ensemble
@@ -135,8 +136,8 @@ def test_threshold_accepts_the_requested_share_hand_computed():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError):
             openset.threshold_at_tpr(scores, bad)
-    assert openset.auroc([0.9, 0.8], [0.1, 0.2]) == 1.0 and openset.auroc([0.1], [0.9]) == 0.0
-    assert openset.auroc([0.5, 0.9], [0.5, 0.1]) == 0.875  # one tie counts half: (1 + 1 + 1 + 0.5) / 4
+    assert open_set_loco.auroc([0.9, 0.8], [0.1, 0.2]) == 1.0 and open_set_loco.auroc([0.1], [0.9]) == 0.0
+    assert open_set_loco.auroc([0.5, 0.9], [0.5, 0.1]) == 0.875  # one tie counts half: (1 + 1 + 1 + 0.5) / 4
 
 
 def _peaked(top: float, label: int, n: int = 3) -> list[float]:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camid.bench.common import REPO
 from camid.forensics import prnu, prnu_tools
 from camid.util.io import write_csv, write_json
 
-REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 THRESHOLD = prnu_tools.DEFAULT_THRESHOLD
 MODES = {"512": (512, False), "512-search": (512, True), "full": (None, False)}
 

@@ -27,15 +27,16 @@ import copy
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from camid.bench.common import REPO
 from camid.data.layout import SOLUTION, TEST_DIR, TRAIN_DIR
 
-REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 SCHEDULES = {
     "demo": {},  # the profile's own (configs/demo.yaml: 10 plateau epochs + 2 cosine cycles of 4, 30 steps of 64)
     # about half the epochs: half the time, a weaker classifier
@@ -146,9 +147,17 @@ def evaluate_one(cfg_path: Path, work: Path, data: Path, held_out: str, tpr: flo
     return pd.DataFrame(rows)
 
 
-def summarise(scores: pd.DataFrame) -> pd.DataFrame:
-    from camid.forensics.openset import auroc
+def auroc(known: Sequence[float] | np.ndarray, unknown: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve of "known scores higher than unknown" (ties count half):
+    the Mann-Whitney U statistic divided by n_known * n_unknown."""
+    k, u = np.asarray(known, dtype=np.float64), np.asarray(unknown, dtype=np.float64)
+    if not len(k) or not len(u):
+        return float("nan")
+    ranks = pd.Series(np.concatenate([k, u])).rank(method="average").to_numpy()
+    return float((ranks[:len(k)].sum() - len(k) * (len(k) + 1) / 2) / (len(k) * len(u)))
 
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (held_out, manip), g in scores.groupby(["held_out", "manip"], sort=False):
         known, unknown = g[g["unknown"] == 0], g[g["unknown"] == 1]

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from camid.bench.common import REPO
 from camid.config import MatchConfig
 from camid.data.crops import centre_crop, manipulated_centre_crop
 from camid.data.images import read_image
@@ -39,7 +40,6 @@ from camid.forensics import prnu
 from camid.level2 import prnu_match as pm
 from camid.util.io import write_csv
 
-REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 CROP, WINDOW = 512, 1024
 
 

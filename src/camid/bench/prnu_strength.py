@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camid.bench.common import REPO
 from camid.config import PrnuClusterConfig, load_config
 from camid.data import images
 from camid.data import simulate as sim
@@ -34,8 +35,6 @@ from camid.level2 import prnu_cluster as pc
 from camid.level2.metrics import weighted_score
 from camid.util.io import write_csv
 from camid.util.pool import parallel_map
-
-REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 
 Loader = Callable[[], np.ndarray]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camid.bench.common import REPO
 from camid.config import load_config
 from camid.data.compose import MARKER, ComposeOptions, compose
 from camid.data.folds import CASE_DEVICE, CASE_PHOTO, read_folds
@@ -40,7 +41,6 @@ from camid.level2.metrics import plot_confusion, score_predictions
 from camid.util.io import write_csv, write_text
 from camid.workspace import Workspace
 
-REPO = Path(__file__).resolve().parents[3]  # the checkout: src/camid/bench/ -> the repository root
 DRESDEN_RE = re.compile(r"^(Nikon_D70s?)_(\d+)_(\d+)$")
 TEST_DEVICES = ("Nikon_D70_1", "Nikon_D70s_1")
 ROUNDS = (1, 2)

@@ -70,16 +70,6 @@ def threshold_at_tpr(scores: Sequence[float] | np.ndarray, tpr: float) -> float:
     return float(s[min(k, len(s) - 1)])
 
 
-def auroc(known: Sequence[float] | np.ndarray, unknown: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve of "known scores higher than unknown" (ties count half):
-    the Mann-Whitney U statistic divided by n_known * n_unknown."""
-    k, u = np.asarray(known, dtype=np.float64), np.asarray(unknown, dtype=np.float64)
-    if not len(k) or not len(u):
-        return float("nan")
-    ranks = pd.Series(np.concatenate([k, u])).rank(method="average").to_numpy()
-    return float((ranks[:len(k)].sum() - len(k) * (len(k) + 1) / 2) / (len(k) * len(u)))
-
-
 @dataclass(frozen=True)
 class OpenSet:
     """The unknown-camera threshold of one identify call, or why there is none."""

@@ -317,34 +317,3 @@ def equalise_table(df: pd.DataFrame, classes: list[str], method: str,
     out = df.copy()
     out[classes] = onehot
     return out, info
-
-
-def synthetic_probs(n: int, k: int = 10, seed: int = 0, strength: float = 3.0,
-                    labels: np.ndarray | None = None) -> np.ndarray:
-    """An n x k problem shaped like a good classifier's softmax output (balanced unless
-    ``labels`` gives the true classes)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % k if labels is None else np.asarray(labels)
-    logits = rng.normal(size=(n, k))
-    logits[np.arange(n), labels] += strength
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def benchmark(n: int, k: int = 10, seed: int = 0, methods: tuple[str, ...] = METHODS,
-              hungarian_max: int = HUNGARIAN_MAX_N, strength: float = 3.0) -> dict[str, float | None]:
-    """Seconds per solver on one synthetic n x k problem (None: hungarian too large).
-
-    ``strength`` is the true-class logit bonus: 3 is a good model, 0 pure noise.
-    """
-    probs = synthetic_probs(n, k, seed, strength)
-    q = quotas(probs)
-    out: dict[str, float | None] = {}
-    for m in methods:
-        if m == "hungarian" and n > hungarian_max:
-            out[m] = None
-            continue
-        start = time.perf_counter()
-        SOLVERS[m](probs, q) if m == "greedy" else SOLVERS[m](probs, q, DEFAULT_FLOOR)
-        out[m] = time.perf_counter() - start
-    return out
