@@ -228,8 +228,8 @@ def test_train_samples_same_with_and_without_cache(tmp_path, monkeypatch):
 def test_default_cache_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv(fastjpeg.CACHE_ENV, raising=False)
     assert fastjpeg.default_cache() is None
-    fastjpeg.set_default_cache(tmp_path / "c")  # also reaches spawned DataLoader workers
+    monkeypatch.setenv(fastjpeg.CACHE_ENV, str(tmp_path / "c"))  # also reaches spawned DataLoader workers
     assert os.environ[fastjpeg.CACHE_ENV] == str(tmp_path / "c")
     assert fastjpeg.default_cache().root == tmp_path / "c"
-    fastjpeg.set_default_cache(None)
+    monkeypatch.setenv(fastjpeg.CACHE_ENV, "off")
     assert fastjpeg.default_cache() is None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import JobError
 from .common import Row
 
 BACKEND_RUNS = {"local": [], "ray": ["--backend", "ray"],
@@ -67,7 +68,8 @@ def _camid_line(args: Sequence[str], env: dict[str, str], timeline: _Timeline) -
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "camid.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
-    assert proc.stdout is not None
+    if proc.stdout is None:  # stdout=PIPE always gives one
+        raise JobError(f"camid {' '.join(args)}: no output pipe")
     for text in proc.stdout:
         timeline.line(text, time.time())
     proc.wait()

@@ -66,6 +66,11 @@ class Unsupported(ValueError):
     """This file cannot be region-decoded; the caller decodes it in full."""
 
 
+class NoRestartMarkers(Unsupported):
+    """A baseline JPEG without restart markers usable for region decoding: its lossless
+    restart-marker copy (``DecodeCache``) can be."""
+
+
 # ---------------------------------------------------------------- layout and index
 
 @dataclass(frozen=True)
@@ -160,9 +165,9 @@ def parse_layout(data: bytes) -> Layout:
         mcu_w, mcu_h = 8 * max(h for h, _ in comps), 8 * max(v for _, v in comps)
     mcus_x, mcus_y = -(-width // mcu_w), -(-height // mcu_h)
     if not dri:
-        raise Unsupported("no restart markers")
+        raise NoRestartMarkers("no restart markers")
     if mcus_x % dri:
-        raise Unsupported(f"restart interval {dri} does not divide the {mcus_x} MCUs of a row")
+        raise NoRestartMarkers(f"restart interval {dri} does not divide the {mcus_x} MCUs of a row")
     head = b"\xff\xd8" + b"".join(keep)
     arr = np.frombuffer(data, dtype=np.uint8)
     markers = _markers(arr, data_start)
@@ -548,11 +553,6 @@ def default_cache() -> DecodeCache | None:
     return None if root.lower() in ("", "off", "none", "0") else DecodeCache(root)
 
 
-def set_default_cache(root: str | Path | None) -> None:
-    """Set the cache folder for this process and the DataLoader workers it starts."""
-    os.environ[CACHE_ENV] = str(root) if root else "off"
-
-
 # ---------------------------------------------------------------- entry point
 
 _FULL = "full"
@@ -618,11 +618,10 @@ def _resolve(path: str | Path, st: os.stat_result, cache: DecodeCache | None) ->
         return _FULL
     try:
         return _source(path, path)  # already has usable restart markers
-    except Unsupported as exc:
-        why = str(exc)
-    except (OSError, IndexError, struct.error):
-        return _FULL
-    if cache is None or not why.startswith(("no restart markers", "restart interval")):
+    except NoRestartMarkers:
+        if cache is None:
+            return _FULL
+    except (Unsupported, OSError, IndexError, struct.error):
         return _FULL
     copy, full = cache.paths(cache.key(path, st))
     if full.exists():

@@ -105,8 +105,10 @@ class TrainSamples(torch.utils.data.Dataset):
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], n_classes: int,
                  length: int, spec: SampleSpec, seed: int, fixed_manip: Sequence[bool] | None = None,
-                 portrait: str = "keep", test_crops: Sequence[bool] | None = None):
+                 portrait: str = "keep", test_crops: Sequence[bool] | None = None,
+                 decode_cache: fastjpeg.DecodeCache | None | str = "default"):
         self.paths = list(paths)
+        self.decode_cache = decode_cache  # as fastjpeg.open_image's ``cache``; travels to the DataLoader workers
         self.portrait = portrait  # "rotate": portrait photos are sampled in the sensor frame
         self.turned = 0  # preloaded photos turned to the sensor frame
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -152,7 +154,7 @@ class TrainSamples(torch.utils.data.Dataset):
         idx = int(members[rng.integers(len(members))])
         try:
             # Preloaded, else region decoding when the photo allows it (fastjpeg), else a full decode.
-            img = self.images[idx] if idx in self.images else fastjpeg.open_image(self.paths[idx])
+            img = self.images[idx] if idx in self.images else fastjpeg.open_image(self.paths[idx], self.decode_cache)
             if self.portrait == "rotate" and img.shape[0] > img.shape[1]:
                 img = sensor_frame(np.asarray(img))  # a lazy crop is decoded whole first
             x, flag = training_sample(img, rng, self.spec, bool(self.fixed_manip[idx]), bool(self.test_crops[idx]))

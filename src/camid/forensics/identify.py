@@ -183,9 +183,6 @@ def format_photo(p: Photo, classes: Sequence[str], top_k: int, size: int) -> str
     return "\n".join(lines)
 
 
-META_COLUMNS = ["exif_make", "exif_model", "exif_software", "exif_class", "exif_check", "edited", "edit_evidence"]
-
-
 def results_frame(photos: Sequence[Photo], classes: Sequence[str]) -> pd.DataFrame:
     """One row per photo (unreadable ones too, with ``error``) and one column per class.
 

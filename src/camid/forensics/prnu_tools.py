@@ -487,7 +487,8 @@ def _match_job(path: str) -> list[MatchResult]:
                                       90 * c.turns, decision="match" if pce >= threshold else "no match")
     out = []
     for r, n in zip(best, tried, strict=True):
-        assert r is not None
+        if r is None:  # every candidate meets every fingerprint, and there is at least one candidate
+            raise FingerprintError(f"{name}: no match result for a fingerprint")
         r.log10_p_fa = round(log10_false_alarm(r.pce, n), 2)
         out.append(r)
     return out

@@ -174,7 +174,8 @@ def spectral_clusters(z: np.ndarray, k: int, seed: int = 0, restarts: int = 10) 
         inertia = float(((v - cent[lab]) ** 2).sum())
         if best is None or inertia < best[0]:
             best = (inertia, lab)
-    assert best is not None
+    if best is None:
+        raise DataError(f"spectral clustering needs at least one restart, got {restarts}")
     return best[1]
 
 
@@ -414,7 +415,8 @@ def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
         null = np.sort(block, axis=1)[:, :-1] if block.shape[1] > 1 else block
         z[rows] = (raw[rows] - float(np.median(null))) / _robust_sd(null)
     z[:, ~ok] = -np.inf
-    assert z.shape == (n, n_clusters)
+    if z.shape != (n, n_clusters):
+        raise DataError(f"sensor-cluster scores of shape {z.shape}, expected {(n, n_clusters)}")
     return Structure(members, coherence, sizes, ok, z, scale, refused, "", bool(balanced and k))
 
 

@@ -187,7 +187,8 @@ def _prnu_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd
 
 
 def _equalise_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
-    assert st.equaliser is not None
+    if st.equaliser is None:
+        raise StrategyError(f"{st.name}: an equalise step without an equaliser")
     out, info["equalise"] = equalise.equalise_table(out, class_columns(out), st.equaliser, run.cfg.blend.floor,
                                                     run.cfg.blend.balanced_test)
     for group, g in info["equalise"].items():

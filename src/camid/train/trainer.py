@@ -187,8 +187,6 @@ class Trainer:
             self.opt, mode="min", factor=self.t.plateau_factor, patience=self.t.plateau_patience)
 
     def _datasets(self) -> None:
-        if self.t.decode_cache:  # else $CAMID_DECODE_CACHE, if set, decides
-            fastjpeg.set_default_cache(self.t.decode_cache)  # inherited by the DataLoader workers
         train_df, val_df = self._split()
         train_df = train_df.assign(fixed_manip=False, test_crop=False)
         if self.t.pseudo_labels:
@@ -208,10 +206,12 @@ class Trainer:
                           self.t.orientation, self.phases.train, self.phases.pseudo)
         length = self.t.steps_per_epoch * self.batch_size * self.dist.world
         self._report_small(train_df["path"], spec.input_size * spec.crop_factor, spec.input_size)
+        # The config's cache folder, else $CAMID_DECODE_CACHE's (read where each photo is opened).
+        cache = fastjpeg.DecodeCache(self.t.decode_cache) if self.t.decode_cache else "default"
         self.train_set = TrainSamples(train_df["path"].tolist(), train_df["label"].map(index).tolist(),
                                       len(self.classes), length, spec, self.cfg.seed + 1000 * self.fold,
                                       fixed_manip=train_df["fixed_manip"].tolist(), portrait=self.cfg.portrait,
-                                      test_crops=train_df["test_crop"].tolist())
+                                      test_crops=train_df["test_crop"].tolist(), decode_cache=cache)
         if self.t.preload:
             t0 = time.time()
             for path, reason in self.train_set.preload("preload"):

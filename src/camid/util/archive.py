@@ -15,6 +15,7 @@ import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
+from ..errors import JobError
 from .io import TEMP_SUFFIX, write_atomic
 
 # (size, mtime_ns) of each file already sent, by relative path: what ``pack(since=...)`` skips.
@@ -98,7 +99,8 @@ def unpack(root: str | os.PathLike, data: bytes, last: str | None = None, prune:
         for info in infos:
             name = _safe(info.name)
             fh = tar.extractfile(info)
-            assert fh is not None
+            if fh is None:  # only non-files have no contents, and they were filtered out above
+                raise JobError(f"{info.name}: no contents in the job's archive")
             payload = fh.read()
             if name == last:
                 for folder in prune:
