@@ -97,7 +97,7 @@ def test_pool_devices_are_never_a_or_b(pool: Path, tmp_path: Path, monkeypatch):
         seen.add((class_index, device))
         return real_prnu(seed, class_index, device, *rest)
 
-    monkeypatch.setattr(sim, "prnu", recording_prnu)
+    monkeypatch.setattr(camera, "prnu", recording_prnu)
     ep.write_pool(tmp_path / "p", POOL, workers=1)
     assert seen and {d for _, d in seen} <= {"C", "D", "E"}
     assert {c for c, _ in seen if c < ep.FOREIGN_BASE} == {0, 1, 2}
