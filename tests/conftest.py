@@ -22,10 +22,10 @@ def strong_sensor_noise() -> Iterator[None]:
     """The simulator before its calibration to real photos (BENCHMARKS.md, "Sensor noise: real vs
     simulated"): every device's PRNU std uniform in 0.007-0.013, no model without PRNU. For tests
     of what PRNU matching does when the evidence is there; simulate's forked workers inherit it."""
-    from camid.data import simulate as sim
+    from camid.sim import camera
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sim, "prnu_level", lambda class_index, seed: 0.01)
-        mp.setattr(sim, "PRNU_DEVICE_SPREAD", 0.3)
+        mp.setattr(camera, "prnu_level", lambda class_index, seed: 0.01)
+        mp.setattr(camera, "PRNU_DEVICE_SPREAD", 0.3)
         yield
 
 

@@ -15,9 +15,10 @@ from camid import errors
 from camid.cli import main as cli_main
 from camid.config import load_config
 from camid.data import crops, folds, layout, testcrops
-from camid.data import simulate as sim
 from camid.data.compose import ComposeOptions, compose
 from camid.data.manipulations import MANIPULATION_NAMES, apply
+from camid.sim import camera
+from camid.sim import competition as sim
 from conftest import SHARED, write_jpeg
 
 CROP = 32  # window 64
@@ -176,7 +177,7 @@ def test_shared_test_crop_equals_the_simulators_previous_crop():
 
 def test_simulator_test_plan_names_are_unchanged():
     opts = sim.SimOptions(n_classes=3, test_per_class=5, seed=11)
-    rng = sim.seeded_rng(opts.seed, 7)  # the name stream (_S_NAMES), drawn as before data.testcrops
+    rng = camera.seeded_rng(opts.seed, 7)  # the name stream (_S_NAMES), drawn as before data.testcrops
     names: list[str] = []
     while len(names) < 30:
         for v in rng.integers(0, 16 ** 7, size=30 - len(names)):

@@ -1,6 +1,7 @@
 """`camid simulate --external`: the scrape-like pool, its truth and rules, and the filter's score on it."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -12,10 +13,12 @@ import pytest
 from PIL import Image
 
 from camid import cli
-from camid.data import external_pool as ep
-from camid.data import simulate as sim
 from camid.forensics import filter_external as fe
 from camid.forensics import filter_score as fs
+from camid.forensics import rules as fr
+from camid.sim import camera
+from camid.sim import competition as sim
+from camid.sim import external_pool as ep
 
 # Seed 5 gives this tiny pool a 16:9-capable model, a model that stores portrait pixels
 # rotated and models that tag portraits with Orientation (checked below).
@@ -88,21 +91,21 @@ def test_pool_devices_are_never_a_or_b(pool: Path, tmp_path: Path, monkeypatch):
     assert not {cap.device for cap in ep.plan_pool(POOL)} & {"A", "B"}
     # Every sensor pattern the generator actually applies belongs to a pool device.
     seen: set[tuple[int, str]] = set()
-    real_prnu = sim.prnu
+    real_prnu = camera.prnu
 
     def recording_prnu(seed, class_index, device, *rest):
         seen.add((class_index, device))
         return real_prnu(seed, class_index, device, *rest)
 
-    monkeypatch.setattr(sim, "prnu", recording_prnu)
+    monkeypatch.setattr(camera, "prnu", recording_prnu)
     ep.write_pool(tmp_path / "p", POOL, workers=1)
     assert seen and {d for _, d in seen} <= {"C", "D", "E"}
     assert {c for c, _ in seen if c < ep.FOREIGN_BASE} == {0, 1, 2}
     # ...and those patterns are not device A's or B's (their own device codes).
-    std = sim.make_device(0, "C", POOL.seed).prnu_std
+    std = camera.make_device(0, "C", POOL.seed).prnu_std
     k = {d: real_prnu(POOL.seed, 0, d, 96, 128, std).ravel() for d in "ABC"}
     assert max(abs(np.corrcoef(k["C"], k[d])[0, 1]) for d in "AB") < 0.1
-    assert sim.make_device(0, "C", POOL.seed) != sim.make_device(0, "A", POOL.seed)
+    assert camera.make_device(0, "C", POOL.seed) != camera.make_device(0, "A", POOL.seed)
 
 
 def test_filter_verdicts_match_the_truth(pool: Path, filtered: Path):
@@ -111,7 +114,7 @@ def test_filter_verdicts_match_the_truth(pool: Path, filtered: Path):
     wrong = j[j["decision"] != j["expected"]]
     assert wrong.empty, wrong[["file", "kind", "expected", "decision", "reasons"]].to_string()
     for row in j[j["expected"] == "reject"].itertuples():
-        codes = {fe.reason_code(r) for r in row.reasons.split(";")}
+        codes = {fr.reason_code(r) for r in row.reasons.split(";")}
         assert row.expected_reason in codes, (row.file, row.kind, row.reasons)
     clean = j[j["kind"] == "clean"]
     assert (clean["decision"] == "keep").all() and (clean["class"] == clean["claimed_class"]).all()
@@ -137,8 +140,8 @@ def test_bad_files_are_reported_not_fatal(pool: Path, filtered: Path):
 
 
 def test_rules_file_is_the_filters_format_and_accepts_both_orientations(pool: Path):
-    rules = fe.load_rules(pool / ep.RULES_NAME)
-    assert [r.name for r in rules.classes] == sim.class_names(POOL.n_classes)
+    rules = fr.load_rules(pool / ep.RULES_NAME)
+    assert [r.name for r in rules.classes] == camera.class_names(POOL.n_classes)
     assert all(r.tables == "ijg" and r.min_quality for r in rules.classes)
     truth = _truth(pool)
     kept = truth[truth["expected"] == "keep"]
@@ -167,16 +170,23 @@ def test_editor_tables_are_not_ijg_but_high_quality():
     tables = dict(enumerate(ep.EDITOR_QTABLES))
     assert ijg_quality(tables) is None
     # at least the highest min_quality any simulated model can get
-    assert estimate_quality(tables)[0] >= max(sim.JPEG_QUALITIES) - sim.JPEG_QUALITY_JITTER
+    assert estimate_quality(tables)[0] >= max(camera.JPEG_QUALITIES) - camera.JPEG_QUALITY_JITTER
 
 
 def test_pool_identities_are_what_the_filter_can_tell():
-    """The truth's verdicts rely on the filter's own matching (which the generator, in `data`,
-    cannot import): no foreign model string is a class's, every firmware string passes its
-    class's Software patterns, every editor string is an editor to the filter."""
+    """The truth's verdicts rely on the filter's own matching: no foreign model string is a
+    class's, every firmware string passes its class's Software patterns, every editor string
+    is an editor to the filter. write_pool checks it with the rules it writes
+    (``check_identities``), and refuses a pool where it fails."""
     from camid.forensics.exif import DEFAULT_EDITOR_PATTERNS, glob_match, normalise_model
     opts = sim.SimOptions(n_classes=13, width=128, height=96, test_crop=32)  # Kaggle names and Camera-11..13
-    cameras = ep.pool_cameras(sim.make_models(opts.n_classes, opts.seed), opts)
+    cameras = ep.pool_cameras(camera.make_models(opts.n_classes, opts.seed), opts)
+    rules = ep.pool_rules(cameras, opts)
+    ep.check_identities(cameras, rules)
+    assert fr.parse_rules(fr.rules_mapping(rules)) == rules  # the file written is the rules checked
+    near_miss = dataclasses.replace(cameras[1], models=("iPhone 6 Plus",))  # a foreign camera's model string
+    with pytest.raises(sim.SimulateError, match="foreign camera model"):
+        ep.check_identities(cameras, ep.pool_rules([cameras[0], near_miss, *cameras[2:]], opts))
     class_models = {normalise_model(m) for c in cameras for m in c.models}
     for _, model_name, _ in ep.FOREIGN_CAMERAS:
         assert normalise_model(model_name) not in class_models, model_name

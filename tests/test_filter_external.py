@@ -13,7 +13,11 @@ import yaml
 from PIL import Image
 
 from camid import cli
+from camid.forensics import filter_analysis as analysis
+from camid.forensics import filter_decision as decision
 from camid.forensics import filter_external as fe
+from camid.forensics import phash
+from camid.forensics import rules as fr
 from camid.forensics.exif import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
 
 REPO = Path(__file__).parents[1]
@@ -125,10 +129,10 @@ def judged(tmp_path_factory) -> dict[str, dict]:
     for name, (build, _, _) in CASES.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         build(src / name)
-    rules = fe.parse_rules(RULES)
+    rules = fr.parse_rules(RULES)
     rows, counts = fe.analyse_all([str(src / name) for name in CASES], {}, rules, src)
     assert counts == {"reused": 0, "read": len(CASES), "decoded": 5}  # the 4 keeps + truncated
-    fe.decide(rows, rules, src)
+    decision.decide(rows, rules, src)
     return {name: row for name, row in zip(CASES, rows, strict=True)}
 
 
@@ -136,7 +140,7 @@ def judged(tmp_path_factory) -> dict[str, dict]:
 def test_rules_give_every_reason(judged, name):
     _, cls, codes = CASES[name]
     row = judged[name]
-    got = {fe.reason_code(r) for r in row["reasons"].split(";") if r}
+    got = {fr.reason_code(r) for r in row["reasons"].split(";") if r}
     assert (row["class"], got) == (cls, codes), row["reasons"]
     assert row["decision"] == ("keep" if not codes else "reject")
 
@@ -163,7 +167,7 @@ def test_decode_all_hashes_and_checks_every_jpeg(tmp_path):
     tiny = make_jpeg(tmp_path / "tiny.jpg", 1, 1)
     trunc = _truncated(tmp_path / "trunc.jpg")
     make_jpeg(tmp_path / "x.jpg", model="Zeta")
-    rules = fe.parse_rules(RULES)
+    rules = fr.parse_rules(RULES)
     paths = [str(tiny), str(trunc), str(tmp_path / "x.jpg")]
     rows, counts = fe.analyse_all(paths, {}, rules, tmp_path, decode_all=True)
     assert counts["decoded"] == 3
@@ -181,7 +185,7 @@ def test_facts_recorded(judged):
 # --------------------------------------------------------------------- rules file
 
 def test_default_rules_cover_the_kaggle_classes():
-    rules = fe.load_rules(REPO / "configs" / "external_rules.yaml")
+    rules = fr.load_rules(REPO / "configs" / "external_rules.yaml")
     assert [r.name for r in rules.classes] == KAGGLE_CLASSES
     nexus = rules.by_name("LG-Nexus-5x")
     assert nexus.models == ("Nexus 5X",) and nexus.software == ("bullhead*", "HDR+*")  # seed 002
@@ -208,12 +212,12 @@ def test_default_rules_cover_the_kaggle_classes():
     ({"classes": []}, "non-empty"),
 ])
 def test_rules_validation(patch, message):
-    with pytest.raises(fe.RulesError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        fe.parse_rules({**RULES, **patch})
+    with pytest.raises(fr.RulesError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        fr.parse_rules({**RULES, **patch})
 
 
 def test_defaults_apply_and_classes_override():
-    rules = fe.parse_rules(RULES)
+    rules = fr.parse_rules(RULES)
     assert rules.by_name("Cam-A").min_quality == 90 and rules.by_name("Cam-C").min_quality == 80
     assert rules.by_name("Cam-C").software is None and rules.by_name("Cam-B").software == ()
 
@@ -221,7 +225,7 @@ def test_defaults_apply_and_classes_override():
 # ------------------------------------------------------------------ near-duplicates
 
 def _hashes(path: Path) -> list[int]:
-    return fe.parse_hashes(fe.decode_file(str(path))["phash"])
+    return phash.parse_hashes(fe.decode_file(str(path))["phash"])
 
 
 def _distance(a: list[int], b: list[int]) -> int:
@@ -248,7 +252,7 @@ def test_phash_finds_resized_recompressed_rotated_copies_not_distinct_images(tmp
 def test_hash_index_matches_brute_force():
     rng = np.random.default_rng(0)
     stored = [int(x) for x in rng.integers(0, 2**63, 3000, dtype=np.int64)]
-    index = fe.HashIndex(6)
+    index = phash.HashIndex(6)
     for i, h in enumerate(stored):
         index.add(h, str(i))
     for k in range(300):
@@ -268,10 +272,10 @@ def test_duplicates_keep_the_good_copy_and_lose_to_training(tmp_path):
     make_jpeg(src / "d_copy_of_train.jpg", seed=202)
     train_file = make_jpeg(tmp_path / "data" / "train" / "Cam-A" / "t.jpg", image=scene(202, 640, 480))
     paths = sorted(str(p) for p in src.iterdir())
-    rules = fe.parse_rules(RULES)
+    rules = fr.parse_rules(RULES)
     rows, _ = fe.analyse_all(paths, {}, rules, src, decode_all=True)  # also hash the bad copy
-    train = [(str(train_file), fe.hash_file(str(train_file)))]
-    assert fe.decide(rows, rules, src, train) == 2
+    train = [(str(train_file), analysis.hash_file(str(train_file)))]
+    assert decision.decide(rows, rules, src, train) == 2
     by = {Path(r["path"]).name: r for r in rows}
     assert by["b_original.jpg"]["decision"] == "keep" and by["c_other.jpg"]["decision"] == "keep"
     assert by["a_copy_low_quality.jpg"]["duplicate_of"] == str(src / "b_original.jpg")
@@ -381,7 +385,7 @@ def test_checkpoint_writes_partial_report(tmp_path, monkeypatch):
     monkeypatch.setattr(fe, "CHECKPOINT_SECONDS", -1.0)
     seen = []
     paths = sorted(str(p) for p in tmp_path.glob("*.jpg"))
-    rows, counts = fe.analyse_all(paths, {}, fe.parse_rules(RULES), tmp_path,
+    rows, counts = fe.analyse_all(paths, {}, fr.parse_rules(RULES), tmp_path,
                                   checkpoint=lambda done: seen.append(len(done)))
     assert seen == [1, 2, 3, 3, 3, 3]  # header pass, then pixel pass over the 3 candidates
     assert counts["decoded"] == 3 and [r["path"] for r in rows] == paths

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from camid import cli
-from camid.data import simulate as sim
 from camid.errors import DataError
 from camid.forensics import prnu
+from camid.sim import camera
+from camid.sim import competition as sim
 from conftest import strong_sensor_noise, with_prnu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,7 +193,7 @@ def test_prnu_command_separates_devices_on_simulated_data(simulated, tmp_path, c
 
 def test_cnn_comparison_reads_the_oof_table_on_the_same_crops(simulated, tmp_path):
     from camid.infer.table import write_table
-    classes = sim.class_names(SMALL.n_classes)
+    classes = camera.class_names(SMALL.n_classes)
     sol = pd.read_csv(simulated / "solution.csv")
     probs = np.full((len(sol), len(classes)), 0.1)
     probs[np.arange(len(sol)), [classes.index(c) for c in sol["camera"]]] = 0.7  # a perfect CNN

@@ -8,11 +8,12 @@ import pytest
 
 from camid.config import PrnuClusterConfig
 from camid.data import manipulations
-from camid.data import simulate as sim
 from camid.data.crops import centre_crop
 from camid.errors import StrategyError
 from camid.level2 import prnu_cluster as pc
 from camid.level2.strategies import parse_strategy
+from camid.sim import camera
+from camid.sim import competition as sim
 from conftest import strong_sensor_noise
 
 # 4 models, 12 unaltered + 12 manipulated 256-px test crops each from device B (the demo's crop
@@ -31,7 +32,7 @@ def competition(tmp_path_factory):
     test, residuals = pc.test_residuals(out, out / "cache" / "res.npz", workers=2)
     truth = pc.solution_labels(out)
     assert truth is not None
-    classes = sim.class_names(OPTS.n_classes)
+    classes = camera.class_names(OPTS.n_classes)
     y = np.array([classes.index(c) for c in truth.loc[test["fname"]]])
     return out, test, residuals.astype(np.float32), y, classes
 

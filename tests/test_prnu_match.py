@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from camid.config import Config, MatchConfig
-from camid.data import simulate as sim
 from camid.data.crops import centre_crop, manipulated_centre_crop
 from camid.data.testcrops import make_test_crop
 from camid.errors import StrategyError
@@ -18,6 +17,8 @@ from camid.infer.table import read_table, write_table
 from camid.level2 import prnu_match as pm
 from camid.level2.pseudo import confidence_strategy
 from camid.level2.strategies import blend, parse_strategy
+from camid.sim import camera
+from camid.sim import competition as sim
 from camid.workspace import Workspace
 from conftest import SHARED, with_prnu
 
@@ -151,7 +152,7 @@ def test_demo_simulator_test_devices_are_never_matched(tmp_path):
     opts = sim.SimOptions(n_classes=2, train_per_class=2, test_per_class=3, width=576, height=512,
                           test_crop=256, seed=7)
     sim.simulate(tmp_path, opts, workers=2)
-    classes = sim.class_names(opts.n_classes)
+    classes = camera.class_names(opts.n_classes)
     fnames = sorted(p.name for p in (tmp_path / "test").iterdir())
     table = _table(fnames, classes)
     out, info, report = pm.refine_table(table, classes, tmp_path, tmp_path / "fp.npz", MatchConfig(), 1e-7)

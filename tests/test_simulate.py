@@ -15,9 +15,10 @@ from PIL import Image
 
 from camid import cli
 from camid.data import crops, images
-from camid.data import simulate as sim
 from camid.data.manipulations import MANIPULATION_NAMES, apply
 from camid.forensics import prnu
+from camid.sim import camera
+from camid.sim import competition as sim
 
 TINY = sim.SimOptions(n_classes=4, train_per_class=3, test_per_class=4, width=256, height=192,
                       test_crop=64, seed=7)
@@ -38,14 +39,14 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def test_class_names():
-    assert sim.class_names(3) == ["HTC-1-M7", "iPhone-4s", "iPhone-6"]
-    names = sim.class_names(12)
-    assert names[:10] == list(sim.KAGGLE_CLASSES) and names[9] == "Sony-NEX-7"
+    assert camera.class_names(3) == ["HTC-1-M7", "iPhone-4s", "iPhone-6"]
+    names = camera.class_names(12)
+    assert names[:10] == list(camera.KAGGLE_CLASSES) and names[9] == "Sony-NEX-7"
     assert names[10:] == ["Camera-11", "Camera-12"]
 
 
 def test_layout(dataset: Path):
-    classes = sim.class_names(TINY.n_classes)
+    classes = camera.class_names(TINY.n_classes)
     assert sorted(p.name for p in (dataset / "train").iterdir()) == sorted(classes)
     for name in classes:
         photos = sorted((dataset / "train" / name).glob("*.jpg"))
@@ -72,7 +73,7 @@ def test_csvs_are_balanced(dataset: Path):
     sample = pd.read_csv(dataset / "sample_submission.csv")
     assert list(sample.columns) == ["fname", "camera"]
     assert sample.fname.tolist() == tests
-    assert set(sample.camera) == {sim.class_names(TINY.n_classes)[0]}
+    assert set(sample.camera) == {camera.class_names(TINY.n_classes)[0]}
     sol = pd.read_csv(dataset / "solution.csv")
     assert list(sol.columns) == ["fname", "camera", "manipulation"]
     assert sol.fname.tolist() == tests
@@ -81,7 +82,7 @@ def test_csvs_are_balanced(dataset: Path):
     assert set(sol.manipulation[manip]) <= set(MANIPULATION_NAMES)
     for half in (manip, ~manip):
         counts = sol[half].camera.value_counts()
-        assert set(counts.index) == set(sim.class_names(TINY.n_classes))
+        assert set(counts.index) == set(camera.class_names(TINY.n_classes))
         assert (counts == TINY.test_per_class).all()
     overall = collections.Counter(sol.manipulation[manip])
     assert set(overall) == set(MANIPULATION_NAMES)  # 16 manipulated crops: every one, twice
@@ -127,10 +128,10 @@ def test_other_seed_gives_other_data(tmp_path: Path):
 
 
 def test_manipulated_crop_is_taken_after_manipulating_the_full_photo(dataset: Path):
-    models = sim.make_models(TINY.n_classes, TINY.seed)
+    models = camera.make_models(TINY.n_classes, TINY.seed)
     plan = sim.make_test_plan(TINY)
     item = next(p for p in plan if p.manipulation == "resize0.5")
-    data = sim.shoot(models[item.class_index], "B", item.photo_index, TINY.width, TINY.height, TINY.seed)
+    data = camera.shoot(models[item.class_index], "B", item.photo_index, TINY.width, TINY.height, TINY.seed)
     with Image.open(io.BytesIO(data)) as im:
         full = np.asarray(im.convert("RGB"))
     expected = crops.centre_crop(apply(full, "resize0.5"), TINY.test_crop)
@@ -142,13 +143,13 @@ def test_manipulated_crop_is_taken_after_manipulating_the_full_photo(dataset: Pa
 @pytest.mark.parametrize("seed", [0, 1, 2018])
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 7, 10, 13, 23])
 def test_no_single_discrete_cue_identifies_a_class(n: int, seed: int):
-    models = sim.make_models(n, seed)
-    assert [m.name for m in models] == sim.class_names(n)
-    for key, pool in sim.DISCRETE_CHOICES.items():
+    models = camera.make_models(n, seed)
+    assert [m.name for m in models] == camera.class_names(n)
+    for key, pool in camera.DISCRETE_CHOICES.items():
         counts = collections.Counter(getattr(m, key) for m in models)
         assert set(counts) <= set(pool)
         assert min(counts.values()) >= 2, (key, counts)
-    combos = {tuple(getattr(m, k) for k in sim.DISCRETE_CHOICES) for m in models}
+    combos = {tuple(getattr(m, k) for k in camera.DISCRETE_CHOICES) for m in models}
     if n >= 4:  # only the combination identifies the model
         assert len(combos) == n
     # continuous settings differ between any two models
@@ -156,41 +157,41 @@ def test_no_single_discrete_cue_identifies_a_class(n: int, seed: int):
 
 
 def test_models_use_every_family_when_there_are_enough_classes():
-    models = sim.make_models(10, 2018)
-    assert {m.cfa for m in models} == set(sim.CFA_PATTERNS)
-    assert {m.demosaic for m in models} == set(sim.DEMOSAIC_ALGORITHMS)
-    assert {m.subsampling for m in models} == set(sim.SUBSAMPLINGS)
-    assert sim.make_models(10, 2018) == models  # deterministic
+    models = camera.make_models(10, 2018)
+    assert {m.cfa for m in models} == set(camera.CFA_PATTERNS)
+    assert {m.demosaic for m in models} == set(camera.DEMOSAIC_ALGORITHMS)
+    assert {m.subsampling for m in models} == set(camera.SUBSAMPLINGS)
+    assert camera.make_models(10, 2018) == models  # deterministic
     # per-class continuous settings do not depend on how many classes there are
-    assert sim.make_models(12, 2018)[3].ccm == models[3].ccm
+    assert camera.make_models(12, 2018)[3].ccm == models[3].ccm
 
 
 def test_devices_of_one_model_have_different_prnu():
     h, w = 96, 128
-    assert sim.prnu_level(1, 5) > sim.PRNU_NONE_STD  # a model whose sensors carry PRNU
-    a_dev, b_dev = sim.make_device(1, "A", 5), sim.make_device(1, "B", 5)
+    assert camera.prnu_level(1, 5) > camera.PRNU_NONE_STD  # a model whose sensors carry PRNU
+    a_dev, b_dev = camera.make_device(1, "A", 5), camera.make_device(1, "B", 5)
     assert (a_dev.prnu_std, a_dev.read_noise) != (b_dev.prnu_std, b_dev.read_noise)
-    ka = sim.prnu(5, 1, "A", h, w, a_dev.prnu_std)
-    kb = sim.prnu(5, 1, "B", h, w, b_dev.prnu_std)
+    ka = camera.prnu(5, 1, "A", h, w, a_dev.prnu_std)
+    kb = camera.prnu(5, 1, "B", h, w, b_dev.prnu_std)
     assert ka.shape == (h, w) and ka.dtype == np.float32
-    lo, hi = sim.PRNU_LEVELS
-    spread = sim.PRNU_DEVICE_SPREAD
+    lo, hi = camera.PRNU_LEVELS
+    spread = camera.PRNU_DEVICE_SPREAD
     assert abs(ka.std() - a_dev.prnu_std) < 1e-4 and lo * (1 - spread) <= ka.std() <= hi * (1 + spread)
     assert abs(np.corrcoef(ka.ravel(), kb.ravel())[0, 1]) < 0.1
-    np.testing.assert_array_equal(ka, sim.prnu(5, 1, "A", h, w, a_dev.prnu_std))  # shared by its photos
-    other_model = sim.prnu(5, 3, "A", h, w, a_dev.prnu_std)
+    np.testing.assert_array_equal(ka, camera.prnu(5, 1, "A", h, w, a_dev.prnu_std))  # shared by its photos
+    other_model = camera.prnu(5, 3, "A", h, w, a_dev.prnu_std)
     assert abs(np.corrcoef(ka.ravel(), other_model.ravel())[0, 1]) < 0.1
 
 
-def _flat_field_ncc(model: sim.CameraModel, seed: int, shots: int) -> pd.DataFrame:
+def _flat_field_ncc(model: camera.CameraModel, seed: int, shots: int) -> pd.DataFrame:
     """Same-device NCC of 256-px mid-grey flat-fields of device B (cheap: no scene)."""
-    device = sim.make_device(model.index, "B", seed)
+    device = camera.make_device(model.index, "B", seed)
     residuals = []
     for i in range(shots):
-        rng = sim.seeded_rng(seed, 99, model.index, i)
-        shot = sim.draw_shot(model, rng)
-        raw = sim.expose(np.full((256, 256, 3), 0.5, np.float32), model, device, shot, rng, seed)
-        jpeg = sim.encode_jpeg(sim.develop(raw, model, shot), model, shot.jpeg_quality)
+        rng = camera.seeded_rng(seed, 99, model.index, i)
+        shot = camera.draw_shot(model, rng)
+        raw = camera.expose(np.full((256, 256, 3), 0.5, np.float32), model, device, shot, rng, seed)
+        jpeg = camera.encode_jpeg(camera.develop(raw, model, shot), model, shot.jpeg_quality)
         residuals.append(prnu.crop_residuals([images.decode_bytes(jpeg)], 256)[0])
     return prnu.residual_ncc_pairs(np.stack(residuals), [model.name] * shots)
 
@@ -198,15 +199,15 @@ def _flat_field_ncc(model: sim.CameraModel, seed: int, shots: int) -> pd.DataFra
 def test_one_model_in_every_five_has_no_usable_prnu():
     """Computational-photography phones show no PRNU (issue #21): one seeded model per block of
     five classes; its flat-fields do not correlate, another model's do."""
-    lo, hi = sim.PRNU_LEVELS
+    lo, hi = camera.PRNU_LEVELS
     for seed in (0, 1, 2018):
-        levels = np.array([sim.prnu_level(c, seed) for c in range(20)])
-        assert ((levels == sim.PRNU_NONE_STD).reshape(4, 5).sum(axis=1) == 1).all()
-        assert ((levels[levels != sim.PRNU_NONE_STD] >= lo) & (levels[levels != sim.PRNU_NONE_STD] <= hi)).all()
-        assert sim.prnu_level(7, seed) == levels[7]  # deterministic
-    models = sim.make_models(5, 2018)
-    none = [m for m in models if sim.prnu_level(m.index, 2018) == sim.PRNU_NONE_STD]
-    some = [m for m in models if sim.prnu_level(m.index, 2018) != sim.PRNU_NONE_STD]
+        levels = np.array([camera.prnu_level(c, seed) for c in range(20)])
+        assert ((levels == camera.PRNU_NONE_STD).reshape(4, 5).sum(axis=1) == 1).all()
+        assert ((levels[levels != camera.PRNU_NONE_STD] >= lo) & (levels[levels != camera.PRNU_NONE_STD] <= hi)).all()
+        assert camera.prnu_level(7, seed) == levels[7]  # deterministic
+    models = camera.make_models(5, 2018)
+    none = [m for m in models if camera.prnu_level(m.index, 2018) == camera.PRNU_NONE_STD]
+    some = [m for m in models if camera.prnu_level(m.index, 2018) != camera.PRNU_NONE_STD]
     assert len(none) == 1
     assert abs(_flat_field_ncc(none[0], 2018, 4)["ncc"].median()) < 0.004
     assert _flat_field_ncc(some[0], 2018, 4)["ncc"].median() > 0.02
@@ -217,11 +218,11 @@ def test_same_device_ncc_of_test_crops_is_in_the_real_range():
     0.000-0.018 on real natural photos, median about 0.005 (BENCHMARKS.md, "Sensor noise: real
     vs simulated"); the old simulator gave a median of 0.011 with devices up to 0.038."""
     seed, photos = 2018, 4
-    models = sim.make_models(5, seed)
+    models = camera.make_models(5, seed)
     residuals, devices = [], []
     for m in models:
         for i in range(photos):
-            img = images.decode_bytes(sim.shoot(m, "B", i, 768, 576, seed))  # the demo's photo size
+            img = images.decode_bytes(camera.shoot(m, "B", i, 768, 576, seed))  # the demo's photo size
             residuals.append(prnu.crop_residuals([img], 256)[0])
             devices.append(m.name)
     pairs = prnu.residual_ncc_pairs(np.stack(residuals), devices)
@@ -232,24 +233,24 @@ def test_same_device_ncc_of_test_crops_is_in_the_real_range():
     assert abs(pairs.loc[~pairs["same_device"], "ncc"].median()) < 0.002
 
 
-@pytest.mark.parametrize("pattern", sim.CFA_PATTERNS)
-@pytest.mark.parametrize("algorithm", sim.DEMOSAIC_ALGORITHMS)
+@pytest.mark.parametrize("pattern", camera.CFA_PATTERNS)
+@pytest.mark.parametrize("algorithm", camera.DEMOSAIC_ALGORITHMS)
 def test_demosaic_reconstructs_smooth_images(pattern: str, algorithm: str):
     yy, xx = np.mgrid[0:40, 0:48].astype(np.float32)
     rgb = np.stack([0.2 + 0.01 * xx, 0.3 + 0.005 * yy, 0.5 - 0.004 * (xx + yy)], axis=2).astype(np.float32)
-    mosaic = sim.mosaic(rgb, pattern)
-    masks = sim.cfa_masks(pattern, 40, 48)
+    mosaic = camera.mosaic(rgb, pattern)
+    masks = camera.cfa_masks(pattern, 40, 48)
     assert (masks["R"].sum(), masks["G"].sum(), masks["B"].sum()) == (480, 960, 480)
     for c in "RGB":
         np.testing.assert_array_equal(mosaic[masks[c]], rgb[..., "RGB".index(c)][masks[c]])
-    out = sim.demosaic(mosaic, pattern, algorithm)
+    out = camera.demosaic(mosaic, pattern, algorithm)
     assert out.shape == rgb.shape and out.dtype == np.float32
     assert np.abs(out - rgb)[3:-3, 3:-3].max() < 1e-3  # exact on linear ramps away from borders
 
 
 def test_shot_is_a_uint8_photo_with_the_model_jpeg_settings():
-    model = sim.make_models(4, 1)[0]
-    data = sim.shoot(model, "A", 0, 128, 96, 1)
+    model = camera.make_models(4, 1)[0]
+    data = camera.shoot(model, "A", 0, 128, 96, 1)
     with Image.open(io.BytesIO(data)) as im:
         assert im.format == "JPEG" and im.size == (128, 96)
         layers = {"4:4:4": ((1, 1), (1, 1), (1, 1)), "4:2:2": ((2, 1), (1, 1), (1, 1)),
@@ -257,8 +258,8 @@ def test_shot_is_a_uint8_photo_with_the_model_jpeg_settings():
         assert tuple((s[1], s[2]) for s in im.layer) == layers
         arr = np.asarray(im)
     assert arr.std() > 5  # not a blank frame
-    assert sim.shoot(model, "A", 0, 128, 96, 1) == data
-    assert sim.shoot(model, "B", 0, 128, 96, 1) != data
+    assert camera.shoot(model, "A", 0, 128, 96, 1) == data
+    assert camera.shoot(model, "B", 0, 128, 96, 1) != data
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -43,7 +43,7 @@ class SimulateConfig:
     height: int = 1200
     test_crop: int = 512
     seed: int = 2018
-    # External pool (OUT/external/, camid.data.external_pool): files per class, 0 = no pool,
+    # External pool (OUT/external/, camid.sim.external_pool): files per class, 0 = no pool,
     # and how many further devices (C, D, ...) of each model shoot it.
     external_per_class: int = 0
     external_devices: int = 4

@@ -28,11 +28,11 @@ import pandas as pd
 from camid.bench.common import REPO
 from camid.config import PrnuClusterConfig, load_config
 from camid.data import images
-from camid.data import simulate as sim
 from camid.data.layout import SOLUTION, TEST_DIR, TRAIN_DIR
 from camid.forensics import prnu
 from camid.level2 import prnu_cluster as pc
 from camid.level2.metrics import weighted_score
+from camid.sim import camera
 from camid.util.io import write_csv
 from camid.util.pool import parallel_map
 
@@ -74,8 +74,8 @@ def _residuals_of_path(job: tuple[str, tuple[int, ...]]) -> dict[int, np.ndarray
 
 def _residuals_of_sim(job: tuple[dict, int, str, int, tuple[int, ...]]) -> dict[int, np.ndarray]:
     opts, c, device, i, crops = job
-    model = sim.make_models(opts["n_classes"], opts["seed"])[c]
-    img = images.decode_bytes(sim.shoot(model, device, i, opts["width"], opts["height"], opts["seed"]))
+    model = camera.make_models(opts["n_classes"], opts["seed"])[c]
+    img = images.decode_bytes(camera.shoot(model, device, i, opts["width"], opts["height"], opts["seed"]))
     return {k: prnu.crop_residuals([img], k)[0] for k in crops if min(img.shape[:2]) >= k}
 
 
@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.simulated:
         cfg = load_config(a.config).simulate
         opts = {"n_classes": cfg.n_classes, "seed": cfg.seed, "width": cfg.width, "height": cfg.height}
-        classes = sim.class_names(cfg.n_classes)[:a.classes or cfg.n_classes]
+        classes = camera.class_names(cfg.n_classes)[:a.classes or cfg.n_classes]
         sets = [("simulated", f"seed {cfg.seed}", f"{cls}_{d}", [(c, d, i) for i in range(a.simulated)])
-                for c, cls in enumerate(classes) for d in sim.DEVICES]
+                for c, cls in enumerate(classes) for d in camera.DEVICES]
         jobs2 = [(opts, c, d, i, crops) for *_, items in sets for c, d, i in items]
         flat = list(parallel_map(_residuals_of_sim, jobs2, a.workers, "simulated"))
         per = [flat[k * a.simulated:(k + 1) * a.simulated] for k in range(len(sets))]

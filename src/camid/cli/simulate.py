@@ -5,9 +5,9 @@ import argparse
 from dataclasses import fields
 
 from ..config import SimulateConfig, load_config
-from ..data.external_pool import simulate_with_pool
-from ..data.simulate import SimOptions
 from ..errors import UsageError
+from ..sim.competition import SimOptions
+from ..sim.external_pool import simulate_with_pool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,1 +1,1 @@
-"""Rank 1: images and the competition's data (layout, folds, manipulations, crops, samples, simulator)."""
+"""Rank 1: images and the competition's data (layout, folds, manipulations, crops, samples)."""

@@ -27,9 +27,8 @@ import pandas as pd
 from ..errors import TruthError
 from ..util.io import write_csv, write_json
 from ..util.log import stage_log
-
-# The filter's own reason-code parser, so codes here are the ones its log prints.
-from .filter_external import STAGE, reason_code
+from .filter_report import STAGE
+from .rules import reason_code  # the filter's own parser: codes here are the ones its log prints
 
 SCORE_NAME = "filter_score.json"
 REASONS_NAME = "filter_reasons.csv"

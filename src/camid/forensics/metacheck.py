@@ -18,8 +18,8 @@ from pathlib import Path
 from ..data.images import open_checked
 from ..errors import ImageReadError
 from .exif import DEFAULT_EDITOR_PATTERNS, inspect_image
-from .filter_external import Rules, load_rules
 from .openset import UNKNOWN
+from .rules import Rules, load_rules
 
 DISAGREE_WHY = "metadata is easy to edit, pixels less so"
 STATUSES = {

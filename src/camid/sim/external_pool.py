@@ -13,7 +13,7 @@ scored on it::
     OUT/external.json                the pool's options and completion marker
 
 Devices: every model's photos come from ``external_devices`` further devices C, D, E, ...,
-each with its own PRNU and noise levels (``data.simulate.make_device``/``prnu`` with their own
+each with its own PRNU and noise levels (``sim.camera.make_device``/``prnu`` with their own
 device codes). Device A (train) and device B (test) never shoot a pool photo.
 
 Each file claims a model by its EXIF (Make, Model as the real phones write them, e.g.
@@ -81,23 +81,38 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..data import images
+from ..data.images import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
 from ..errors import SimulateError
+from ..forensics.exif import glob_match
+from ..forensics.rules import (
+    MODEL,
+    NEAR_DUPLICATE,
+    QUALITY,
+    RESAVE,
+    SHAPE,
+    TABLES,
+    UNREADABLE,
+    ClassRule,
+    Rules,
+    rules_mapping,
+)
 from ..util.io import atomic_path, write_csv, write_json, write_text
 from ..util.log import stage_log
 from ..util.pool import parallel_map
-from . import images
-from . import simulate as sim
-from .images import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
-from .simulate import (
+from .camera import (
     DEVICE_CODES,
+    DEVICES,
     DISCRETE_CHOICES,
     JPEG_QUALITY_JITTER,
     CameraModel,
-    SimOptions,
+    capture,
     draw_model,
-    keep_heap,
+    encode_jpeg,
+    make_models,
     seeded_rng,
 )
+from .competition import SimOptions, keep_heap, read_marker, remove_outputs, simulate
 
 # Bump when the pool generator changes, so an old pool is not mistaken for a current one.
 POOL_FORMAT_VERSION = 1
@@ -112,7 +127,7 @@ TRUTH_COLUMNS = [
     "label_ok", "duplicate_of", "exif_make", "exif_model", "exif_software", "orientation",
     "width", "height", "jpeg_quality", "detail"]
 
-# Stream words for the pool (simulate uses 1..7 in the same position).
+# Stream words for the pool (sim.camera uses 1..8 in the same position).
 _S_CAMERA, _S_PLAN, _S_NAMES, _S_SHOT, _S_FILE, _S_FOREIGN, _S_CLOCK = range(101, 108)
 # Camera index of the cameras outside the classes: far above any class index, so their
 # pipelines, PRNU and scenes never share a seed with a class's.
@@ -128,17 +143,17 @@ class Kind:
 
 KINDS: tuple[Kind, ...] = (
     Kind("clean", 0.0, ""),
-    Kind("edited_software", 0.06, "resave"),
-    Kind("resaved_tables", 0.04, "tables"),
-    Kind("resized", 0.06, "shape"),
-    Kind("low_quality", 0.05, "quality"),
-    Kind("foreign_model", 0.05, "model"),
-    Kind("no_exif", 0.04, "model"),
-    Kind("duplicate_resave", 0.04, "near-duplicate"),
-    Kind("duplicate_crop", 0.02, "shape"),
-    Kind("truncated", 0.02, "unreadable"),
-    Kind("empty", 0.01, "unreadable"),
-    Kind("not_image", 0.01, "unreadable"),
+    Kind("edited_software", 0.06, RESAVE),
+    Kind("resaved_tables", 0.04, TABLES),
+    Kind("resized", 0.06, SHAPE),
+    Kind("low_quality", 0.05, QUALITY),
+    Kind("foreign_model", 0.05, MODEL),
+    Kind("no_exif", 0.04, MODEL),
+    Kind("duplicate_resave", 0.04, NEAR_DUPLICATE),
+    Kind("duplicate_crop", 0.02, SHAPE),
+    Kind("truncated", 0.02, UNREADABLE),
+    Kind("empty", 0.01, UNREADABLE),
+    Kind("not_image", 0.01, UNREADABLE),
     Kind("liar", 0.02, ""),
 )
 KIND_BY_NAME = {k.name: k for k in KINDS}
@@ -223,7 +238,7 @@ class PoolCamera:
 
 def pool_devices(k: int) -> tuple[str, ...]:
     """The pool's device names: C, D, ... (A and B shoot train and test)."""
-    letters = [d for d, _ in sorted(DEVICE_CODES.items(), key=lambda kv: kv[1]) if d not in sim.DEVICES]
+    letters = [d for d, _ in sorted(DEVICE_CODES.items(), key=lambda kv: kv[1]) if d not in DEVICES]
     return tuple(letters[:k])
 
 
@@ -394,7 +409,8 @@ def _group(slots: list[_Slot], rng: np.random.Generator) -> list[Capture]:
         dup_number[slot.original] += 1
         stem, ext = os.path.splitext(names[slot.original])
         name = f"{stem}_{dup_number[slot.original]}{ext}"
-        assert name not in taken and name > names[slot.original]
+        if name in taken or name <= names[slot.original]:
+            raise SimulateError(f"pool file name {name} clashes or sorts before its original")
         names[i] = name
         taken.add(name)
     groups: dict[tuple[Any, ...], list[PoolFile]] = {}
@@ -522,7 +538,7 @@ def _render(cap: Capture) -> list[dict[str, Any]]:
         return rows
     model, camera = ctx.camera(cap.camera)
     code = DEVICE_CODES[cap.device]
-    rgb, shot = sim.capture(model, cap.device, cap.index, opts.width, opts.height, opts.seed)
+    rgb, shot = capture(model, cap.device, cap.index, opts.width, opts.height, opts.seed)
     rng = seeded_rng(opts.seed, _S_SHOT, cap.camera, code, cap.index)
     liar = cap.files[0].kind == "liar"
     # The EXIF is the claimed camera's: a liar's is another class's than its pixels.
@@ -550,7 +566,7 @@ def _render(cap: Capture) -> list[dict[str, Any]]:
                  when=when.replace(microsecond=0), orientation=orientation,
                  iso=int(round(50 * shot.iso)), exposure=int(rng.choice([30, 60, 120, 250, 500, 1000])),
                  fnumber=(int(rng.choice([18, 20, 22, 24, 28])), 10))
-    base = sim.encode_jpeg(rgb, model, shot.jpeg_quality)
+    base = encode_jpeg(rgb, model, shot.jpeg_quality)
     h, w = rgb.shape[:2]
     true = {"true_model": model.name, "true_device": cap.device, "exif_make": meta.make,
             "exif_model": meta.model, "orientation": orientation}
@@ -578,7 +594,7 @@ def _make_file(kind: str, rgb: np.ndarray, base: bytes, model: CameraModel, came
     if kind == "liar":
         # Re-encoded at no less than the claimed model's quality, so no rule can object.
         q = max(quality, claimed.min_quality)
-        return (_with_exif(sim.encode_jpeg(rgb, model, q), exif),
+        return (_with_exif(encode_jpeg(rgb, model, q), exif),
                 {"jpeg_quality": q, "detail": f"EXIF of {claimed.name}, pixels of {model.name}"})
     if kind == "no_exif":
         return base, {"jpeg_quality": quality, "exif_make": "", "exif_model": "", "exif_software": "",
@@ -603,7 +619,7 @@ def _make_file(kind: str, rgb: np.ndarray, base: bytes, model: CameraModel, came
         return (_with_exif(images.encode_jpeg(pixels, q, model.subsampling), exif),
                 {"jpeg_quality": q, "detail": f"recompressed at quality {q}"})
     if kind == "duplicate_resave":
-        return (_with_exif(sim.encode_jpeg(pixels, model, quality), exif),
+        return (_with_exif(encode_jpeg(pixels, model, quality), exif),
                 {"jpeg_quality": quality, "detail": "second copy, re-encoded at the camera's quality"})
     if kind == "resized":
         native = {s for s in camera.shapes} | {(b, a) for a, b in camera.shapes}
@@ -612,14 +628,14 @@ def _make_file(kind: str, rgb: np.ndarray, base: bytes, model: CameraModel, came
             if size not in native:
                 break
         small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-        return (_with_exif(sim.encode_jpeg(small, model, quality), meta.dump(*size)),
+        return (_with_exif(encode_jpeg(small, model, quality), meta.dump(*size)),
                 {"jpeg_quality": quality, "width": size[0], "height": size[1],
                  "detail": f"resized {w}x{h} -> {size[0]}x{size[1]}"})
     if kind == "duplicate_crop":
         mx, my = (2 * max(1, int(round(s * rng.uniform(0.01, 0.025)))) for s in (w, h))
         crop = np.ascontiguousarray(pixels[my:h - my, mx:w - mx])
         ch, cw = crop.shape[:2]
-        return (_with_exif(sim.encode_jpeg(crop, model, quality), meta.dump(cw, ch)),
+        return (_with_exif(encode_jpeg(crop, model, quality), meta.dump(cw, ch)),
                 {"jpeg_quality": quality, "width": cw, "height": ch,
                  "detail": f"second copy cropped {w}x{h} -> {cw}x{ch}"})
     raise ValueError(f"unknown pool kind {kind!r}")
@@ -628,25 +644,23 @@ def _make_file(kind: str, rgb: np.ndarray, base: bytes, model: CameraModel, came
 # --------------------------------------------------------------------------- rules + truth
 
 
-def rules_dict(cameras: Sequence[PoolCamera], opts: SimOptions) -> dict[str, Any]:
-    """The filter rules for the simulated models, in `forensics.filter_external.load_rules`' format."""
-    return {
-        "min_side": min(64, min(opts.width, opts.height) // 2),
-        "reject_resaved": True,
-        "duplicate_max_distance": 6,
-        "classes": [{
-            "name": c.name, "models": list(c.models),
-            "software": None if c.software_rules is None else list(c.software_rules),
-            "shapes": [list(s) for s in c.shapes],
+def pool_rules(cameras: Sequence[PoolCamera], opts: SimOptions) -> Rules:
+    """The filter rules for the simulated models."""
+    return Rules(
+        min_side=min(64, min(opts.width, opts.height) // 2),
+        reject_resaved=True,
+        duplicate_max_distance=6,
+        classes=tuple(ClassRule(
+            name=c.name, models=c.models, software=c.software_rules, shapes=c.shapes,
             # The lowest quality the model's firmware writes: its originals are never below.
-            "min_quality": c.min_quality,
+            min_quality=c.min_quality,
             # Every simulated camera writes scaled IJG tables; an editor's own tables are a re-save.
-            "tables": "ijg",
-        } for c in cameras],
-    }
+            tables="ijg",
+        ) for c in cameras),
+    )
 
 
-def _rules_text(cameras: Sequence[PoolCamera], opts: SimOptions) -> str:
+def _rules_text(rules: Rules, opts: SimOptions) -> str:
     header = (
         "# Generated by `camid simulate --external` for the simulated camera models\n"
         f"# (seed {opts.seed}, {opts.n_classes} classes, {opts.width}x{opts.height} sensors).\n"
@@ -654,7 +668,7 @@ def _rules_text(cameras: Sequence[PoolCamera], opts: SimOptions) -> str:
         "#   camid filter-external OUT/external --rules OUT/external_rules.yaml --out OUT/external_kept\n"
         "# min_quality is each model's lowest firmware quality; tables: ijg because every\n"
         "# simulated camera writes scaled IJG tables.\n")
-    return header + yaml.safe_dump(rules_dict(cameras, opts), sort_keys=False, default_flow_style=None)
+    return header + yaml.safe_dump(rules_mapping(rules), sort_keys=False, default_flow_style=None)
 
 
 def _verdicts(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -667,18 +681,28 @@ def _verdicts(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _check_plan(captures: Sequence[Capture]) -> None:
-    """Devices A (train) and B (test) never shoot the pool. The truth's other invariant, that
-    the filter can tell each camera's EXIF identity from the others (foreign models, firmware
-    patterns, editors), needs ``forensics.filter_external``'s matching, which ``data`` cannot
-    import: ``tests/test_external_pool.py`` checks it."""
-    assert not any(cap.device in sim.DEVICES for cap in captures)
+    """Devices A (train) and B (test) never shoot the pool."""
+    if any(cap.device in DEVICES for cap in captures):
+        raise SimulateError(f"the pool plan uses a competition device ({'/'.join(DEVICES)})")
+
+
+def check_identities(cameras: Sequence[PoolCamera], rules: Rules) -> None:
+    """The truth's verdicts hold only if the filter's own matching tells each camera's EXIF
+    identity apart: no ``FOREIGN_CAMERAS`` model string is a class's, every firmware string passes
+    its class's Software patterns, every editor string is an editor to the filter."""
+    clash = [m for _, m, _ in FOREIGN_CAMERAS if rules.class_for_model(m) is not None]
+    if clash:
+        raise SimulateError(f"foreign camera model(s) {clash} match a class of the rules")
+    for cam, rule in zip(cameras, rules.classes, strict=True):
+        bad = [s for s in cam.firmware if rule.software is not None and not glob_match(s, rule.software)]
+        if bad:
+            raise SimulateError(f"{cam.name}: firmware {bad} fails its own Software patterns {rule.software}")
+    plain = [s for s in EDITOR_SOFTWARE if not glob_match(s, rules.editors)]
+    if plain:
+        raise SimulateError(f"editor string(s) {plain} are not editors to the filter")
 
 
 # --------------------------------------------------------------------------- driver
-
-
-def _pool_options(opts: SimOptions) -> dict[str, Any]:
-    return asdict(opts)
 
 
 def _prepare(out: Path, opts: SimOptions, overwrite: bool) -> bool:
@@ -691,21 +715,21 @@ def _prepare(out: Path, opts: SimOptions, overwrite: bool) -> bool:
             raise SimulateError(f"{out}: {', '.join(present)} exist(s) but were not written by "
                                 "`camid simulate --external` (no external.json); move them away")
         return False
-    state = sim.read_marker(marker, f"delete it and {POOL_DIR}/ and re-run")
-    same = (state.get("options") == _pool_options(opts)
+    state = read_marker(marker, f"delete it and {POOL_DIR}/ and re-run")
+    same = (state.get("options") == asdict(opts)
             and state.get("format_version") == POOL_FORMAT_VERSION)
     if same and state.get("complete") and not overwrite:
         return True
-    sim.remove_outputs(out, _OWNED)  # ours: an interrupted run, other options, or --overwrite
+    remove_outputs(out, _OWNED)  # ours: an interrupted run, other options, or --overwrite
     return False
 
 
 def simulate_with_pool(out: str | Path, opts: SimOptions, workers: int | None = None,
                        overwrite: bool = False) -> dict[str, Any]:
-    """``camid simulate``: the competition (``data.simulate``) and, when
+    """``camid simulate``: the competition (``sim.competition``) and, when
     ``opts.external_per_class`` > 0, the external pool next to train/ and test/, each with its
     own marker; the summary of the pool is under ``external``."""
-    summary = sim.simulate(out, opts, workers=workers, overwrite=overwrite)
+    summary = simulate(out, opts, workers=workers, overwrite=overwrite)
     if opts.external_per_class:
         summary["external"] = write_pool(out, opts, workers=workers, overwrite=overwrite)
     return summary
@@ -724,23 +748,25 @@ def write_pool(out: str | Path, opts: SimOptions, workers: int | None = None,
                               "options; skipped")
         return {"skipped": True, "dir": str(out / POOL_DIR)}
     start = time.perf_counter()
-    models = sim.make_models(opts.n_classes, opts.seed)
+    models = make_models(opts.n_classes, opts.seed)
     cameras = pool_cameras(models, opts)
     ctx = _Context(opts, str(out), tuple(models), tuple(cameras), tuple(foreign_models(opts)))
     captures = plan_pool(opts)
     _check_plan(captures)
+    rules = pool_rules(cameras, opts)
+    check_identities(cameras, rules)
     n_files = sum(len(c.files) for c in captures)
     write_json(out / POOL_MARKER, {"format_version": POOL_FORMAT_VERSION,
-                                   "options": _pool_options(opts), "complete": False})
+                                   "options": asdict(opts), "complete": False})
     stage_log("simulate", f"writing an external pool of {n_files} files ({opts.external_per_class} per "
                           f"class, devices {','.join(pool_devices(opts.external_devices))}) to "
                           f"{out / POOL_DIR} with {workers} worker(s)")
     rows = _run(captures, ctx, workers)
     truth = _verdicts(rows)
     write_csv(out / TRUTH_NAME, truth)
-    write_text(out / RULES_NAME, _rules_text(cameras, opts))
+    write_text(out / RULES_NAME, _rules_text(rules, opts))
     kinds = dict(sorted(Counter(truth["kind"]).items()))
-    write_json(out / POOL_MARKER, {"format_version": POOL_FORMAT_VERSION, "options": _pool_options(opts),
+    write_json(out / POOL_MARKER, {"format_version": POOL_FORMAT_VERSION, "options": asdict(opts),
                                    "complete": True, "files": int(len(truth)), "kinds": kinds})
     wall = time.perf_counter() - start
     stage_log("simulate", f"wrote {len(truth)} pool files ({int((truth.expected == 'keep').sum())} the "

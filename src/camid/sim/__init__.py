@@ -1,0 +1,1 @@
+"""The simulated cameras, the competition they shoot, and a scrape-like external pool (``camid simulate``)."""
