@@ -22,6 +22,9 @@ from .errors import ConfigError
 # Ways to average probabilities (over TTA views, checkpoints, folds, and level-2 models):
 # each is the power mean with this exponent (0: the geometric mean, its limit).
 REDUCTION_POWERS: dict[str, float] = {"gmean": 0.0, "mean": 1.0, "rms": 2.0}
+# Probabilities are clipped to this before a log or a negative power, so a single zero does not
+# veto a class (geometric means, equaliser costs, stacker features, the sensor-noise steps' rows).
+PROB_FLOOR = 1e-7
 TtaPolicy = Literal["none", "tta10", "tta40", "full", "full_d4"]
 TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)
 
@@ -251,7 +254,7 @@ class BlendConfig:
     models: list[str] = field(default_factory=list)  # table stems in oof/; empty = all
     tta: str | None = None  # which <tta> tables to blend; default predict.tta
     weights: list[float] = field(default_factory=list)  # one per entry of `models`; empty = equal
-    floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
+    floor: float = PROB_FLOOR  # probabilities are clipped to this before logs (gmean, equalisers)
     stack: StackConfig = field(default_factory=StackConfig)
     prnu: PrnuClusterConfig = field(default_factory=PrnuClusterConfig)
     match: MatchConfig = field(default_factory=MatchConfig)

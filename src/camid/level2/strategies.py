@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import REDUCTION_POWERS, Config
+from ..config import PROB_FLOOR, REDUCTION_POWERS, Config
 from ..errors import StrategyError, TableError
 from ..infer.table import class_columns, read_table, write_table
 from ..util.io import remove_stale_temps, sha256_file, write_csv
@@ -107,7 +107,7 @@ def parse_strategy(name: str) -> Strategy:
 
 def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
                  weights: Sequence[float] | None = None,
-                 floor: float = equalise.DEFAULT_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
+                 floor: float = PROB_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
     """Average (and equalise) aligned tables; returns the new table and what was done."""
     st = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     if st.power is None:
