@@ -23,6 +23,23 @@ def test_registry_has_the_eight_competition_manipulations_in_order():
                                     "resize1.5", "resize2.0", "gamma0.8", "gamma1.2")
 
 
+def test_the_config_knows_the_smallest_training_scale():
+    """config (rank 0) checks train.crop_factor against the smallest resize training draws."""
+    from camid.config import SMALLEST_TRAINING_SCALE
+
+    scales = [m.scale for m in M.MANIPULATIONS.values()]
+    scales += [k.continuous[0] for k in M.KINDS.values() if k.resamples]
+    assert min(scales) == SMALLEST_TRAINING_SCALE
+
+
+@pytest.mark.parametrize("name", M.MANIPULATION_NAMES)
+def test_each_manipulation_states_its_facts(name):
+    m = M.MANIPULATIONS[name]
+    assert m.kind.name_of(m.value) == name and M.get(name) is m
+    assert m.moves_grid == name.startswith("resize")
+    assert m.scale == (m.value if name.startswith("resize") else 1.0)
+
+
 @pytest.mark.parametrize("name", M.MANIPULATION_NAMES)
 def test_every_manipulation_is_pure_and_deterministic(name):
     img = rand_img()

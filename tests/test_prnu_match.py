@@ -135,9 +135,9 @@ def test_camid_blend_writes_match_strategies_and_their_reports(world, tmp_path):
     write_table(table, ws.table("m", "none"), CLASSES)
     names = blend(cfg, ws, ["gmean+match+hungarian", "gmean+match", "gmean"], ["m"], "none")
     assert names == ["gmean+match+hungarian", "gmean+match", "gmean"]
-    report = pd.read_csv(ws.match_report("gmean+match"))
+    report = pd.read_csv(ws.step_report("gmean+match", "match"))
     assert (report["decided_by"] == "prnu-match").sum() == 8
-    assert ws.match_fingerprints.is_file() and not ws.match_report("gmean").exists()
+    assert ws.match_fingerprints.is_file() and not ws.step_report("gmean", "match").exists()
     matched = read_table(ws.blend_table("gmean+match")).set_index("fname")
     plain = read_table(ws.blend_table("gmean")).set_index("fname")
     hit = report.loc[report["decided_by"] == "prnu-match", ["fname", "class"]]

@@ -22,6 +22,12 @@ from .errors import ConfigError
 # Ways to average probabilities (over TTA views, checkpoints, folds, and level-2 models):
 # each is the power mean with this exponent (0: the geometric mean, its limit).
 REDUCTION_POWERS: dict[str, float] = {"gmean": 0.0, "mean": 1.0, "rms": 2.0}
+# Probabilities are clipped to this before a log or a negative power, so a single zero does not
+# veto a class (geometric means, equaliser costs, stacker features, the sensor-noise steps' rows).
+PROB_FLOOR = 1e-7
+# The smallest factor a training manipulation resizes by (resize0.5, the continuous policy's 0.5):
+# train.crop_factor makes up for it. The manipulations are data.manipulations'; a test holds them to it.
+SMALLEST_TRAINING_SCALE = 0.5
 TtaPolicy = Literal["none", "tta10", "tta40", "full", "full_d4"]
 TTA_POLICIES: tuple[str, ...] = typing.get_args(TtaPolicy)
 
@@ -251,7 +257,7 @@ class BlendConfig:
     models: list[str] = field(default_factory=list)  # table stems in oof/; empty = all
     tta: str | None = None  # which <tta> tables to blend; default predict.tta
     weights: list[float] = field(default_factory=list)  # one per entry of `models`; empty = equal
-    floor: float = 1e-7  # probabilities are clipped to this before logs (gmean, equalisers)
+    floor: float = PROB_FLOOR  # probabilities are clipped to this before logs (gmean, equalisers)
     stack: StackConfig = field(default_factory=StackConfig)
     prnu: PrnuClusterConfig = field(default_factory=PrnuClusterConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
@@ -456,11 +462,11 @@ def _check(cfg: Config) -> None:
     if cfg.train.warmup_input_size is not None and (cfg.train.warmup_input_size % 2 or cfg.train.warmup_input_size < 8):
         raise ConfigError(f"train.warmup_input_size must be even (colour-filter grid) and >= 8, "
                           f"got {cfg.train.warmup_input_size}")
-    if cfg.train.manip_prob > 0 and cfg.train.crop_factor < 2:
-        # resize0.5 (or the continuous policy's 0.5) of a crop_factor x input crop must still cover the input
-        raise ConfigError(f"train.crop_factor must be >= 2 when manipulations are drawn (manip_prob > 0): a 0.5 "
-                          f"resize of a {cfg.train.crop_factor}x crop is smaller than the input and would be "
-                          "padded")
+    if cfg.train.manip_prob > 0 and cfg.train.crop_factor * SMALLEST_TRAINING_SCALE < 1:
+        # the smallest resize of a crop_factor x input crop must still cover the input
+        raise ConfigError(f"train.crop_factor must be >= {1 / SMALLEST_TRAINING_SCALE:g} when manipulations are "
+                          f"drawn (manip_prob > 0): a {SMALLEST_TRAINING_SCALE:g} resize of a "
+                          f"{cfg.train.crop_factor}x crop is smaller than the input and would be padded")
     p = cfg.pseudo
     if p.per_class is not None and p.per_class < 1:
         raise ConfigError(f"pseudo.per_class must be >= 1, got {p.per_class}")

@@ -4,7 +4,7 @@
     models/<run>/fold<k>/                a training run (contents: ``camid.train.rundir``)
     models/level2/<stacker>/             level-2 stacker models
     oof/<run>.<tta>.parquet              probability tables (format: ``camid.infer.table``)
-    oof/blend/<strategy>.parquet         level-2 tables (``+prnu`` ones with a ``.prnu.csv`` report)
+    oof/blend/<strategy>.parquet         level-2 tables (a post-step's per-crop report: ``<strategy>.<step>.csv``)
     oof/prnu/test_residuals.npz          cached noise residuals of the test crops
     oof/prnu/train_fingerprints.npz      cached fingerprints of the training devices (``+match``; the
                                          test crops' scores against them: ``train_fingerprints.scores.npz``)
@@ -113,18 +113,15 @@ class Workspace:
     def blend_table(self, strategy: str) -> Path:
         return self.blend_dir / f"{strategy}{_TABLE_SUFFIX}"
 
-    def prnu_report(self, strategy: str) -> Path:
-        """Per test crop: its sensor cluster and whether it confirmed the class (``+prnu`` strategies)."""
-        return self.blend_dir / f"{strategy}.prnu.csv"
+    def step_report(self, strategy: str, step: str) -> Path:
+        """Per test crop, what a level-2 post-step found (``+prnu``: its sensor cluster and whether it
+        confirmed the class; ``+match``: its best training device, the PCE and what decided its class)."""
+        return self.blend_dir / f"{strategy}.{step}.csv"
 
     @property
     def prnu_residuals(self) -> Path:
         """Cache of the test crops' noise residuals for PRNU clustering."""
         return self.oof / "prnu" / "test_residuals.npz"
-
-    def match_report(self, strategy: str) -> Path:
-        """Per test crop: its best training device, the PCE and what decided its class (``+match`` strategies)."""
-        return self.blend_dir / f"{strategy}.match.csv"
 
     @property
     def match_fingerprints(self) -> Path:

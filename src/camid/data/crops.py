@@ -124,26 +124,27 @@ def manipulated_centre_crop(img: np.ndarray, name: str, size: int, phase: tuple[
     """
     if name == "none" and phase is None:
         return np.ascontiguousarray(centre_crop(img, size))
-    kind, value = manipulations.parse(name) if name != "none" else ("none", 0.0)
+    manip = manipulations.get(name) if name != "none" else None
     h, w = img.shape[:2]
-    if kind == "resize":
-        if min(manipulations.resized_length(h, value), manipulations.resized_length(w, value)) < size:
+    if manip is not None and manip.kind.resamples:
+        scale = manip.scale
+        if min(manipulations.resized_length(h, scale), manipulations.resized_length(w, scale)) < size:
             # a small photo: resized whole and padded, like the test recipe does
-            return np.ascontiguousarray(centre_crop(manipulations.apply(img, name), size))
-        y0, y1, oy = _resize_span(h, size, value)
-        x0, x1, ox = _resize_span(w, size, value)
-        out = manipulations.apply(np.ascontiguousarray(img[y0:y1, x0:x1]), name)
+            return np.ascontiguousarray(centre_crop(manip(img), size))
+        y0, y1, oy = _resize_span(h, size, scale)
+        x0, x1, ox = _resize_span(w, size, scale)
+        out = manip(np.ascontiguousarray(img[y0:y1, x0:x1]))
         return np.ascontiguousarray(out[oy:oy + size, ox:ox + size])
     img = np.asarray(pad_to(img, size))
     h, w = img.shape[:2]
     cy, cx = ((centre_offset(h, size), centre_offset(w, size)) if phase is None else
               (phased_offset(h, size, phase[0]), phased_offset(w, size, phase[1])))
-    if kind == "none":
+    if manip is None:
         return np.ascontiguousarray(img[cy:cy + size, cx:cx + size])
     # 3 MCUs of margin cover the centre's rounding to 16 px and a phase shift of up to 7 px
     need = size + 3 * MCU
     ph, pw = min(h, need), min(w, need)
     y, x = centre_offset(h, ph, MCU), centre_offset(w, pw, MCU)
-    out = manipulations.apply(np.ascontiguousarray(img[y:y + ph, x:x + pw]), name)
+    out = manip(np.ascontiguousarray(img[y:y + ph, x:x + pw]))
     oy, ox = cy - y, cx - x
     return np.ascontiguousarray(out[oy:oy + size, ox:ox + size])

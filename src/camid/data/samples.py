@@ -39,8 +39,7 @@ class SampleSpec:
 
 def _allowed(pre: int, input_size: int) -> tuple[str, ...]:
     """Competition manipulations that leave a ``pre``-px crop at least ``input_size`` wide."""
-    return tuple(n for n in manipulations.MANIPULATION_NAMES
-                 if not n.startswith("resize") or int(pre * manipulations.parse(n)[1]) >= input_size)
+    return tuple(n for n in manipulations.MANIPULATION_NAMES if int(pre * manipulations.get(n).scale) >= input_size)
 
 
 def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generator,
@@ -81,7 +80,7 @@ def training_sample(img: np.ndarray | fastjpeg.LazyCrop, rng: np.random.Generato
                 else _allowed(pre, spec.input_size)
             name = allowed[int(rng.integers(len(allowed)))]
             big = manipulations.apply(big, name)
-            align = GRID if name.startswith("resize") else BLOCK
+            align = GRID if manipulations.get(name).moves_grid else BLOCK
         else:
             raise ValueError(f"unknown manipulation mode {spec.manip_mode!r}")
     if align == BLOCK:

@@ -22,11 +22,10 @@ import pandas as pd
 import torch
 
 from ..config import Config, from_dict
-from ..data import manipulations
 from ..data.crops import centre_offset, manipulated_centre_crop
 from ..data.folds import read_folds
 from ..data.images import probe_image, read_image
-from ..data.manipulations import CONTINUOUS_RANGES, MANIPULATION_NAMES
+from ..data.manipulations import CONTINUOUS_RANGES, KINDS, MANIPULATION_NAMES, MANIPULATIONS
 from ..data.orientation import sensor_frame
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
 from ..infer.ensemble import Ensemble
@@ -35,11 +34,7 @@ from ..util.io import write_atomic, write_csv, write_json
 from ..util.log import progress, stage_log
 from ..workspace import Workspace
 
-JPEG_QUALITIES = (*range(5, 100, 10), 70, 90)  # the write-up's grid plus the competition's qualities
-GAMMAS = (0.25, 0.5, 0.75, 0.8, 1.0, 1.2, 1.25, 1.5, 1.75)
-SCALES = (0.5, 0.75, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0)
 CROP_SIZES = (64, 128, 256, 384, 448, 512)
-COMPETITION_ONLY = {"jpeg": (70, 90), "gamma": (0.8, 1.2), "resize": (0.8,)}  # not on the write-up's grid
 CHUNK = 16  # photos decoded at a time
 
 
@@ -57,21 +52,16 @@ class Point:
         return int(self.aug != "none")
 
 
-def _name(kind: str, value: float) -> str:
-    """Manipulation names as the rest of the harness spells them (``jpeg70``, ``resize2.0``)."""
-    if kind == "jpeg":
-        return f"jpeg{int(value)}"
-    name = f"{kind}{value:g}" if kind == "gamma" else f"{kind}{value}"
-    return name if name not in ("gamma1", "resize1.0") else "none"
+def values(kind: str) -> tuple[float, ...]:
+    """The points of a manipulation's curve: the write-up's grid plus the competition's values."""
+    return tuple(sorted({*KINDS[kind].curve, *trained_values(kind)}))
 
 
 def grid(val_crop: int, input_size: int, max_side: int) -> list[Point]:
     """Every point of the four curves, plus the unaltered baseline; crop sizes are
     limited by the smallest held-out photo and include the validation and input sizes."""
     pts = [Point("none", 0, "none", val_crop)]
-    pts += [Point("jpeg", q, _name("jpeg", q), val_crop) for q in sorted(JPEG_QUALITIES)]
-    pts += [Point("gamma", g, _name("gamma", g), val_crop) for g in GAMMAS]
-    pts += [Point("resize", s, _name("resize", s), val_crop) for s in SCALES]
+    pts += [Point(kind, v, KINDS[kind].name_of(v), val_crop) for kind in KINDS for v in values(kind)]
     sizes = sorted({c for c in (*CROP_SIZES, val_crop, input_size) if c <= max_side})
     pts += [Point("crop", c, "none", c) for c in sizes]
     return pts
@@ -79,7 +69,7 @@ def grid(val_crop: int, input_size: int, max_side: int) -> list[Point]:
 
 def trained_values(kind: str) -> tuple[float, ...]:
     """The discrete values a ``competition``-mode run was trained on (the 8 manipulations)."""
-    return tuple(manipulations.parse(n)[1] for n in MANIPULATION_NAMES if n.startswith(kind))
+    return tuple(float(m.value) for m in MANIPULATIONS.values() if m.kind.name == kind)
 
 
 def training_range(kind: str, value: float, input_size: int, mode: str = "continuous") -> bool:
@@ -141,7 +131,7 @@ def results_frame(points: Sequence[Point], counts: dict, input_size: int, run: s
     return pd.DataFrame(rows)
 
 
-PANELS = {"jpeg": "JPEG quality", "gamma": "gamma", "resize": "resize factor", "crop": "crop size (px, unaltered)"}
+PANELS = {**{k.name: k.label for k in KINDS.values()}, "crop": "crop size (px, unaltered)"}
 
 
 def plot(df: pd.DataFrame, path: Path, title: str, input_size: int, mode: str = "continuous") -> Path:
@@ -149,8 +139,9 @@ def plot(df: pd.DataFrame, path: Path, title: str, input_size: int, mode: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     base = float(df.loc[df["kind"] == "none", "accuracy"].iloc[0])
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
-    for ax, (kind, label) in zip(axes.ravel(), PANELS.items(), strict=True):
+    cols = -(-len(PANELS) // 2)  # two rows: a panel per kind of manipulation, and crop size
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 7.5), squeeze=False)
+    for ax, (kind, label) in zip(axes.ravel(), PANELS.items(), strict=False):
         d = df[df["kind"] == kind].sort_values("value")
         if kind == "crop":
             ax.axvline(input_size, color="tab:green", alpha=0.4, lw=6, label=f"train input {input_size}")
@@ -165,11 +156,13 @@ def plot(df: pd.DataFrame, path: Path, title: str, input_size: int, mode: str = 
         comp = d[d["competition_point"]]
         ax.plot(comp["value"], comp["accuracy"], "s", color="tab:orange", ms=6, label="competition manipulations")
         ax.axhline(base, color="grey", ls="--", lw=0.8, label=f"unaltered {base:.3f}")
-        ticks = [v for v in d["value"].unique() if not (kind != "crop" and v in COMPETITION_ONLY.get(kind, ()))]
+        ticks = [v for v in d["value"].unique() if kind == "crop" or v in KINDS[kind].curve]
         ax.set_xticks(ticks)  # the write-up's grid; the competition points are the orange squares
         ax.set_xticklabels([f"{v:g}" for v in ticks], rotation=45 if len(ticks) > 8 else 0, fontsize=7)
         ax.set(xlabel=label, ylabel="accuracy", ylim=(0, 1.02))
         ax.legend(fontsize=7, loc="best")
+    for ax in axes.ravel()[len(PANELS):]:
+        ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=110))
@@ -223,7 +216,7 @@ def run_report(cfg: Config, ws: Workspace, run_name: str, fold: int, out: Path, 
                                          "val_crop": val_crop, "input_size": ens.input_size,
                                          "images": len(photos), "view": view, "manip_mode": mode,
                                          "training_ranges": CONTINUOUS_RANGES if mode == "continuous" else
-                                         {k: trained_values(k) for k in ("jpeg", "gamma", "resize")}})
+                                         {k: trained_values(k) for k in KINDS}})
     plot(df, out / "robustness.png", f"{run_name} fold {fold}: {len(photos)} held-out photos, "
                                      f"{len(files)} checkpoint(s), centre crops of {val_crop} px",
          ens.input_size, mode)

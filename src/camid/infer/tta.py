@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import REDUCTION_POWERS, TTA_POLICIES
+from ..config import PROB_FLOOR, REDUCTION_POWERS, TTA_POLICIES
 from ..data.orientation import D4, D4_ELEMENTS, HFLIP, IDENTITY
+from ..util.probs import power_mean
 
 Tensor = torch.Tensor
 
@@ -67,25 +68,17 @@ def augment_batch(x: Tensor, views: Sequence[View]) -> Tensor:
     return torch.cat([v.augment(x) for v in views], dim=0)
 
 
-def reduce_probs(probs: Tensor, how: str = "gmean", dim: int = 0, eps: float = 1e-7) -> Tensor:
+def reduce_probs(probs: Tensor, how: str = "gmean", dim: int = 0, eps: float = PROB_FLOOR) -> Tensor:
     """Average probabilities over ``dim`` by name and renormalise rows.
 
     The names are ``config.REDUCTION_POWERS``, each the power mean with its exponent p
-    (``level2.average.power_mean`` over tables): p = 0 is the geometric mean, computed in log
-    space (the recipe's default), 1 the arithmetic mean, 2 the root mean square (1st place's choice).
+    (``util.probs.power_mean``, the formula level 2 uses over tables): p = 0 is the geometric mean,
+    computed in log space (the recipe's default), 1 the arithmetic mean, 2 the root mean square
+    (1st place's choice).
     """
     if how not in REDUCTION_POWERS:
         raise ValueError(f"unknown reduction {how!r}; choose from {', '.join(REDUCTION_POWERS)}")
-    p = REDUCTION_POWERS[how]
-    if p == 0.0:
-        out = probs.clamp_min(eps).log().mean(dim=dim).exp()
-    elif p == 1.0:
-        out = probs.mean(dim=dim)
-    elif p == 2.0:
-        out = probs.pow(2).mean(dim=dim).sqrt()
-    else:  # a negative power of a zero would be infinite: clip like the geometric mean
-        out = (probs.clamp_min(eps) if p < 0 else probs).pow(p).mean(dim=dim).pow(1.0 / p)
-    return out / out.sum(dim=-1, keepdim=True)
+    return power_mean(probs, REDUCTION_POWERS[how], dim, floor=eps)
 
 
 def predict_views(forward: Callable[[Tensor], Tensor], x: Tensor, views: Sequence[View],

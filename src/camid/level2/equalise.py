@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from ..config import PROB_FLOOR
+
 METHODS = ("greedy", "hungarian", "flow")
-DEFAULT_FLOOR = 1e-7
 HUNGARIAN_MAX_N = 6000  # 6000^2 float64 = 288 MB; beyond that use the flow solver
 _TOL = 1e-12  # shortest-path relaxations smaller than this are rounding noise
 
@@ -51,12 +52,12 @@ def quotas(probs: np.ndarray) -> np.ndarray:
     return q
 
 
-def cost_matrix(probs: np.ndarray, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+def cost_matrix(probs: np.ndarray, floor: float = PROB_FLOOR) -> np.ndarray:
     """-log p with a floor, so a zero probability is a large finite cost, not inf."""
     return -np.log(np.clip(np.asarray(probs, dtype=np.float64), floor, None))
 
 
-def assignment_cost(probs: np.ndarray, assignment: np.ndarray, floor: float = DEFAULT_FLOOR) -> float:
+def assignment_cost(probs: np.ndarray, assignment: np.ndarray, floor: float = PROB_FLOOR) -> float:
     """Total -log likelihood of a hard assignment (the quantity the exact solvers minimise)."""
     cost = cost_matrix(probs, floor)
     return float(cost[np.arange(len(assignment)), assignment].sum())
@@ -91,7 +92,7 @@ def greedy(probs: np.ndarray, quota: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def hungarian(probs: np.ndarray, quota: np.ndarray | None = None, floor: float = DEFAULT_FLOOR) -> np.ndarray:
+def hungarian(probs: np.ndarray, quota: np.ndarray | None = None, floor: float = PROB_FLOOR) -> np.ndarray:
     """Optimal assignment via linear_sum_assignment on the slot-expanded n x n matrix."""
     probs, q = _check(probs, quota)
     slots = np.repeat(np.arange(probs.shape[1]), q)  # column c is one place in class slots[c]
@@ -210,7 +211,7 @@ def _shortest_path(W: np.ndarray, sources: np.ndarray, sinks: np.ndarray) -> lis
     return path[::-1]
 
 
-def flow(probs: np.ndarray, quota: np.ndarray | None = None, floor: float = DEFAULT_FLOOR,
+def flow(probs: np.ndarray, quota: np.ndarray | None = None, floor: float = PROB_FLOOR,
          warm_sweeps: int = 8) -> np.ndarray:
     """Exact optimum of the quota assignment, scalable in n (see module doc).
 
@@ -245,7 +246,7 @@ SOLVERS: dict[str, Callable[..., np.ndarray]] = {"greedy": greedy, "hungarian": 
 
 
 def solve(probs: np.ndarray, method: str, quota: np.ndarray | None = None,
-          floor: float = DEFAULT_FLOOR) -> tuple[np.ndarray, str]:
+          floor: float = PROB_FLOOR) -> tuple[np.ndarray, str]:
     """Assignment by ``method``; returns (assignment, solver actually used)."""
     if method not in SOLVERS:
         raise ValueError(f"unknown equaliser {method!r}; choose from {', '.join(METHODS)}")
@@ -281,7 +282,7 @@ def label_quotas(labels: np.ndarray, classes: list[str]) -> np.ndarray:
 
 
 def equalise_table(df: pd.DataFrame, classes: list[str], method: str,
-                   floor: float = DEFAULT_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
+                   floor: float = PROB_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
     """Replace each row's probabilities by the one-hot vector of its equalised class.
 
     Test groups get the balanced quotas when ``balanced_test`` (the competition's test set

@@ -52,7 +52,7 @@ from scipy.cluster.vq import kmeans2
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
 
-from ..config import PrnuClusterConfig
+from ..config import PROB_FLOOR, PrnuClusterConfig
 from ..data.images import read_image
 from ..data.layout import scan_test
 from ..errors import DataError, ImageReadError
@@ -65,8 +65,6 @@ _SPLIT_Z = 3.0  # one_sensor: the halves of a one-device cluster link at least t
 # Canvas on which a fingerprint, known only on the centre crop, is resized like a whole photo.
 _CANVAS = 4
 
-
-ClusterSettings = PrnuClusterConfig  # the blend.prnu section of the config
 
 
 @dataclass
@@ -286,7 +284,7 @@ def _window(max_shift: int) -> np.ndarray:
 
 
 def score_against(r: np.ndarray, shape: tuple[int, int], fingerprints: np.ndarray, manip: np.ndarray,
-                  members: np.ndarray, unalt_index: np.ndarray, s: ClusterSettings) -> tuple[np.ndarray, np.ndarray]:
+                  members: np.ndarray, unalt_index: np.ndarray, s: PrnuClusterConfig) -> tuple[np.ndarray, np.ndarray]:
     """z-like scores (n, k) of every crop against every fingerprint, and the scale of each crop's best.
 
     ``fingerprints`` (k, h*w) are sums of unit residuals; a crop's own residual is left out of
@@ -342,12 +340,12 @@ class Structure:
 
 
 def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
-                      s: ClusterSettings | None = None, balanced: bool = False) -> Structure:
+                      s: PrnuClusterConfig | None = None, balanced: bool = False) -> Structure:
     """Cluster the unaltered crops into sensor groups and score every crop against every usable
     group's fingerprint (``residuals`` (n, h, w) post-processed noise residuals, ``manip`` (n,),
     ``k`` classes; ``balanced``: the test has as many crops of every class, so a cluster larger than
     ``max_size_ratio`` times a class's share holds more than one class's device and is refused)."""
-    s = s or ClusterSettings()
+    s = s or PrnuClusterConfig()
     n = len(residuals)
     shape = residuals.shape[1:]
     r = normalise(residuals)
@@ -420,7 +418,7 @@ def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
     return Structure(members, coherence, sizes, ok, z, scale, refused, "", bool(balanced and k))
 
 
-def _accept(z: np.ndarray, ok: np.ndarray, names: np.ndarray, s: ClusterSettings) -> tuple[np.ndarray, np.ndarray]:
+def _accept(z: np.ndarray, ok: np.ndarray, names: np.ndarray, s: PrnuClusterConfig) -> tuple[np.ndarray, np.ndarray]:
     """Crops whose best usable cluster reaches ``accept_z`` and beats, by ``margin_z``, the best
     cluster of ANOTHER class (two devices of one class do not compete); returns (accepted, best)."""
     n = len(z)
@@ -436,12 +434,12 @@ def _accept(z: np.ndarray, ok: np.ndarray, names: np.ndarray, s: ClusterSettings
 
 
 def decide(st: Structure, manip: np.ndarray, probs: np.ndarray | Sequence[np.ndarray],
-           s: ClusterSettings | None = None) -> ClusterResult:
+           s: PrnuClusterConfig | None = None) -> ClusterResult:
     """Name the clusters by ``probs`` ((n, k) rows of one base, or a list of them: every base
     of the blend, so the names do not depend on which strategy asks) and decide which crops they
     confirm. A cluster is used only when its name is stable (``naming_confidence`` at least
     ``name_confidence``)."""
-    s = s or ClusterSettings()
+    s = s or PrnuClusterConfig()
     bases = _as_bases(probs)
     n = len(bases[0])
     unalt = np.flatnonzero(manip == 0)
@@ -493,7 +491,7 @@ def decide(st: Structure, manip: np.ndarray, probs: np.ndarray | Sequence[np.nda
 
 
 def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray | Sequence[np.ndarray],
-                 s: ClusterSettings | None = None, balanced: bool = False) -> ClusterResult:
+                 s: PrnuClusterConfig | None = None, balanced: bool = False) -> ClusterResult:
     """Cluster test crops by sensor pattern and decide which predictions the clusters confirm.
 
     ``residuals`` (n, h, w) post-processed noise residuals of the test crops, ``manip`` (n,) their
@@ -512,7 +510,7 @@ def confirm_rows(probs: np.ndarray, rows: np.ndarray, labels: np.ndarray, floor:
     return out
 
 
-def apply_clusters(probs: np.ndarray, result: ClusterResult, floor: float = 1e-7) -> np.ndarray:
+def apply_clusters(probs: np.ndarray, result: ClusterResult, floor: float = PROB_FLOOR) -> np.ndarray:
     """Accepted crops become (near) one-hot on their cluster's class; the others are unchanged."""
     rows = np.flatnonzero(result.accepted)
     return confirm_rows(probs, rows, result.label[rows], floor)
@@ -605,7 +603,7 @@ def solution_labels(data_dir: Path) -> pd.Series | None:
     return sol.set_index("fname")["camera"] if {"fname", "camera"} <= set(sol.columns) else None
 
 
-def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache: Path, settings: ClusterSettings,
+def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache: Path, settings: PrnuClusterConfig,
                  floor: float, structures: dict[str, Structure] | None = None,
                  evidence: Sequence[pd.DataFrame] = (), balanced: bool = False,
                  ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:

@@ -49,8 +49,7 @@ from .submission import pick_final
 
 def confidence_strategy(name: str) -> str:
     """The strategy whose probabilities rank the crops: ``name`` without its equaliser."""
-    st = parse_strategy(name)
-    return st.base + ("+match" if st.match else "") + ("+prnu" if st.prnu else "")
+    return parse_strategy(name).before_decisions()
 
 
 def select(test: pd.DataFrame, classes: list[str], per_class: int | None, fraction: float,

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import StackConfig
+from ..config import PROB_FLOOR, StackConfig
 from ..data.competition import MANIP_WEIGHT, UNALT_WEIGHT
 from ..errors import StackError
 from ..util.io import atomic_path, write_atomic, write_json
@@ -37,7 +37,8 @@ from ..util.log import stage_log
 from .align import align_tables
 
 
-def features(arrays: Sequence[np.ndarray], manip: np.ndarray, log: bool = True, floor: float = 1e-7) -> np.ndarray:
+def features(arrays: Sequence[np.ndarray], manip: np.ndarray, log: bool = True,
+             floor: float = PROB_FLOOR) -> np.ndarray:
     """Columns: each model's probabilities, then (optionally) their logs, then manip."""
     parts = list(arrays)
     if log:

@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import REDUCTION_POWERS, Config
+from ..config import PROB_FLOOR, REDUCTION_POWERS, Config
 from ..errors import StrategyError, TableError
 from ..infer.table import class_columns, read_table, write_table
 from ..util.io import remove_stale_temps, sha256_file, write_csv
@@ -55,8 +55,8 @@ class Strategy:
     base: str  # gmean, mean, rms, pmean<p>, or a stacker name
     power: float | None  # power-mean exponent for averages, None for stackers
     equaliser: str | None
-    prnu: bool = False  # PRNU test clustering before the equaliser
     steps: tuple[str, ...] = ()  # the POST_STEPS kinds it runs after its base, in order
+    tokens: tuple[str, ...] = ()  # how the name spells each step ("prnu", "hungarian")
 
     @property
     def is_stacker(self) -> bool:
@@ -66,11 +66,19 @@ class Strategy:
     def match(self) -> bool:
         return "match" in self.steps
 
+    @property
+    def prnu(self) -> bool:
+        return "prnu" in self.steps
+
+    def before_decisions(self) -> str:
+        """The strategy's name without the steps that write one-hot decisions (its equaliser): the
+        last of its forms whose test rows are still probabilities."""
+        kept = [t for k, t in zip(self.steps, self.tokens, strict=True) if not POST_STEPS[k].one_hot]
+        return "+".join([self.base, *kept])
+
 def _step_kind(token: str) -> str | None:
     """Which post-step a name token stands for (None: none)."""
-    if token in equalise.METHODS:
-        return "equalise"
-    return token if token in POST_STEPS and token != "equalise" else None  # an equaliser is named by its method
+    return next((kind for kind, step in POST_STEPS.items() if token in step.tokens), None)
 
 
 def parse_strategy(name: str) -> Strategy:
@@ -84,30 +92,30 @@ def parse_strategy(name: str) -> Strategy:
         if kind is None:
             raise StrategyError(f"strategy {name!r}: unknown step {token!r}; after the base come "
                                 f"{', '.join('+' + k for k in POST_STEPS if k != 'equalise')} and one equaliser "
-                                f"({', '.join(equalise.METHODS)}), in that order")
+                                f"({', '.join(POST_STEPS['equalise'].tokens)}), in that order")
         if kinds and list(POST_STEPS).index(kind) <= list(POST_STEPS).index(kinds[-1]):
             if kind == kinds[-1]:
                 raise StrategyError(f"strategy {name!r}: after the base each step comes at most once "
                                     "(one equaliser)")
-            raise StrategyError(f"strategy {name!r}: {STEP_LABELS[kind]} comes before the {STEP_LABELS[kinds[-1]]}: "
-                                f"<base>{''.join('+' + STEP_LABELS[k] for k in POST_STEPS)}")
+            order = "".join("+" + s.label for s in POST_STEPS.values())
+            raise StrategyError(f"strategy {name!r}: {POST_STEPS[kind].label} comes before the "
+                                f"{POST_STEPS[kinds[-1]].label}: <base>{order}")
         kinds.append(kind)
     eq = next((t for t in tokens if _step_kind(t) == "equalise"), None)
-    prnu = "prnu" in kinds
     if base in REDUCTION_POWERS:
-        return Strategy(name, base, REDUCTION_POWERS[base], eq, prnu, tuple(kinds))
+        return Strategy(name, base, REDUCTION_POWERS[base], eq, tuple(kinds), tuple(tokens))
     m = _PMEAN_RE.match(base)
     if m:
-        return Strategy(name, base, float(m.group(1)), eq, prnu, tuple(kinds))
+        return Strategy(name, base, float(m.group(1)), eq, tuple(kinds), tuple(tokens))
     if base in STACKERS:
-        return Strategy(name, base, None, eq, prnu, tuple(kinds))
+        return Strategy(name, base, None, eq, tuple(kinds), tuple(tokens))
     raise StrategyError(f"unknown strategy {name!r}: base must be one of {', '.join((*REDUCTION_POWERS, *STACKERS))} "
                         "or pmean<p>, optionally +match, then +prnu, then +greedy, +hungarian or +flow")
 
 
 def blend_tables(tables: dict[str, pd.DataFrame], strategy: str | Strategy,
                  weights: Sequence[float] | None = None,
-                 floor: float = equalise.DEFAULT_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
+                 floor: float = PROB_FLOOR, balanced_test: bool = True) -> tuple[pd.DataFrame, dict]:
     """Average (and equalise) aligned tables; returns the new table and what was done."""
     st = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     if st.power is None:
@@ -169,7 +177,7 @@ def _match_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> p
                                                        run.cfg.blend.floor, run.evidence)
     matched, info["match"], report = run.matched[st.base]
     if len(report):
-        write_csv(run.ws.match_report(st.name), report)
+        write_csv(run.ws.step_report(st.name, "match"), report)
     return matched
 
 
@@ -182,7 +190,7 @@ def _prnu_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd
             run.structures, evidence=[t for t, _ in run.bases.values()], balanced=run.cfg.blend.balanced_test)
     refined, info["prnu"], report = run.refined[key]
     if len(report):
-        write_csv(run.ws.prnu_report(st.name), report)
+        write_csv(run.ws.step_report(st.name, "prnu"), report)
     return refined
 
 
@@ -201,10 +209,47 @@ def _equalise_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -
     return out
 
 
+def _recorded(shown: Callable[[dict], str], default: str) -> Callable[[Config, dict], tuple[bool, str]]:
+    """A final rule for a step local CV cannot judge (it changes test rows only): taken when blend's
+    record of it (``info[<kind>]`` of the base's form with the step) shows its precondition."""
+    def rule(cfg: Config, info: dict) -> tuple[bool, str]:
+        why = shown(info)
+        return (True, why) if why else (False, info.get("skipped") or default)
+    return rule
+
+
+def _balanced(cfg: Config, info: dict) -> tuple[bool, str]:
+    return cfg.blend.balanced_test, ("blend.balanced_test: every class has the same share of the test"
+                                     if cfg.blend.balanced_test else "blend.balanced_test is false: no quota is known")
+
+
+@dataclass(frozen=True)
+class PostStep:
+    """A level-2 step after a strategy's base: how names spell it, what it does, and when
+    ``submissions/final.csv`` takes it (``level2.submission.pick_final``)."""
+
+    label: str  # how messages name it
+    tokens: tuple[str, ...]  # the name tokens that select it: ``+<token>``
+    run: Callable[[BlendRun, Strategy, pd.DataFrame, dict], pd.DataFrame]
+    # (taken, why) for the final submission, from the config and blend's record of the step
+    final: Callable[[Config, dict], tuple[bool, str]]
+    reads_record: bool = True  # final needs the record: a base without the step blended cannot take it
+    one_hot: bool = False  # writes one-hot decisions: confidences come from the steps before it
+
+
 # The post-steps after a strategy's base, in the order they run and are named (<base>+prnu+<equaliser>).
-POST_STEPS: dict[str, Callable[[BlendRun, Strategy, pd.DataFrame, dict], pd.DataFrame]] = {
-    "match": _match_step, "prnu": _prnu_step, "equalise": _equalise_step}
-STEP_LABELS = {"match": "match", "prnu": "prnu", "equalise": "equaliser"}
+POST_STEPS: dict[str, PostStep] = {
+    # a PCE above the decision threshold with a margin over every other device is decisive
+    # evidence (it never fires when the test devices are not training devices)
+    "match": PostStep("match", ("match",), _match_step, _recorded(
+        lambda i: f"{i['matched']} test crop(s) matched a training device" if i.get("matched") else "",
+        "no test crop matched a training device")),
+    "prnu": PostStep("prnu", ("prnu",), _prnu_step, _recorded(
+        lambda i: f"{i.get('usable_clusters')} coherent sensor cluster(s) with stable names; "
+                  f"{i.get('accepted')} test crops confirmed" if i.get("applied") else "",
+        "the clustering was not applied")),
+    "equalise": PostStep("equaliser", equalise.METHODS, _equalise_step, _balanced, reads_record=False, one_hot=True),
+}
 
 
 def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models: Sequence[str] | None = None,
@@ -234,7 +279,7 @@ def blend(cfg: Config, ws: Workspace, names: Sequence[str] | None = None, models
         out, info = run.bases[st.base][0], dict(run.bases[st.base][1])
         classes = class_columns(out)
         for kind in st.steps:
-            out = POST_STEPS[kind](run, st, out, info)
+            out = POST_STEPS[kind].run(run, st, out, info)
         rep = score_table(out, classes)
         path = ws.blend_table(st.name)
         meta = {"stage": "blend", "strategy": st.name, "base": st.base, "power": st.power,

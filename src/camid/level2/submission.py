@@ -17,7 +17,7 @@ Kaggle user makes before the leaderboard answers.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,7 +31,7 @@ from ..util.io import remove_stale_temps, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
 from .metrics import read_csv_strict, score_submission, score_table, validate_submission
-from .strategies import parse_strategy
+from .strategies import POST_STEPS, parse_strategy
 
 FINAL_RULE = ("the base of best local CV; +prnu only when its sensor clusters were coherent and their names stable; "
               "the equaliser only when blend.balanced_test")
@@ -106,29 +106,15 @@ def pick_final(cfg: Config, ws: Workspace) -> FinalChoice:
     base = max(base_cv, key=lambda b: base_cv[b])  # max keeps the first of equal scores
     wanted = parse_strategy("gmean" + cfg.blend.final).steps if cfg.blend.final else ()
     steps: dict[str, dict] = {}
-    def test_only_step(kind: str, taken: Callable[[dict], str], default: str) -> dict:
-        """Whether the base's ``+<kind>`` form shows the step's precondition (blend's sidecar)."""
+    for kind in wanted:
+        step = POST_STEPS[kind]
+        # blend's record of the step: the sidecar of the base's form with it
         info = next((scored[n].get(kind) or {} for n in forms[base] if kind in parse_strategy(n).steps), None)
-        if info is None:
-            return {"taken": False, "why": f"no {base}+{kind} strategy was blended"}
-        why = taken(info)
-        return {"taken": True, "why": why} if why else {"taken": False, "why": info.get("skipped") or default}
-
-    if "match" in wanted:
-        # a PCE above the decision threshold with a margin over every other device is decisive
-        # evidence (it never fires when the test devices are not training devices)
-        steps["match"] = test_only_step(
-            "match", lambda i: f"{i['matched']} test crop(s) matched a training device" if i.get("matched") else "",
-            "no test crop matched a training device")
-    if "prnu" in wanted:
-        steps["prnu"] = test_only_step(
-            "prnu", lambda i: f"{i.get('usable_clusters')} coherent sensor cluster(s) with stable names; "
-                              f"{i.get('accepted')} test crops confirmed" if i.get("applied") else "",
-            "the clustering was not applied")
-    if "equalise" in wanted:
-        steps["equalise"] = {"taken": cfg.blend.balanced_test,
-                             "why": "blend.balanced_test: every class has the same share of the test"
-                             if cfg.blend.balanced_test else "blend.balanced_test is false: no quota is known"}
+        if info is None and step.reads_record:
+            steps[kind] = {"taken": False, "why": f"no {base}+{kind} strategy was blended"}
+            continue
+        taken, why = step.final(cfg, info or {})
+        steps[kind] = {"taken": taken, "why": why}
     take = {k for k, v in steps.items() if v["taken"]}
     exact = [n for n in forms[base] if set(parse_strategy(n).steps) <= take]
     if exact:

@@ -1,1 +1,2 @@
-"""Rank 0 helpers every stage may use: atomic file I/O, logging and progress, process pools, runtime setup."""
+"""Rank 0 helpers every stage may use: atomic file I/O, logging and progress, process pools, runtime setup,
+the power mean of probabilities."""
