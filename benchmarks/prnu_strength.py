@@ -28,6 +28,7 @@ import pandas as pd
 from camid.config import PrnuClusterConfig, load_config
 from camid.data import images
 from camid.data import simulate as sim
+from camid.data.layout import solution_labels
 from camid.forensics import prnu
 from camid.level2 import prnu_cluster as pc
 from camid.level2.metrics import weighted_score
@@ -132,7 +133,7 @@ def cluster_gain(data: Path, accuracy: float, seeds: int, cache: Path, workers: 
     """The ``+prnu`` step (default settings) on a simulated competition's test crops, refining a
     synthetic classifier of the given accuracy: the score before and after, and the clustering."""
     test, residuals = pc.test_residuals(data, cache, workers)
-    truth = pc.solution_labels(data)
+    truth = solution_labels(data)
     if truth is None:
         raise SystemExit(f"{data}: no solution.csv")
     classes = sorted(truth.unique())

@@ -13,6 +13,7 @@ from camid import cli
 from camid.data import simulate as sim
 from camid.errors import DataError
 from camid.forensics import prnu
+from camid.workspace import Workspace
 from conftest import strong_sensor_noise, with_prnu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def test_cnn_comparison_reads_the_oof_table_on_the_same_crops(simulated, tmp_pat
                                      "aug": "unknown", "label": ""}), table], axis=1)
     write_table(table, tmp_path / "oof" / "cnn.tta10.parquet", classes)
     plan = prnu.make_plan(simulated, classes, 7, 3, None)
-    res, curves = prnu.cnn_comparison(tmp_path / "oof", plan)
+    res, curves = prnu.cnn_comparison(Workspace(tmp_path, simulated), plan)
     assert res["cnn.tta10"]["auc"] == 1.0 and res["cnn.tta10"]["accuracy"] == 1.0
     assert res["cnn.tta10"]["positives"] == 4 * 3 and res["cnn.tta10"]["negatives"] == 4 * 3 * 3
     assert curves[0]["statistic"].iloc[0] == "cnn:cnn.tta10"

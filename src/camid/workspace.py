@@ -102,6 +102,12 @@ class Workspace:
         runs = sorted(p.name[: -len(suffix)] for p in self.oof.glob(f"*{suffix}"))
         return [r for r in runs if _round_of(r) == self.round]
 
+    def tables(self) -> list[Path]:
+        """Every probability table ``oof/<run>.<tta>.parquet`` of this round's runs (any TTA;
+        ``table_runs`` tells the rounds apart), sorted."""
+        found = sorted(self.oof.glob(f"*.*{_TABLE_SUFFIX}"))
+        return [p for p in found if _round_of(p.name[: -len(_TABLE_SUFFIX)].rsplit(".", 1)[0]) == self.round]
+
     def predict_log(self, run_name: str) -> Path:
         """Output of a queued ``camid predict`` job for one run."""
         return self.oof / f"{run_name}.predict.out"

@@ -23,7 +23,7 @@ from ..config import Config, ModelConfig, section_digest
 from ..data import jpeg_grid, manipulations
 from ..data.folds import read_folds
 from ..data.images import read_image
-from ..data.layout import resolve_classes, scan_test
+from ..data.layout import TEST_DIR, resolve_classes, scan_test
 from ..data.pseudo import read_pseudo
 from ..data.samples import build_variants
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
@@ -148,10 +148,10 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     test_images = load_test_images(test)
     problem, note = crop_size_problem([(img.shape[1], img.shape[0]) for _, _, img in test_images], cfg.predict.crop)
     if problem:
-        raise DataError(f"{ws.data_dir / 'test'}: {problem}")
+        raise DataError(f"{ws.data_dir / TEST_DIR}: {problem}")
     if note:
         stage_log("predict", note)
-    stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
+    stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / TEST_DIR}")
     grid = None
     if cfg.train.jpeg_phase != "zero":  # the trainer's measurement (trainer.measure_test_grid), on the loaded crops
         sample = set(jpeg_grid.sample_names([f for f, m, _ in test_images if m == 0]))

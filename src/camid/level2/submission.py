@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..data.layout import SAMPLE_SUBMISSION, SOLUTION, read_csv_strict, read_solution
 from ..errors import StrategyError, SubmissionError, UsageError
 from ..infer.table import class_columns, read_table
 from ..util.io import remove_stale_temps, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
-from .metrics import read_csv_strict, score_submission, score_table, validate_submission
+from .metrics import score_submission, score_table, validate_submission
 from .strategies import parse_strategy
 
 FINAL_RULE = ("the base of best local CV; +prnu only when its sensor clusters were coherent and their names stable; "
@@ -175,13 +176,13 @@ def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None,
     ``DATA/solution.csv`` when it exists); ``score_only``: write nothing. Returns the
     score table and whether it has test scores.
     """
-    sample_path = ws.data_dir / "sample_submission.csv"
+    sample_path = ws.data_dir / SAMPLE_SUBMISSION
     fnames = read_sample(sample_path)["fname"].tolist()
     stage_log("submission", f"read {sample_path} ({len(fnames)} rows)")
-    sol_path = Path(solution_path) if solution_path else ws.data_dir / "solution.csv"
+    sol_path = Path(solution_path) if solution_path else ws.data_dir / SOLUTION
     solution = None
     if solution_path or sol_path.is_file():
-        solution = read_csv_strict(sol_path, "solution")
+        solution = read_solution(sol_path)
         stage_log("submission", f"read {sol_path} ({len(solution)} rows): test scores enabled")
     # Build, validate and score every submission before writing any: an error leaves no partial set.
     built, rows = [], []
