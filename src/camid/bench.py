@@ -295,13 +295,14 @@ def bench_prnu(quick: bool) -> list[Row]:
 
 def bench_stack(quick: bool) -> list[Row]:
     from .config import StackConfig
+    from .data.layout import TRAIN_DIR
     from .level2 import stack
     from .level2.equalise import synthetic_probs
 
     n_img, n_test, variants, n_models, k = (120, 60, 3, 2, 10) if quick else (800, 400, 3, 4, 10)
     rng = np.random.default_rng(0)
     y_img = np.arange(n_img) % k
-    fnames = np.repeat([f"train/c{c}/img{i}.jpg" for i, c in enumerate(y_img)], variants)
+    fnames = np.repeat([f"{TRAIN_DIR}/c{c}/img{i}.jpg" for i, c in enumerate(y_img)], variants)
     fnames = np.concatenate([fnames, [f"img_{i}_unalt.tif" for i in range(n_test)]])
     truth = np.concatenate([np.repeat(y_img, variants), rng.integers(0, k, n_test)])
     n = len(truth)

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from ..config import EXTERNAL_FIELDS, MAX_EXTERNAL_DEVICES, SimulateConfig
+from ..data.layout import SAMPLE_SUBMISSION, SIMULATE_MARKER, SOLUTION, TEST_DIR, TRAIN_DIR
 from ..errors import SimulateError
 from ..util.io import atomic_path, write_json
 from ..util.log import stage_log
@@ -639,7 +640,7 @@ def make_test_plan(opts: SimOptions) -> list[PlanItem]:
 
 
 def train_fname(name: str, index: int) -> str:
-    return f"train/{name}/{name}_{index:04d}.jpg"
+    return f"{TRAIN_DIR}/{name}/{name}_{index:04d}.jpg"
 
 
 _WORKER: dict[str, Any] = {}
@@ -696,8 +697,8 @@ def _run_all(jobs: list[tuple[str, Any]], opts: SimOptions, models: list[CameraM
         pass
 
 
-MARKER = "simulate.json"
-_OWNED = ("train", "test", "sample_submission.csv", "solution.csv", MARKER)
+MARKER = SIMULATE_MARKER
+_OWNED = (TRAIN_DIR, TEST_DIR, SAMPLE_SUBMISSION, SOLUTION, MARKER)
 
 
 def _marker_payload(opts: SimOptions, models: list[CameraModel], complete: bool) -> dict[str, Any]:
@@ -770,9 +771,9 @@ def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,
     write_json(out / MARKER, _marker_payload(opts, models, complete=True))
     wall = time.perf_counter() - start
     n_train = opts.n_classes * opts.train_per_class
-    stage_log("simulate", f"wrote {n_train} train JPEGs to {out / 'train'}, {len(plan)} test TIFFs "
-                          f"({len(plan) // 2} unalt + {len(plan) // 2} manip) to {out / 'test'}, "
-                          f"sample_submission.csv, solution.csv and {MARKER} in {wall:.1f}s")
+    stage_log("simulate", f"wrote {n_train} train JPEGs to {out / TRAIN_DIR}, {len(plan)} test TIFFs "
+                          f"({len(plan) // 2} unalt + {len(plan) // 2} manip) to {out / TEST_DIR}, "
+                          f"{SAMPLE_SUBMISSION}, {SOLUTION} and {MARKER} in {wall:.1f}s")
     return {"skipped": False, "out": str(out), "n_train": n_train, "n_test": len(plan),
             "classes": [m.name for m in models], "wall_s": wall}
 
