@@ -33,7 +33,7 @@ from ..train.trainer import crop_phases
 from ..util.log import progress, stage_log
 from ..workspace import Workspace
 from .ensemble import Ensemble
-from .table import read_meta, write_table
+from .table import read_meta, sidecar, write_table
 from .tta import reduce_probs
 
 CHUNK = 32  # images decoded and cropped at a time: bounds memory on 12 MP photos
@@ -136,7 +136,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     for k in per_fold:
         run_dirs[k].check_folds(folds_hash, ws.folds_csv)
     if not per_fold:
-        stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.models / mcfg.run_name}; skipped")
+        stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.run_root(mcfg.run_name)}; skipped")
         return None
     stamp = {"predict_digest": section_digest(cfg.predict, mcfg),
              "checkpoints": {str(k): _fingerprint(v) for k, v in per_fold.items()}}
@@ -196,7 +196,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
             "cross_fitted": {"own_fold": len(own), "every_fold": orphans} if groups else None}
     if skipped:
         stage_log("predict", f"{mcfg.run_name}: {len(skipped)} unreadable training image(s) have no OOF rows "
-                             f"(listed under 'skipped' in {out.with_suffix('.json')})")
+                             f"(listed under 'skipped' in {sidecar(out)})")
     write_table(table, out, classes, meta)
     n_oof = int((table["split"] == "oof").sum())
     stage_log("predict", f"wrote {out}: {n_oof} OOF rows, {len(test_images)} test rows "

@@ -178,7 +178,7 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     info.update({"crops": len(chosen), "per_half": chosen.groupby("half").size().to_dict(),
                  "per_group": {str(k): int(n) for k, n in chosen.groupby("group").size().items()},
                  "min_per_class": int(counts.min().min()) if len(counts) else 0})
-    write_json(out.with_suffix(".json"), info)
+    write_json(ws.pseudo_summary(), info)
     halves = ", ".join(f"{h} {v:.3f}" for h, v in expected.items() if h != "overall")
     against = (f"; against the solution: precision {info['precision']:.3f} {info['precision_per_half']}"
                if "precision" in info else "")

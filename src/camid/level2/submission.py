@@ -27,7 +27,7 @@ import pandas as pd
 from ..config import Config
 from ..data.layout import SAMPLE_SUBMISSION, SOLUTION, read_csv_strict, read_solution
 from ..errors import StrategyError, SubmissionError, UsageError
-from ..infer.table import class_columns, read_table
+from ..infer.table import class_columns, read_table, sidecar
 from ..util.io import remove_stale_temps, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
@@ -75,7 +75,7 @@ class FinalChoice(NamedTuple):
 
 
 def _sidecar(ws: Workspace, name: str) -> dict | None:
-    meta = ws.blend_table(name).with_suffix(".json")
+    meta = sidecar(ws.blend_table(name))
     if not (ws.blend_table(name).is_file() and meta.is_file()):
         return None
     return json.loads(meta.read_text())
@@ -210,7 +210,7 @@ def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None,
             choice = pick_final(cfg, ws)
             if choice.strategy in subs:
                 write_csv(ws.final_submission, subs[choice.strategy])
-                write_json(ws.final_submission.with_suffix(".json"),
+                write_json(ws.final_choice,
                            {"strategy": choice.strategy, "cv_score": choice.cv_score, "rule": FINAL_RULE,
                             "candidates": choice.candidates, **choice.reasons})
                 taken = [k for k, v in choice.reasons["steps"].items() if v["taken"]]
