@@ -38,10 +38,10 @@ def _is_type_checking(node: ast.If) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imports(module: str) -> list[tuple[str, bool]]:
+def imports(module: str, source: str | None = None) -> list[tuple[str, bool]]:
     """(imported camid module, at module level) for every import that runs; ``if TYPE_CHECKING``
-    blocks do not run."""
-    path = MODULES[module]
+    blocks do not run. ``source``: the module's text (default: its file)."""
+    path = MODULES.get(module, SRC / Path(*module.split(".")).with_suffix(".py"))
     is_pkg = path.name == "__init__.py"
     found: list[tuple[str, bool]] = []
 
@@ -66,7 +66,7 @@ def imports(module: str) -> list[tuple[str, bool]]:
             nested = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             visit(child, nested)
 
-    visit(ast.parse(path.read_text()), True)
+    visit(ast.parse(path.read_text() if source is None else source), True)
     return [(m, top) for m, top in found if m in MODULES]
 
 
@@ -74,15 +74,33 @@ def test_the_rank_table_covers_every_package():
     assert {package(m) for m in MODULES} == set(RANKS)
 
 
-def test_no_upward_or_sideways_import():
+def rank_violations(module: str, source: str | None = None) -> list[str]:
+    """Every import of ``module`` (module level or inside a function) into its own rank or above,
+    from another package."""
+    mine = package(module)
     bad = []
-    for module in MODULES:
-        mine = package(module)
-        for other, _ in imports(module):
-            theirs = package(other)
-            if theirs != mine and RANKS[theirs] >= RANKS[mine]:
-                bad.append(f"{module} ({mine}, rank {RANKS[mine]}) imports {other} ({theirs}, rank {RANKS[theirs]})")
+    for other, _ in imports(module, source):
+        theirs = package(other)
+        if theirs != mine and RANKS[theirs] >= RANKS[mine]:
+            bad.append(f"{module} ({mine}, rank {RANKS[mine]}) imports {other} ({theirs}, rank {RANKS[theirs]})")
+    return bad
+
+
+def test_no_upward_or_sideways_import():
+    bad = [line for module in MODULES for line in rank_violations(module)]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("source", [
+    "def run():\n    from camid.level2 import stack\n",
+    "def run():\n    from ..level2.stack import fit_stacker\n",
+    "class A:\n    def run(self):\n        import camid.cli.blend\n",
+    "def run():\n    if True:\n        from ..models import registry\n",  # sideways: same rank
+])
+def test_a_lazy_import_that_breaks_the_ranks_is_reported(source):
+    """An import inside a function runs later but still ties the packages together."""
+    assert rank_violations("camid.data.lazy_example", source)
+    assert not rank_violations("camid.data.lazy_example", "def run():\n    from ..util import io\n")
 
 
 def test_no_import_cycle() -> None:
@@ -149,6 +167,43 @@ def test_the_run_folder_names_appear_in_one_module_only() -> None:
                 owners.setdefault(s, set()).add(module)
     assert set(owners) == {*RUN_FOLDER_NAMES, "epoch{}.pt", "snapshot{}.pt"}  # the scan sees them all
     assert {m for mods in owners.values() for m in mods} == {"camid.train.rundir"}, owners
+
+
+# Names inside the data folder (``camid.data.layout``): its files, and its folders as path parts.
+# ``external_rules.yaml`` is left out: configs/ ships a file of that name.
+DATA_FOLDER_NAMES = ("sample_submission.csv", "solution.csv", "train_devices.csv", "solution_info.csv",
+                     "simulate.json", "compose.json", "external_truth.csv", "external.json")
+DATA_FOLDER_DIRS = ("train", "test")
+
+
+def data_folder_spellings(source: str) -> set[str]:
+    """The data folder's names that ``source`` spells: a file name in a string constant or
+    f-string template (docstrings excluded), a folder as ``x / "train"`` or ``"train/..."``."""
+    tree = ast.parse(source)
+    found = {name for s in _code_strings(tree) for name in DATA_FOLDER_NAMES if name in s}
+    found |= {f"{d}/" for s in _code_strings(tree) for d in DATA_FOLDER_DIRS if s.startswith(f"{d}/")}
+    found |= {f'/ "{n.right.value}"' for n in ast.walk(tree)
+              if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and isinstance(n.right, ast.Constant)
+              and n.right.value in DATA_FOLDER_DIRS}
+    return found
+
+
+def test_the_data_folder_names_appear_in_data_layout_only() -> None:
+    owners: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        for name in data_folder_spellings(path.read_text()):
+            owners.setdefault(name, set()).add(module)
+    assert set(DATA_FOLDER_NAMES) <= set(owners)  # the scan sees them all
+    assert {m for mods in owners.values() for m in mods} == {"camid.data.layout"}, owners
+
+
+@pytest.mark.parametrize("source", [
+    'p = data_dir / "test"', 'f"{data_dir}/solution.csv"', 'key = f"train/{cls}/{name}"',
+    'NAMES = ("simulate.json",)', 'log(f"wrote {n} rows to sample_submission.csv")',
+])
+def test_a_data_folder_name_outside_layout_is_seen(source):
+    assert data_folder_spellings(source)
+    assert not data_folder_spellings('"""Reads DATA/solution.csv and test/."""\nsplit = df["split"] == "test"')
 
 
 @pytest.mark.parametrize("module", ["camid.data.images", "camid.data.manipulations", "camid.util.io"])

@@ -179,3 +179,37 @@ def test_external_photos_only_ever_train(kaggle_layout, tmp_path):
     assert own.set_index("fname")["fold"].equals(alone.set_index("fname")["fold"])  # same folds as without them
     mixed = folds.make_folds(scan.table, "kfold", 2, seed=3, external="kfold")
     assert set(mixed.loc[mixed["source"] != "train", "fold"]) == {0, 1}
+
+
+def _solution(tmp_path, rows: str):
+    path = tmp_path / layout.SOLUTION
+    path.write_text(rows)
+    return path
+
+
+def test_read_solution_reads_strings_and_checks_classes(tmp_path):
+    path = _solution(tmp_path, "fname,camera,manipulation\nimg_1_unalt.tif,NA,none\nimg_2_manip.tif,b,jpeg70\n")
+    sol = layout.read_solution(path, ["NA", "b"])
+    assert sol["camera"].tolist() == ["NA", "b"] and sol["manipulation"].tolist() == ["none", "jpeg70"]
+    assert layout.solution_labels(tmp_path).to_dict() == {"img_1_unalt.tif": "NA", "img_2_manip.tif": "b"}
+    assert layout.solution_labels(tmp_path / "elsewhere") is None  # no solution.csv: no labels
+
+
+@pytest.mark.parametrize("rows, classes, message", [
+    ("fname,label\nimg_1_unalt.tif,a\n", None, r"missing column\(s\) \['camera'\]"),
+    ("fname,camera\nimg_1_unalt.tif,a\nimg_1_unalt.tif,b\n", None, "duplicate file names: 'img_1_unalt.tif'"),
+    ("fname,camera\nimg_1_unalt.tif,a\nimg_2_unalt.tif,Nokia\n", ["a", "b"], "outside the class list: 'Nokia'"),
+    ("", None, "cannot parse solution"),
+])
+def test_read_solution_refuses_a_bad_file(tmp_path, rows, classes, message):
+    path = _solution(tmp_path, rows)
+    with pytest.raises(errors.SubmissionError, match=message):
+        layout.read_solution(path, classes)
+    if classes is None:  # the labels behind +prnu's and pseudo's precision: read with the same checks
+        with pytest.raises(errors.SubmissionError, match=message):
+            layout.solution_labels(tmp_path)
+
+
+def test_read_solution_names_a_missing_file(tmp_path):
+    with pytest.raises(errors.SubmissionError, match="solution not found"):
+        layout.read_solution(tmp_path / layout.SOLUTION)

@@ -14,6 +14,7 @@ from camid.errors import DataError
 from camid.forensics import prnu
 from camid.sim import camera
 from camid.sim import competition as sim
+from camid.workspace import Workspace
 from conftest import strong_sensor_noise, with_prnu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +192,8 @@ def test_prnu_command_separates_devices_on_simulated_data(simulated, tmp_path, c
     assert "same device vs other" in capsys.readouterr().out
 
 
-def test_cnn_comparison_reads_the_oof_table_on_the_same_crops(simulated, tmp_path):
+def _write_perfect_cnn(simulated: Path, path: Path) -> list[str]:
+    """A probability table at ``path`` whose test rows put 0.7 on the true class; returns the classes."""
     from camid.infer.table import write_table
     classes = camera.class_names(SMALL.n_classes)
     sol = pd.read_csv(simulated / "solution.csv")
@@ -200,12 +202,28 @@ def test_cnn_comparison_reads_the_oof_table_on_the_same_crops(simulated, tmp_pat
     table = pd.DataFrame(probs / probs.sum(1, keepdims=True), columns=classes)
     table = pd.concat([pd.DataFrame({"fname": sol["fname"], "split": "test", "fold": -1, "manip": 0,
                                      "aug": "unknown", "label": ""}), table], axis=1)
-    write_table(table, tmp_path / "oof" / "cnn.tta10.parquet", classes)
+    write_table(table, path, classes)
+    return classes
+
+
+def test_cnn_comparison_reads_the_oof_table_on_the_same_crops(simulated, tmp_path):
+    classes = _write_perfect_cnn(simulated, tmp_path / "oof" / "cnn.tta10.parquet")
     plan = prnu.make_plan(simulated, classes, 7, 3, None)
-    res, curves = prnu.cnn_comparison(tmp_path / "oof", plan)
+    res, curves = prnu.cnn_comparison(Workspace(tmp_path, simulated), plan)
     assert res["cnn.tta10"]["auc"] == 1.0 and res["cnn.tta10"]["accuracy"] == 1.0
     assert res["cnn.tta10"]["positives"] == 4 * 3 and res["cnn.tta10"]["negatives"] == 4 * 3 * 3
     assert curves[0]["statistic"].iloc[0] == "cnn:cnn.tta10"
+
+
+def test_cnn_comparison_reads_the_tables_of_its_own_round_only(simulated, tmp_path):
+    """oof/ holds every round's tables side by side; round 1 must not mix in round 2's."""
+    for name in ("cnn.tta10", "cnn-r2.tta10", "cnn-r2.none"):
+        classes = _write_perfect_cnn(simulated, tmp_path / "oof" / f"{name}.parquet")
+    plan = prnu.make_plan(simulated, classes, 7, 3, None)
+    first, _ = prnu.cnn_comparison(Workspace(tmp_path, simulated), plan)
+    second, _ = prnu.cnn_comparison(Workspace(tmp_path, simulated, round=2), plan)
+    assert list(first) == ["cnn.tta10"]
+    assert list(second) == ["cnn-r2.none", "cnn-r2.tta10"]
 
 
 def test_prnu_without_solution_is_a_clear_error(simulated, tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 from camid.config import PrnuClusterConfig
 from camid.data import manipulations
 from camid.data.crops import centre_crop
+from camid.data.layout import solution_labels
 from camid.errors import StrategyError
 from camid.level2 import prnu_cluster as pc
 from camid.level2.strategies import parse_strategy
@@ -30,7 +31,7 @@ def competition(tmp_path_factory):
     with strong_sensor_noise():
         sim.simulate(out, OPTS, workers=2)
     test, residuals = pc.test_residuals(out, out / "cache" / "res.npz", workers=2)
-    truth = pc.solution_labels(out)
+    truth = solution_labels(out)
     assert truth is not None
     classes = camera.class_names(OPTS.n_classes)
     y = np.array([classes.index(c) for c in truth.loc[test["fname"]]])

@@ -7,7 +7,7 @@ turns them into ``camid <command>: error: ...`` and exit code 2.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -74,6 +74,13 @@ class TruthError(CamidError, ValueError):
 
 class FingerprintError(CamidError, ValueError):
     """A PRNU fingerprint file that cannot be used (missing, not camid's, another format version)."""
+
+
+def few(items: Iterable[object], n: int = 5) -> str:
+    """The first ``n`` items, quoted, and how many more: the examples an error message names."""
+    items = list(items)
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(repr(x) for x in items[:n]) + more
 
 
 def run_guarded(command: str, fn: Callable[[], int | None]) -> int:

@@ -8,8 +8,9 @@
     oof/prnu/test_residuals.npz          cached noise residuals of the test crops
     oof/prnu/train_fingerprints.npz      cached fingerprints of the training devices (``+match``; the
                                          test crops' scores against them: ``train_fingerprints.scores.npz``)
-    oof/pseudo-r<N>.csv                  pseudo-labelled test crops chosen from round N (``camid pseudo``)
-    submissions/<strategy>.csv           submissions, and ``scores.csv``
+    oof/pseudo-r<N>.csv                  pseudo-labelled test crops chosen from round N (``camid pseudo``),
+                                         and how they were chosen (``pseudo-r<N>.json``)
+    submissions/<strategy>.csv           submissions, ``scores.csv``, and ``final.csv`` with ``final.json``
     reports/robustness/<run>-fold<k>/    ``camid robustness``
     reports/prnu/                        ``camid prnu evaluate``
     jobs/<backend>/                      a cluster backend's own files (submitit's job pickles and logs)
@@ -74,16 +75,24 @@ class Workspace:
         """Pseudo-labels chosen from round ``round_``'s level 2 (default: this round's)."""
         return self.oof / f"pseudo-r{round_ or self.round}.csv"
 
+    def pseudo_summary(self, round_: int | None = None) -> Path:
+        """How ``pseudo_labels(round_)`` were chosen: counts, expected precision, the gate."""
+        return self.pseudo_labels(round_).with_suffix(".json")
+
     @property
     def folds_csv(self) -> Path:
         return self.models / "folds.csv"
 
+    def run_root(self, run_name: str) -> Path:
+        """``models/<run>/``: the run's fold folders."""
+        return self.models / run_name
+
     def run_dir(self, run_name: str, fold: int) -> Path:
-        return self.models / run_name / f"{_FOLD_PREFIX}{fold}"
+        return self.run_root(run_name) / f"{_FOLD_PREFIX}{fold}"
 
     def fold_dirs(self, run_name: str) -> dict[int, Path]:
         """The existing ``fold<k>`` folders of a run, by fold, in fold order."""
-        root = self.models / run_name
+        root = self.run_root(run_name)
         found = {}
         if root.is_dir():
             for d in root.glob(f"{_FOLD_PREFIX}*"):
@@ -101,6 +110,12 @@ class Workspace:
         suffix = f".{tta}{_TABLE_SUFFIX}"
         runs = sorted(p.name[: -len(suffix)] for p in self.oof.glob(f"*{suffix}"))
         return [r for r in runs if _round_of(r) == self.round]
+
+    def tables(self) -> list[Path]:
+        """Every probability table ``oof/<run>.<tta>.parquet`` of this round's runs (any TTA;
+        ``table_runs`` tells the rounds apart), sorted."""
+        found = sorted(self.oof.glob(f"*.*{_TABLE_SUFFIX}"))
+        return [p for p in found if _round_of(p.name[: -len(_TABLE_SUFFIX)].rsplit(".", 1)[0]) == self.round]
 
     def predict_log(self, run_name: str) -> Path:
         """Output of a queued ``camid predict`` job for one run."""
@@ -146,6 +161,11 @@ class Workspace:
     def final_submission(self) -> Path:
         """The submission to send: ``level2.submission.pick_final``'s strategy (its choice in ``final.json``)."""
         return self.submissions / "final.csv"
+
+    @property
+    def final_choice(self) -> Path:
+        """Why ``final_submission`` is the strategy it is (``pick_final``'s reasons)."""
+        return self.submissions / "final.json"
 
     @property
     def scores_csv(self) -> Path:

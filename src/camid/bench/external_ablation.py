@@ -29,6 +29,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from camid.data.layout import POOL_DIR, POOL_RULES, POOL_TRUTH
+
 ARMS = ("none", "unfiltered", "filtered")
 SHOWN = ["gmean", "gmean+hungarian", "gmean+prnu+hungarian", "xgb+prnu+hungarian", "lgb+prnu+hungarian"]
 
@@ -67,14 +69,14 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         cfg = dict(base, extra_train_dirs=[], seed=seed)  # the profile's own level 2: "final" is the demo's choice
         if arm != "none":
-            rules_path = data / "external_rules.yaml"
+            rules_path = data / POOL_RULES
             if arm == "unfiltered":
                 rules_path = work / "rules_model_only.yaml"
                 rules_path.write_text(yaml.safe_dump(permissive_rules(yaml.safe_load(
-                    (data / "external_rules.yaml").read_text())), sort_keys=False))
+                    (data / POOL_RULES).read_text())), sort_keys=False))
             kept = work / "external_kept"
-            camid("filter-external", str(data / "external"), "--rules", str(rules_path), "--out", str(kept),
-                  "--truth", str(data / "external_truth.csv"))
+            camid("filter-external", str(data / POOL_DIR), "--rules", str(rules_path), "--out", str(kept),
+                  "--truth", str(data / POOL_TRUTH))
             cfg["extra_train_dirs"] = [str(kept)]
         cfg_path = work / "arm.yaml"  # not config.yaml: that name is a run folder's (train.rundir)
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))

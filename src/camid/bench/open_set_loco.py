@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from camid.bench.common import REPO
-from camid.data.layout import SOLUTION, TEST_DIR, TRAIN_DIR
+from camid.data.layout import POOL_DIR, POOL_RULES, POOL_TRUTH, SOLUTION, TEST_DIR, TRAIN_DIR
 
 SCHEDULES = {
     "demo": {},  # the profile's own (configs/demo.yaml: 10 plateau epochs + 2 cosine cycles of 4, 30 steps of 64)
@@ -55,9 +55,9 @@ def ensure_data(data: Path, config: Path, base: dict) -> None:
     if not (data / TRAIN_DIR).is_dir() or not (data / SOLUTION).is_file():
         run(["simulate", str(data), "--config", str(config)])
     missing = [d for d in base.get("extra_train_dirs") or [] if not Path(d).is_dir()]
-    if missing and (data / "external").is_dir():
-        run(["filter-external", str(data / "external"), "--rules", str(data / "external_rules.yaml"),
-             "--out", str(data / "external_kept"), "--truth", str(data / "external_truth.csv")])
+    if missing and (data / POOL_DIR).is_dir():
+        run(["filter-external", str(data / POOL_DIR), "--rules", str(data / POOL_RULES),
+             "--out", str(data / "external_kept"), "--truth", str(data / POOL_TRUTH)])
 
 
 def class_config(base: dict, classes: list[str], held_out: str, data: Path, path: Path, schedule: str) -> Path:

@@ -28,7 +28,7 @@ import pandas as pd
 from camid.bench.common import REPO
 from camid.config import PrnuClusterConfig, load_config
 from camid.data import images
-from camid.data.layout import SOLUTION, TEST_DIR, TRAIN_DIR
+from camid.data.layout import SOLUTION, TEST_DIR, TRAIN_DIR, read_solution, solution_labels
 from camid.forensics import prnu
 from camid.level2 import prnu_cluster as pc
 from camid.level2.metrics import weighted_score
@@ -56,7 +56,7 @@ def dresden_sets(root: Path) -> list[tuple[str, str, str, list[str]]]:
 
 
 def sim_data_sets(root: Path) -> list[tuple[str, str, str, list[str]]]:
-    sol = pd.read_csv(root / SOLUTION, dtype=str)
+    sol = read_solution(root / SOLUTION)
     sol = sol[sol["fname"].str.endswith("_unalt.tif")]
     out = []
     for cls in sorted(sol["camera"].unique()):
@@ -132,9 +132,9 @@ def cluster_gain(data: Path, accuracy: float, seeds: int, cache: Path, workers: 
     """The ``+prnu`` step (default settings) on a simulated competition's test crops, refining a
     synthetic classifier of the given accuracy: the score before and after, and the clustering."""
     test, residuals = pc.test_residuals(data, cache, workers)
-    truth = pc.solution_labels(data)
+    truth = solution_labels(data)
     if truth is None:
-        raise SystemExit(f"{data}: no solution.csv")
+        raise SystemExit(f"{data}: no {SOLUTION}")
     classes = sorted(truth.unique())
     y = np.array([classes.index(c) for c in truth.loc[test["fname"]]])
     manip = test["manip"].to_numpy()

@@ -12,12 +12,13 @@ from .equalise import synthetic_probs
 
 def bench_stack(quick: bool) -> list[Row]:
     from ..config import StackConfig
+    from ..data.layout import TRAIN_DIR
     from ..level2 import stack
 
     n_img, n_test, variants, n_models, k = (120, 60, 3, 2, 10) if quick else (800, 400, 3, 4, 10)
     rng = np.random.default_rng(0)
     y_img = np.arange(n_img) % k
-    fnames = np.repeat([f"train/c{c}/img{i}.jpg" for i, c in enumerate(y_img)], variants)
+    fnames = np.repeat([f"{TRAIN_DIR}/c{c}/img{i}.jpg" for i, c in enumerate(y_img)], variants)
     fnames = np.concatenate([fnames, [f"img_{i}_unalt.tif" for i in range(n_test)]])
     truth = np.concatenate([np.repeat(y_img, variants), rng.integers(0, k, n_test)])
     n = len(truth)
@@ -33,7 +34,7 @@ def bench_stack(quick: bool) -> list[Row]:
     cfg = StackConfig(seeds=1 if quick else 2, folds=2 if quick else 5, rounds=10 if quick else 100,
                       mlp_epochs=2 if quick else 20, threads=1)
     rows = []
-    for kind in ("xgb", "lgb", "mlp"):
+    for kind in stack.LEARNERS:  # every stacker the library has
         start = time.perf_counter()
         _, info = stack.bag(kind, X, y, w, fnames, is_test, k, cfg, base_seed=0)
         sec = time.perf_counter() - start

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from ..data.folds import fold_ids, read_folds
+from ..data.layout import SAMPLE_SUBMISSION
 from ..errors import CamidError
 from ..level2.submission import read_sample
 from ..train.preflight import Report, check_data, check_disk, check_gpus, check_weights, plan_jobs
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     runs = [cfg.model(m) for m in wanted] if wanted else cfg.models
     gpus = names(args.gpus)
     report = Report()
-    sample_path = ws.data_dir / "sample_submission.csv"
+    sample_path = ws.data_dir / SAMPLE_SUBMISSION
     try:
         sample = read_sample(sample_path)["fname"].tolist() if sample_path.is_file() else None
     except CamidError as exc:

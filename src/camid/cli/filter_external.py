@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..data.layout import POOL_TRUTH
 from ..forensics.filter_external import DEFAULT_REPORT_NAME, filter_external
 from ..forensics.filter_score import load_truth, score_files
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checks (slower; reports truncation and duplicates for all files)")
     parser.add_argument("--truth", type=Path, metavar="CSV",
                         help="score the decisions against a pool's truth (`camid simulate --external` "
-                             "writes DATA/external_truth.csv): precision/recall of keep, reason "
+                             f"writes DATA/{POOL_TRUTH}): precision/recall of keep, reason "
                              "confusion, written next to the report")
     parser.set_defaults(copy=False)
 

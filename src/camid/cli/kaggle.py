@@ -13,9 +13,16 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from ..data.layout import discover_classes
+from ..data.layout import (
+    SAMPLE_SUBMISSION,
+    SIMULATE_MARKER,
+    TEST_DIR,
+    TRAIN_DIR,
+    discover_classes,
+    read_csv_strict,
+)
 from ..errors import DataError, JobError, UsageError
-from ..level2.metrics import read_csv_strict, validate_submission
+from ..level2.metrics import validate_submission
 from ..util.log import stage_log
 
 COMPETITION = "sp-society-camera-model-identification"
@@ -60,11 +67,11 @@ def unpack(data_dir: Path) -> None:
         inner = [p for p in _extract(archive, data_dir) if p.suffix == ".zip" and p.is_file()]
         archive.unlink()
         todo += inner
-    for name in ("train", "test"):
+    for name in (TRAIN_DIR, TEST_DIR):
         if not (data_dir / name).is_dir():
             raise DataError(f"{data_dir}: no {name}/ folder after unpacking the competition archive")
-    stage_log("kaggle", f"{data_dir}: {len(discover_classes(data_dir / 'train'))} classes in train/, "
-                        f"{sum(1 for _ in (data_dir / 'test').iterdir())} test files")
+    stage_log("kaggle", f"{data_dir}: {len(discover_classes(data_dir / TRAIN_DIR))} classes in {TRAIN_DIR}/, "
+                        f"{sum(1 for _ in (data_dir / TEST_DIR).iterdir())} test files")
 
 
 def _run(cmd: list[str], dry_run: bool) -> None:
@@ -78,7 +85,7 @@ def _run(cmd: list[str], dry_run: bool) -> None:
 
 
 def download(data_dir: Path, dry_run: bool = False) -> None:
-    if (data_dir / "simulate.json").is_file():
+    if (data_dir / SIMULATE_MARKER).is_file():
         raise UsageError(f"{data_dir} holds the simulated competition; give the Kaggle data its own folder, "
                          "e.g. `make kaggle-data DATA=data/kaggle`")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -90,9 +97,10 @@ def download(data_dir: Path, dry_run: bool = False) -> None:
 def submit(submission: Path, message: str, data_dir: Path | None, dry_run: bool = False) -> None:
     """Validate ``submission`` against the sample submission (when ``data_dir`` has one), then submit."""
     sub = read_csv_strict(submission, "submission")
-    sample = data_dir / "sample_submission.csv" if data_dir else None
+    sample = data_dir / SAMPLE_SUBMISSION if data_dir else None
     if data_dir is not None and sample is not None and sample.is_file():
-        classes = discover_classes(data_dir / "train") if (data_dir / "train").is_dir() else sorted(set(sub["camera"]))
+        train = data_dir / TRAIN_DIR
+        classes = discover_classes(train) if train.is_dir() else sorted(set(sub["camera"]))
         validate_submission(sub, read_csv_strict(sample, "sample submission")["fname"].tolist(), classes,
                             str(submission))
         stage_log("kaggle", f"{submission}: {len(sub)} rows, valid against {sample}")

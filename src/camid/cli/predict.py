@@ -51,7 +51,7 @@ def _trained(cfg: Config, ws: Workspace, runs: Sequence[ModelConfig]) -> list[Mo
                                     for d in ws.fold_dirs(m.run_name).values())]
     for m in runs:
         if m not in found:
-            stage_log("predict", f"{m.run_name}: no finished training run under {ws.models / m.run_name}; skipped")
+            stage_log("predict", f"{m.run_name}: no finished training run under {ws.run_root(m.run_name)}; skipped")
     if not found:
         raise UsageError(f"no trained runs to predict under {ws.models} (run `make train-all` first)")
     return found

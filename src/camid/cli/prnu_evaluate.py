@@ -31,8 +31,8 @@ def main(args: argparse.Namespace) -> int:
     cfg, ws = resolve(args)
     s = PrnuSettings(sigma=args.sigma, channels=args.channels, enhance=args.enhance)
     out = Path(args.out) if args.out else ws.prnu_dir
-    summary = evaluate_devices(ws.data_dir, ws.oof, resolve_classes(cfg, ws.data_dir), s, args.n_ref, args.n_query,
-                               args.crop, workers(args.workers), out)
+    summary = evaluate_devices(ws, resolve_classes(cfg, ws.data_dir), s, args.n_ref, args.n_query, args.crop,
+                               workers(args.workers), out)
     print_summary(summary)
     t = summary["timing"]
     stage_log("prnu", f"residual {t['residual_s_per_photo']} s per {t['crop']}x{t['crop']} photo; "

@@ -4,12 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..level2.metrics import (
-    format_report,
-    plot_confusion,
-    read_csv_strict,
-    score_submission,
-)
+from ..data.layout import read_csv_strict, read_solution
+from ..level2.metrics import format_report, plot_confusion, score_submission
 from ..util.log import stage_log
 
 
@@ -25,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     sub = read_csv_strict(args.submission, "submission")
-    solution = read_csv_strict(args.solution, "solution")
     classes = args.classes.split(",") if args.classes else None
+    solution = read_solution(args.solution, classes)
     stage_log("score", f"read {args.submission} ({len(sub)} rows) and {args.solution} ({len(solution)} rows)")
     rep = score_submission(sub, solution, classes, name=str(args.submission))
     print(format_report(rep))

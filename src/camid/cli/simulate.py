@@ -5,6 +5,7 @@ import argparse
 from dataclasses import fields
 
 from ..config import SimulateConfig, load_config
+from ..data.layout import POOL_DIR, POOL_RULES, POOL_TRUTH
 from ..errors import UsageError
 from ..sim.competition import SimOptions
 from ..sim.external_pool import simulate_with_pool
@@ -22,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-crop", type=int, metavar="C", help="side of the centre test crops")
     parser.add_argument("--seed", type=int, metavar="S", help="master seed (>= 0)")
     parser.add_argument("--external", dest="external_per_class", type=int, metavar="N",
-                        help="also write OUT/external/, a scrape-like pool of N files per class from "
-                             "further devices (plus external_truth.csv, external_rules.yaml); 0: none")
+                        help=f"also write OUT/{POOL_DIR}/, a scrape-like pool of N files per class from "
+                             f"further devices (plus {POOL_TRUTH}, {POOL_RULES}); 0: none")
     parser.add_argument("--external-devices", dest="external_devices", type=int, metavar="K",
                         help="devices per class in the external pool (C, D, ...; never A or B)")
     parser.add_argument("--workers", type=int, metavar="W", default=None,

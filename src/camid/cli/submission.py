@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.layout import SOLUTION
 from ..level2.submission import write_submissions
 from .common import add_common_arguments, add_round_argument, resolve
 
@@ -14,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'all' (default: every oof/blend/*.parquet), 'config' (blend.strategies) "
                              "or a comma-separated list")
     parser.add_argument("--solution", default=None,
-                        help="solution CSV for test scores (default: DATA/solution.csv when it exists)")
+                        help=f"solution CSV for test scores (default: DATA/{SOLUTION} when it exists)")
     parser.add_argument("--score-only", action="store_true",
                         help="print the score table without writing submissions or scores.csv")
 

@@ -43,6 +43,7 @@ from ..util.log import progress, stage_log
 from .crops import GRID, MCU
 from .images import is_image_file, read_image
 from .layout import (
+    COMPOSE_MARKER,
     DEVICES_FILE,
     SAMPLE_SUBMISSION,
     SOLUTION,
@@ -62,7 +63,7 @@ from .testcrops import (
     write_test_crop,
 )
 
-MARKER = "compose.json"
+MARKER = COMPOSE_MARKER
 FORMAT_VERSION = 1
 _OWNED = (TRAIN_DIR, TEST_DIR, SOLUTION, SAMPLE_SUBMISSION, DEVICES_FILE, TEST_INFO_FILE, MARKER)
 MANIFEST_REQUIRED = ("file", "camera")

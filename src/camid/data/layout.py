@@ -7,6 +7,9 @@ Layout (a user points ``DATA`` at the unpacked Kaggle folder or at ``camid simul
     DATA/sample_submission.csv, DATA/solution.csv (optional: simulated or composed data only)
     DATA/train_devices.csv                                  optional: device and scene per training photo
     DATA/solution_info.csv                                  composed data only: what each test crop is
+    DATA/simulate.json, DATA/compose.json                   the generator's options and completion marker
+    DATA/external/, external_truth.csv, external_rules.yaml, external.json
+                                                            simulated external pool (``camid simulate --external``)
 
 Extra training folders (external data) have the same ``<class>/*`` shape.
 Training images are keyed by ``fname`` = their path relative to ``DATA``
@@ -23,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Config
-from ..errors import DataError
+from ..errors import DataError, SubmissionError, few
 from ..util.log import stage_log
 from .competition import manip_flag
 from .images import is_image_file
@@ -38,6 +41,15 @@ DEVICES_FILE = "train_devices.csv"
 # answer file like solution.csv: nothing that predicts reads it, only the benchmark's scoring.
 TEST_INFO_FILE = "solution_info.csv"
 DEVICES_COLUMNS = ["fname", "class", "device", "scene"]
+SIMULATE_MARKER = "simulate.json"
+COMPOSE_MARKER = "compose.json"
+# The simulated external pool: its photos, what each really is, the filter rules for its models, its marker.
+POOL_DIR = "external"
+POOL_TRUTH = "external_truth.csv"
+POOL_RULES = "external_rules.yaml"
+POOL_MARKER = "external.json"
+# solution.csv: fname, camera and optionally manipulation ("none" or empty for an unaltered crop).
+SOLUTION_COLUMNS = ("fname", "camera")
 
 
 def _hidden(rel: Path) -> bool:
@@ -88,8 +100,8 @@ def scan_train(data_dir: str | Path, classes: Sequence[str] | None = None,
                extra_dirs: Iterable[str | Path] = ()) -> tuple[list[str], Scan]:
     """List every training image (Kaggle ``train/`` plus extra folders) with its class."""
     data_dir = Path(data_dir)
-    classes = list(classes) if classes else discover_classes(data_dir / "train")
-    scans = [_scan_root(data_dir / "train", "train", classes, strict=True)]
+    classes = list(classes) if classes else discover_classes(data_dir / TRAIN_DIR)
+    scans = [_scan_root(data_dir / TRAIN_DIR, TRAIN_DIR, classes, strict=True)]
     for i, extra in enumerate(extra_dirs):
         extra = Path(extra)
         if not extra.is_dir():
@@ -99,7 +111,7 @@ def scan_train(data_dir: str | Path, classes: Sequence[str] | None = None,
     table["source"] = table["fname"].str.split("/").str[0]
     skipped = [item for s in scans for item in s.skipped]
     if table.empty:
-        raise DataError(f"{data_dir / 'train'}: no training images found")
+        raise DataError(f"{data_dir / TRAIN_DIR}: no training images found")
     empty = sorted(set(classes) - set(table["label"]))
     if empty:
         raise DataError(f"classes without any training image: {empty}")
@@ -108,7 +120,7 @@ def scan_train(data_dir: str | Path, classes: Sequence[str] | None = None,
 
 def scan_test(data_dir: str | Path) -> pd.DataFrame:
     """Every test image: fname (bare name), path, manip flag; sorted by fname."""
-    test_dir = Path(data_dir) / "test"
+    test_dir = Path(data_dir) / TEST_DIR
     if not test_dir.is_dir():
         raise DataError(f"test folder not found: {test_dir}")
     rows, others = [], []
@@ -159,4 +171,47 @@ def attach_devices(data_dir: str | Path, table: pd.DataFrame) -> pd.DataFrame:
 
 def resolve_classes(cfg: Config, data_dir: str | Path) -> list[str]:
     """The class list of a run: the config's ``classes`` or the folder names under ``train/``."""
-    return list(cfg.classes) if cfg.classes else discover_classes(Path(data_dir) / "train")
+    return list(cfg.classes) if cfg.classes else discover_classes(Path(data_dir) / TRAIN_DIR)
+
+
+def read_csv_strict(path: str | Path, what: str) -> pd.DataFrame:
+    """A submission-shaped CSV (sample submission, solution, a submission) as strings; a
+    SubmissionError naming ``what`` when it is missing or cannot be parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{what} not found: {path}")
+    try:
+        # keep_default_na=False: a class or file literally named "NA" stays a string
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SubmissionError(f"{path}: cannot parse {what} CSV ({exc})") from exc
+
+
+def check_solution(solution: pd.DataFrame, classes: Sequence[str] | None = None, name: str = "solution") -> None:
+    """Refuse a solution without ``fname``/``camera``, with a file listed twice or (given
+    ``classes``) a camera outside them: a SubmissionError naming ``name``."""
+    missing = sorted(set(SOLUTION_COLUMNS) - set(solution.columns))
+    if missing:
+        raise SubmissionError(f"{name}: missing column(s) {missing}")
+    if solution["fname"].duplicated().any():
+        dup = solution.loc[solution["fname"].duplicated(), "fname"]
+        raise SubmissionError(f"{name}: duplicate file names: {few(dup)}")
+    if classes is not None:
+        outside = sorted(set(solution["camera"]) - set(classes))
+        if outside:
+            raise SubmissionError(f"{name} has camera(s) outside the class list: {few(outside)}")
+
+
+def read_solution(path: str | Path, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """A solution CSV (``DATA/solution.csv`` or ``camid score --solution``), checked by
+    ``check_solution``; cells are strings (a class or file named "NA" stays one)."""
+    solution = read_csv_strict(path, "solution")
+    check_solution(solution, classes, str(path))
+    return solution
+
+
+def solution_labels(data_dir: str | Path) -> pd.Series | None:
+    """The true camera per test file (index fname) when ``DATA/solution.csv`` exists (simulated
+    or composed data), else None."""
+    path = Path(data_dir) / SOLUTION
+    return read_solution(path).set_index("fname")["camera"] if path.is_file() else None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..data.layout import scan_train
+from ..data.layout import TRAIN_DIR, scan_train
 from ..util.io import write_csv
 from ..util.log import stage_log
 from ..util.pool import parallel_map
@@ -99,6 +99,6 @@ def train_hashes(data_dir: Path, cache: Path, workers: int) -> list[tuple[str, s
     for rec in rows:
         rec["phash"] = rec.get("phash", "") if rec["path"] not in done else done[rec["path"]]
     write_csv(cache, pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "phash"]))
-    stage_log(STAGE, f"hashed {len(todo)} training images under {data_dir / 'train'} "
+    stage_log(STAGE, f"hashed {len(todo)} training images under {data_dir / TRAIN_DIR} "
                      f"({len(paths) - len(todo)} cached in {cache})")
     return [(r["path"], r["phash"]) for r in rows]

@@ -83,7 +83,7 @@ def load_ensembles(cfg: Config, ws: Workspace, names: Sequence[str],
                for d in ws.fold_dirs(mcfg.run_name).values()
                if (files := RunDir(d).inference_checkpoints(cfg.predict))]
         if not ens:
-            stage_log("identify", f"{mcfg.run_name}: no checkpoints under {ws.models / mcfg.run_name}; skipped")
+            stage_log("identify", f"{mcfg.run_name}: no checkpoints under {ws.run_root(mcfg.run_name)}; skipped")
             continue
         for e in ens:
             if classes and e.classes != classes:

@@ -39,12 +39,13 @@ from scipy import ndimage
 
 from ..data.crops import centre_crop
 from ..data.images import probe_image, read_image
-from ..data.layout import scan_train
+from ..data.layout import SOLUTION, TEST_DIR, read_solution, scan_train
 from ..errors import DataError, ImageReadError, TableError, UsageError
 from ..infer.table import class_columns, read_table
 from ..util.io import write_atomic, write_csv, write_json
 from ..util.log import stage_log
 from ..util.pool import parallel_map
+from ..workspace import Workspace
 
 WINDOWS = (3, 5, 7, 9)  # local-variance windows of the wavelet Wiener filter
 PCE_EXCLUDE = 11  # side of the window around the peak left out of the correlation energy
@@ -317,15 +318,15 @@ class Plan:
 
 
 def _test_queries(data_dir: Path, classes: Sequence[str], n_query: int) -> pd.DataFrame:
-    solution = data_dir / "solution.csv"
+    solution = data_dir / SOLUTION
     if not solution.is_file():
         raise DataError(f"{solution} not found: device-B queries need the true labels of the test "
                         "crops (a simulated competition has them; `camid simulate`)")
-    sol = pd.read_csv(solution, dtype=str)
+    sol = read_solution(solution)
     sol = sol[sol["fname"].map(lambda f: Path(f).stem.endswith("_unalt"))]
     sol = sol[sol["camera"].isin(classes)].sort_values("fname")
     sol = sol.groupby("camera", sort=False).head(n_query)
-    return pd.DataFrame({"fname": sol["fname"], "path": [str(data_dir / "test" / f) for f in sol["fname"]],
+    return pd.DataFrame({"fname": sol["fname"], "path": [str(data_dir / TEST_DIR / f) for f in sol["fname"]],
                          "label": sol["camera"], "kind": KIND_B})
 
 
@@ -465,12 +466,13 @@ def evaluate_scores(scores: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     return summary, pd.concat(curves, ignore_index=True)
 
 
-def cnn_comparison(oof_dir: Path, plan: Plan) -> tuple[dict[str, dict], list[pd.DataFrame]]:
-    """The CNN's model verification on the same device-B crops, from every ``oof/*.parquet``
-    whose test rows cover them (score of a pair = the probability of the fingerprint's class)."""
+def cnn_comparison(ws: Workspace, plan: Plan) -> tuple[dict[str, dict], list[pd.DataFrame]]:
+    """The CNN's model verification on the same device-B crops, from every probability table of
+    ``ws``'s round whose test rows cover them (score of a pair = the probability of the
+    fingerprint's class)."""
     queries = plan.queries[plan.queries["kind"] == KIND_B]
     out, curves = {}, []
-    for path in sorted(oof_dir.glob("*.parquet")):
+    for path in ws.tables():
         try:
             table = read_table(path)
         except TableError as exc:
@@ -543,10 +545,12 @@ def print_summary(summary: dict) -> None:
             print(f"closed-set identification by max PCE, {key.split('/')[1]}: {acc:.3f}")
 
 
-def evaluate_devices(data_dir: Path, oof_dir: Path, classes: Sequence[str], s: PrnuSettings, n_ref: int,
+def evaluate_devices(ws: Workspace, classes: Sequence[str], s: PrnuSettings, n_ref: int,
                      n_query: int, crop: int | None, workers: int, out: Path) -> dict:
-    """The whole evaluation: plan, fingerprints, queries, the CNN on the same pairs; writes
-    ``scores.csv``, ``roc.csv``, ``roc.png`` and ``summary.json`` to ``out``; returns the summary."""
+    """The whole evaluation on ``ws``'s data folder: plan, fingerprints, queries, the CNN (this
+    round's tables) on the same pairs; writes ``scores.csv``, ``roc.csv``, ``roc.png`` and
+    ``summary.json`` to ``out``; returns the summary."""
+    data_dir = ws.data_dir
     if n_ref < 1 or n_query < 1:
         raise UsageError("--n-ref and --n-query must be >= 1")
     plan = make_plan(data_dir, classes, n_ref, n_query, crop)
@@ -554,7 +558,7 @@ def evaluate_devices(data_dir: Path, oof_dir: Path, classes: Sequence[str], s: P
     stage_log("prnu", f"read {data_dir}: {len(plan.classes)} devices A, {sum(map(len, plan.references.values()))} "
                       f"reference photos, queries {n_kind}, crop {plan.crop} px, {workers} worker(s)")
     scores, summary, curves = run_evaluation(plan, s, workers)
-    cnn, cnn_curves = cnn_comparison(oof_dir, plan)
+    cnn, cnn_curves = cnn_comparison(ws, plan)
     curves = pd.concat([curves, *cnn_curves], ignore_index=True)
     summary.update({"settings": asdict(s), "n_ref": n_ref, "n_query": n_query, "cnn": cnn, "data": str(data_dir)})
     write_csv(out / "scores.csv", scores)

@@ -23,7 +23,7 @@ from ..config import Config, ModelConfig, section_digest
 from ..data import jpeg_grid, manipulations
 from ..data.folds import read_folds
 from ..data.images import read_image
-from ..data.layout import resolve_classes, scan_test
+from ..data.layout import TEST_DIR, resolve_classes, scan_test
 from ..data.pseudo import read_pseudo
 from ..data.samples import build_variants
 from ..errors import ConfigError, DataError, ImageReadError, UsageError
@@ -33,7 +33,7 @@ from ..train.trainer import crop_phases
 from ..util.log import progress, stage_log
 from ..workspace import Workspace
 from .ensemble import Ensemble
-from .table import read_meta, write_table
+from .table import read_meta, sidecar, write_table
 from .tta import reduce_probs
 
 CHUNK = 32  # images decoded and cropped at a time: bounds memory on 12 MP photos
@@ -136,7 +136,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     for k in per_fold:
         run_dirs[k].check_folds(folds_hash, ws.folds_csv)
     if not per_fold:
-        stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.models / mcfg.run_name}; skipped")
+        stage_log("predict", f"{mcfg.run_name}: no finished training run under {ws.run_root(mcfg.run_name)}; skipped")
         return None
     stamp = {"predict_digest": section_digest(cfg.predict, mcfg),
              "checkpoints": {str(k): _fingerprint(v) for k, v in per_fold.items()}}
@@ -148,10 +148,10 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
     test_images = load_test_images(test)
     problem, note = crop_size_problem([(img.shape[1], img.shape[0]) for _, _, img in test_images], cfg.predict.crop)
     if problem:
-        raise DataError(f"{ws.data_dir / 'test'}: {problem}")
+        raise DataError(f"{ws.data_dir / TEST_DIR}: {problem}")
     if note:
         stage_log("predict", note)
-    stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / 'test'}")
+    stage_log("predict", f"read {len(test_images)} test images from {ws.data_dir / TEST_DIR}")
     grid = None
     if cfg.train.jpeg_phase != "zero":  # the trainer's measurement (trainer.measure_test_grid), on the loaded crops
         sample = set(jpeg_grid.sample_names([f for f, m, _ in test_images if m == 0]))
@@ -196,7 +196,7 @@ def predict_run(cfg: Config, ws: Workspace, mcfg: ModelConfig, device: torch.dev
             "cross_fitted": {"own_fold": len(own), "every_fold": orphans} if groups else None}
     if skipped:
         stage_log("predict", f"{mcfg.run_name}: {len(skipped)} unreadable training image(s) have no OOF rows "
-                             f"(listed under 'skipped' in {out.with_suffix('.json')})")
+                             f"(listed under 'skipped' in {sidecar(out)})")
     write_table(table, out, classes, meta)
     n_oof = int((table["split"] == "oof").sum())
     stage_log("predict", f"wrote {out}: {n_oof} OOF rows, {len(test_images)} test rows "

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ..data.competition import MANIP_WEIGHT, UNALT_WEIGHT, manip_flag, weighted
+from ..data.layout import check_solution
 from ..data.manipulations import MANIPULATION_NAMES
-from ..errors import DataError, SubmissionError
+from ..errors import DataError, SubmissionError, few
 from ..util.io import atomic_path
 
 SUBMISSION_COLUMNS = ["fname", "camera"]
@@ -98,23 +99,6 @@ def score_table(df: pd.DataFrame, classes: Sequence[str]) -> ScoreReport:
 
 # ---------------------------------------------------------------- CSV validation
 
-def read_csv_strict(path: str | Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{what} not found: {path}")
-    try:
-        # keep_default_na=False: a class or file literally named "NA" stays a string
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SubmissionError(f"{path}: cannot parse {what} CSV ({exc})") from exc
-
-
-def _few(items: Sequence[str], n: int = 5) -> str:
-    items = list(items)
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(repr(x) for x in items[:n]) + more
-
-
 def validate_submission(sub: pd.DataFrame, fnames: Sequence[str], classes: Sequence[str],
                         name: str = "submission") -> None:
     """Refuse a submission that is not exactly one known class per expected file."""
@@ -126,17 +110,17 @@ def validate_submission(sub: pd.DataFrame, fnames: Sequence[str], classes: Seque
         raise SubmissionError(f"{name}: {int(empty.sum())} row(s) with an empty fname")
     dup = sub.loc[sub["fname"].duplicated(), "fname"].unique()
     if len(dup):
-        raise SubmissionError(f"{name}: duplicate file names: {_few(dup)}")
+        raise SubmissionError(f"{name}: duplicate file names: {few(dup)}")
     expected = set(fnames)
     unknown = sorted(set(sub["fname"]) - expected)
     if unknown:
-        raise SubmissionError(f"{name}: unknown file names: {_few(unknown)}")
+        raise SubmissionError(f"{name}: unknown file names: {few(unknown)}")
     missing = sorted(expected - set(sub["fname"]))
     if missing:
-        raise SubmissionError(f"{name}: {len(missing)} file(s) missing: {_few(missing)}")
+        raise SubmissionError(f"{name}: {len(missing)} file(s) missing: {few(missing)}")
     bad = sorted(set(sub["camera"].astype(str)) - set(classes))
     if bad:
-        raise SubmissionError(f"{name}: unknown class name(s) {_few(bad)}; known: {', '.join(classes)}")
+        raise SubmissionError(f"{name}: unknown class name(s) {few(bad)}; known: {', '.join(classes)}")
 
 
 def solution_manipulation(solution: pd.DataFrame) -> np.ndarray:
@@ -150,23 +134,11 @@ def solution_manipulation(solution: pd.DataFrame) -> np.ndarray:
     return np.where(np.asarray(flags) == 1, "manip", "none").astype(object)
 
 
-def check_solution(solution: pd.DataFrame, name: str = "solution") -> None:
-    missing = {"fname", "camera"} - set(solution.columns)
-    if missing:
-        raise SubmissionError(f"{name}: missing column(s) {sorted(missing)}")
-    if solution["fname"].duplicated().any():
-        dup = solution.loc[solution["fname"].duplicated(), "fname"]
-        raise SubmissionError(f"{name}: duplicate file names: {_few(dup)}")
-
-
 def score_submission(sub: pd.DataFrame, solution: pd.DataFrame, classes: Sequence[str] | None = None,
                      name: str = "submission") -> ScoreReport:
     """Validate ``sub`` against ``solution`` and score it."""
-    check_solution(solution)
+    check_solution(solution, classes)
     classes = list(classes) if classes is not None else sorted(set(solution["camera"]))
-    outside = sorted(set(solution["camera"]) - set(classes))
-    if outside:
-        raise SubmissionError(f"solution has camera(s) outside the class list: {_few(outside)}")
     validate_submission(sub, solution["fname"].tolist(), classes, name)
     pred = sub.set_index("fname")["camera"].reindex(solution["fname"]).to_numpy(dtype=object)
     return score_predictions(solution["camera"].to_numpy(dtype=object), pred,

@@ -54,7 +54,7 @@ from scipy.stats import norm
 
 from ..config import PROB_FLOOR, PrnuClusterConfig
 from ..data.images import read_image
-from ..data.layout import scan_test
+from ..data.layout import scan_test, solution_labels
 from ..errors import DataError, ImageReadError
 from ..forensics import prnu
 from ..util.io import write_atomic, write_json
@@ -592,15 +592,6 @@ def test_residuals(data_dir: Path, cache: Path, workers: int) -> tuple[pd.DataFr
     stage_log("blend", f"wrote {len(test)} test residuals ({shapes[0][1]}x{shapes[0][0]}) to {cache} "
                        f"in {time.perf_counter() - t0:.1f} s")
     return test, residuals
-
-
-def solution_labels(data_dir: Path) -> pd.Series | None:
-    """The simulated competition's true camera per test file, when ``solution.csv`` exists."""
-    path = Path(data_dir) / "solution.csv"
-    if not path.is_file():
-        return None
-    sol = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return sol.set_index("fname")["camera"] if {"fname", "camera"} <= set(sol.columns) else None
 
 
 def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache: Path, settings: PrnuClusterConfig,

@@ -40,7 +40,7 @@ from scipy import fft as sfft
 from ..config import MatchConfig
 from ..data.crops import centre_crop
 from ..data.images import probe_image, read_image
-from ..data.layout import scan_test, scan_train
+from ..data.layout import scan_test, scan_train, solution_labels
 from ..data.orientation import sensor_frame
 from ..data.testcrops import crop_origin
 from ..errors import ImageReadError
@@ -53,7 +53,6 @@ from .prnu_cluster import (
     files_stamp,
     read_stamped,
     rows_of_test,
-    solution_labels,
     warp_fingerprint,
     write_stamped,
 )

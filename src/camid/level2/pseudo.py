@@ -35,14 +35,13 @@ import pandas as pd
 
 from ..config import Config
 from ..data.folds import fold_ids, read_folds
-from ..data.layout import scan_test
+from ..data.layout import TEST_DIR, scan_test, solution_labels
 from ..data.pseudo import write_pseudo
 from ..errors import StrategyError, TableError, UsageError
 from ..infer.table import class_columns, read_table
 from ..util.io import write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
-from .prnu_cluster import solution_labels
 from .strategies import parse_strategy
 from .submission import pick_final
 
@@ -147,7 +146,7 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     test = scan_test(ws.data_dir).set_index("fname")
     missing = sorted(set(lab.index) - set(test.index))
     if missing:
-        raise TableError(f"the level-2 table lists test files that are not in {ws.data_dir / 'test'}: {missing[:3]}")
+        raise TableError(f"the level-2 table lists test files that are not in {ws.data_dir / TEST_DIR}: {missing[:3]}")
     frame = pd.DataFrame({"fname": lab.index, "path": test.loc[lab.index, "path"].to_numpy(),
                           "label": np.asarray(classes)[label_idx], "manip": lab["manip"].to_numpy().astype(int),
                           "confidence": conf[np.arange(len(conf)), label_idx].round(6)})
@@ -178,7 +177,7 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     info.update({"crops": len(chosen), "per_half": chosen.groupby("half").size().to_dict(),
                  "per_group": {str(k): int(n) for k, n in chosen.groupby("group").size().items()},
                  "min_per_class": int(counts.min().min()) if len(counts) else 0})
-    write_json(out.with_suffix(".json"), info)
+    write_json(ws.pseudo_summary(), info)
     halves = ", ".join(f"{h} {v:.3f}" for h, v in expected.items() if h != "overall")
     against = (f"; against the solution: precision {info['precision']:.3f} {info['precision_per_half']}"
                if "precision" in info else "")

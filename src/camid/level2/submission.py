@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..data.layout import SAMPLE_SUBMISSION, SOLUTION, read_csv_strict, read_solution
 from ..errors import StrategyError, SubmissionError, UsageError
-from ..infer.table import class_columns, read_table
+from ..infer.table import class_columns, read_table, sidecar
 from ..util.io import remove_stale_temps, write_csv, write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
-from .metrics import read_csv_strict, score_submission, score_table, validate_submission
+from .metrics import score_submission, score_table, validate_submission
 from .strategies import POST_STEPS, parse_strategy
 
 FINAL_RULE = ("the base of best local CV; +prnu only when its sensor clusters were coherent and their names stable; "
@@ -74,7 +75,7 @@ class FinalChoice(NamedTuple):
 
 
 def _sidecar(ws: Workspace, name: str) -> dict | None:
-    meta = ws.blend_table(name).with_suffix(".json")
+    meta = sidecar(ws.blend_table(name))
     if not (ws.blend_table(name).is_file() and meta.is_file()):
         return None
     return json.loads(meta.read_text())
@@ -161,13 +162,13 @@ def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None,
     ``DATA/solution.csv`` when it exists); ``score_only``: write nothing. Returns the
     score table and whether it has test scores.
     """
-    sample_path = ws.data_dir / "sample_submission.csv"
+    sample_path = ws.data_dir / SAMPLE_SUBMISSION
     fnames = read_sample(sample_path)["fname"].tolist()
     stage_log("submission", f"read {sample_path} ({len(fnames)} rows)")
-    sol_path = Path(solution_path) if solution_path else ws.data_dir / "solution.csv"
+    sol_path = Path(solution_path) if solution_path else ws.data_dir / SOLUTION
     solution = None
     if solution_path or sol_path.is_file():
-        solution = read_csv_strict(sol_path, "solution")
+        solution = read_solution(sol_path)
         stage_log("submission", f"read {sol_path} ({len(solution)} rows): test scores enabled")
     # Build, validate and score every submission before writing any: an error leaves no partial set.
     built, rows = [], []
@@ -195,7 +196,7 @@ def write_submissions(cfg: Config, ws: Workspace, strategies: str | None = None,
             choice = pick_final(cfg, ws)
             if choice.strategy in subs:
                 write_csv(ws.final_submission, subs[choice.strategy])
-                write_json(ws.final_submission.with_suffix(".json"),
+                write_json(ws.final_choice,
                            {"strategy": choice.strategy, "cv_score": choice.cv_score, "rule": FINAL_RULE,
                             "candidates": choice.candidates, **choice.reasons})
                 taken = [k for k, v in choice.reasons["steps"].items() if v["taken"]]

@@ -28,7 +28,7 @@ import cv2
 
 from ..config import EXTERNAL_FIELDS, SimulateConfig
 from ..data import images
-from ..data.layout import SAMPLE_SUBMISSION, SOLUTION, TEST_DIR, TRAIN_DIR
+from ..data.layout import SAMPLE_SUBMISSION, SIMULATE_MARKER, SOLUTION, TEST_DIR, TRAIN_DIR
 from ..data.testcrops import (
     make_test_crop,
     rotating_manipulation,
@@ -178,7 +178,7 @@ def _run_all(jobs: list[tuple[str, Any]], opts: SimOptions, models: list[CameraM
         pass
 
 
-MARKER = "simulate.json"
+MARKER = SIMULATE_MARKER
 _OWNED = (TRAIN_DIR, TEST_DIR, SAMPLE_SUBMISSION, SOLUTION, MARKER)
 
 

@@ -83,6 +83,7 @@ import yaml
 
 from ..data import images
 from ..data.images import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
+from ..data.layout import POOL_DIR, POOL_MARKER, POOL_RULES, POOL_TRUTH
 from ..errors import SimulateError
 from ..forensics.exif import glob_match
 from ..forensics.rules import (
@@ -116,10 +117,8 @@ from .competition import SimOptions, keep_heap, read_marker, remove_outputs, sim
 
 # Bump when the pool generator changes, so an old pool is not mistaken for a current one.
 POOL_FORMAT_VERSION = 1
-POOL_DIR = "external"
-TRUTH_NAME = "external_truth.csv"
-RULES_NAME = "external_rules.yaml"
-POOL_MARKER = "external.json"
+TRUTH_NAME = POOL_TRUTH
+RULES_NAME = POOL_RULES
 _OWNED = (POOL_DIR, TRUTH_NAME, RULES_NAME, POOL_MARKER)
 
 TRUTH_COLUMNS = [
@@ -713,7 +712,7 @@ def _prepare(out: Path, opts: SimOptions, overwrite: bool) -> bool:
         present = [name for name in _OWNED if (out / name).exists()]
         if present:
             raise SimulateError(f"{out}: {', '.join(present)} exist(s) but were not written by "
-                                "`camid simulate --external` (no external.json); move them away")
+                                f"`camid simulate --external` (no {POOL_MARKER}); move them away")
         return False
     state = read_marker(marker, f"delete it and {POOL_DIR}/ and re-run")
     same = (state.get("options") == asdict(opts)

@@ -13,7 +13,7 @@ import torch
 
 from ..config import Config, ModelConfig
 from ..data.images import probe_image
-from ..data.layout import resolve_classes, scan_test, scan_train
+from ..data.layout import SAMPLE_SUBMISSION, TEST_DIR, resolve_classes, scan_test, scan_train
 from ..errors import CheckpointError, DataError, ImageReadError
 from ..models.classifier import build_model
 from ..models.registry import find_weights, get_spec, load_pretrained
@@ -80,15 +80,15 @@ def check_data(cfg: Config, data_dir: Path, sample_fnames: Sequence[str] | None,
     halves = test["manip"].value_counts()
     report.say(f"{len(test)} test files: {halves.get(0, 0)} _unalt, {halves.get(1, 0)} _manip")
     if sample_fnames is None:
-        report.block(f"{data_dir / 'sample_submission.csv'} not found: submissions are written in its order")
+        report.block(f"{data_dir / SAMPLE_SUBMISSION} not found: submissions are written in its order")
     else:
         absent = sorted(set(test["fname"]) - set(sample_fnames))
         extra = sorted(set(sample_fnames) - set(test["fname"]))
         if absent or extra:
-            report.block(f"sample_submission.csv and test/ differ: {len(extra)} listed file(s) not in test/ "
+            report.block(f"{SAMPLE_SUBMISSION} and {TEST_DIR}/ differ: {len(extra)} listed file(s) not in {TEST_DIR}/ "
                          f"{extra[:3]}, {len(absent)} test file(s) not listed {absent[:3]}")
         else:
-            report.say(f"sample_submission.csv lists exactly the {len(test)} test files")
+            report.say(f"{SAMPLE_SUBMISSION} lists exactly the {len(test)} test files")
     sizes, unreadable = [], []
     for path in test["path"]:
         try:
