@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import Config, check_cluster, dump_config, load_config
 from ..errors import ConfigError, UsageError
-from ..train.backends import Options, Target
+from ..jobs.backends import Options, Target
 from ..workspace import Workspace
 
 

@@ -1,6 +1,6 @@
 """The one process pool: ``parallel_map`` runs a function over items on worker processes.
 
-(Subprocess jobs, one per GPU, are ``camid.train.jobs``.)
+(Subprocess jobs, one per GPU, are ``camid.jobs.queue``.)
 """
 from __future__ import annotations
 

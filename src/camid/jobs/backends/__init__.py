@@ -6,7 +6,7 @@ with its GPU, its node or by a preemption is started again and continues from ``
 The engines, each a thin adapter with ``run(jobs, target, options, stage)`` returning the
 failures:
 
-- ``local`` (``backends.local``): ``camid.train.jobs``, the subprocess queue over this
+- ``local`` (``backends.local``): ``camid.jobs.queue``, the subprocess queue over this
   machine's GPUs. It imports neither ray nor submitit.
 - ``ray`` (``backends.ray``): one Ray task per job asking for ``cluster.num_gpus`` and
   ``cluster.num_cpus``; Ray reruns a job whose worker or node died (``cluster.max_retries``).
