@@ -105,8 +105,7 @@ def execute(nj: NodeJob, workdir: Path, tick: Callable[[], None] | None = None, 
             finally:
                 if proc.poll() is None:
                     _terminate(proc)
-    assert proc.returncode is not None
-    return proc.returncode
+    return proc.wait()  # it has ended by now: this only reads its exit code
 
 
 def _terminate(proc: subprocess.Popen) -> None:
