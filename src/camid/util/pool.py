@@ -14,7 +14,7 @@ from concurrent.futures import Future, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from joblib.externals.loky import get_reusable_executor
+from joblib.externals.loky import ProcessPoolExecutor
 
 from ..errors import JobError
 from .log import progress
@@ -24,6 +24,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SHOWN_ITEMS = 8  # items named in the report of a dead worker
+IDLE_S = 300  # a warm worker left idle this long exits (the next call starts another)
+
+# The warm pool: (workers, _Init, environment) -> its executor. Our own, not loky's reusable
+# singleton, which joblib.Parallel (the stacker bags) takes over as its own.
+_WARM: dict[tuple[Any, ...], Any] = {}
 
 
 class _Init:
@@ -79,9 +84,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
             initializer(*initargs)
         yield from (_call(fn, item, desc) for item in progress(items, desc, len(items), unit))
         return
-    # The same environment as a fresh process would get (decode-cache settings travel in it):
-    # a warm pool started under another one is replaced.
-    executor = get_reusable_executor(workers, initializer=_Init(initializer, initargs), env=dict(os.environ))
+    executor = _executor(workers, _Init(initializer, initargs))
     size = max(1, min(16, len(items) // (workers * 8)))
     chunks = {executor.submit(_run_chunk, fn, items[i:i + size], desc): items[i:i + size]
               for i in range(0, len(items), size)}
@@ -92,7 +95,20 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
         done = True
     finally:
         if not done:  # an error, or the caller stopped early: no work left running behind its back
+            _WARM.clear()
             executor.shutdown(wait=False, kill_workers=True)
+
+
+def _executor(workers: int, init: _Init) -> Any:
+    """The warm pool when it was started the same way, else a new one (replacing it). The
+    environment is part of the key: settings such as the decode cache travel in it."""
+    key = (workers, init, tuple(sorted(os.environ.items())))
+    if key not in _WARM:
+        for old in _WARM.values():
+            old.shutdown(wait=True)
+        _WARM.clear()
+        _WARM[key] = ProcessPoolExecutor(workers, timeout=IDLE_S, initializer=init, env=dict(os.environ))
+    return _WARM[key]
 
 
 def _result(future: Future, chunks: dict[Future, Sequence[Any]], desc: str) -> list[Any]:
