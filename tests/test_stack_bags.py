@@ -12,13 +12,12 @@ from camid.level2 import stack
 
 @pytest.mark.parametrize("kind", ["xgb", "lgb", "mlp"])
 def test_parallel_bags_are_byte_identical_to_sequential_ones(kind, monkeypatch):
-    rng = np.random.default_rng(1)
-    n, k = 300, 3
-    y = np.arange(n) % k
-    X = rng.normal(size=(n, 7)).astype(np.float32)
-    X[np.arange(n), y] += 1.0
-    is_test = np.arange(n) >= 240
-    fnames = [f"f{i // 2}" for i in range(n)]
+    k, rows = 3, np.arange(300)
+    y, is_test, fnames = rows % k, rows >= 240, [f"f{i // 2}" for i in rows]
+    # Two base models' probabilities with the true class favoured, as the stacker meets them.
+    probs = [np.random.default_rng(s).dirichlet(np.ones(k), len(rows)) + np.eye(k)[y] for s in (1, 2)]
+    X = stack.features([p / p.sum(axis=1, keepdims=True) for p in probs], rows % 2)
+    n = len(rows)
     cfg = StackConfig(seeds=2, folds=3, rounds=15, mlp_epochs=3, threads=1)  # 6 models, one thread each
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two at a time...
     side_by_side, info = stack.bag(kind, X, y, np.ones(n), fnames, is_test, k, cfg, 0)
