@@ -34,7 +34,7 @@ import yaml
 from camid import cli
 from camid.config import ConfigError, load_config
 from camid.errors import UsageError
-from camid.train.backends import CamidJob, Progress
+from camid.jobs.backends import CamidJob, Progress
 from camid.util.archive import members, pack, unpack
 from conftest import REPO
 from reliability_tiny import check_outputs_intact, simulate
@@ -298,7 +298,7 @@ def test_ray_matches_local_and_a_killed_worker_resumes_from_last_pt(world, local
 
 def scratch_of(wd: Path) -> Path:
     """storage copy: the job's work dir on the node (this machine's temp folder)."""
-    from camid.train.backends.node import NodeJob
+    from camid.jobs.backends.node import NodeJob
 
     here = pytest.importorskip("ray").get_runtime_context().get_node_id()  # the driver: this process
     return NodeJob(CamidJob("", "", (), (), (), ""), "", str(wd.absolute()), "", "", 0, 1, "copy",

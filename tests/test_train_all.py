@@ -9,7 +9,7 @@ import pytest
 from camid import cli
 from camid.config import load_config
 from camid.data.folds import make_folds, write_folds
-from camid.train import jobs
+from camid.jobs import queue as jobs
 from camid.train.trainer import train_digest
 
 CFG = """

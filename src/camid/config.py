@@ -289,7 +289,7 @@ class PseudoConfig:
 
 @dataclass
 class ClusterConfig:
-    """Where `train-all` and `predict` jobs run with `--backend ray|slurm` (``camid.train.backends``);
+    """Where `train-all` and `predict` jobs run with `--backend ray|slurm` (``camid.jobs.backends``);
     the command-line options of the same names override these."""
 
     num_gpus: float = 1.0  # GPUs per job (Ray: fractional allowed, e.g. 0.5 for small backbones); 0 when device: cpu

@@ -179,5 +179,5 @@ class Workspace:
         return self.reports / "prnu"
 
     def backend_dir(self, backend: str) -> Path:
-        """What ``train-all``/``predict --backend BACKEND`` keeps for its jobs (``camid.train.backends``)."""
+        """What ``train-all``/``predict --backend BACKEND`` keeps for its jobs (``camid.jobs.backends``)."""
         return Path(self.root) / "jobs" / backend

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
 from pathlib import Path
 
-from ..config import Config, check_cluster, dump_config, load_config
+from ..config import Config, dump_config, load_config
 from ..errors import ConfigError, UsageError
-from ..train.backends import Options, Target
+from ..jobs.backends import Options, Target
 from ..workspace import Workspace
 
 
@@ -108,23 +107,14 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 def backend_options(args: argparse.Namespace, cfg: Config) -> Options:
     """The backend settings: the config's ``cluster`` section with the command line on top."""
-    c = cfg.cluster
-    overrides = {"ray_address": args.ray_address, "storage": args.storage, "slurm_partition": args.slurm_partition,
-                 "slurm_gpus_per_job": args.slurm_gpus_per_job, "slurm_time_min": args.slurm_time,
-                 "slurm_executor": args.slurm_executor}
-    c = replace(c, **{k: v for k, v in overrides.items() if v is not None})
-    check_cluster(c, "command line / cluster")
-    cpu = cfg.device == "cpu"
-    if args.backend != "local" and getattr(args, "ddp", False):
+    options = Options.from_config(cfg, args.backend, names(getattr(args, "gpus", "")), getattr(args, "ddp", False),
+                                  ray_address=args.ray_address, storage=args.storage,
+                                  slurm_partition=args.slurm_partition, slurm_gpus_per_job=args.slurm_gpus_per_job,
+                                  slurm_time_min=args.slurm_time, slurm_executor=args.slurm_executor)
+    if args.backend != "local" and options.ddp:
         raise UsageError("--ddp is for --backend local; on ray give a job several GPUs with cluster.num_gpus, "
                          "on slurm with --slurm-gpus-per-job")
-    return Options(backend=args.backend, gpus=tuple(names(getattr(args, "gpus", ""))), ddp=getattr(args, "ddp", False),
-                   num_gpus=0.0 if cpu else c.num_gpus, num_cpus=c.num_cpus or cfg.train.num_workers + 1,
-                   storage=c.storage, scratch_dir=c.scratch_dir, max_retries=c.max_retries,
-                   ray_address=c.ray_address, slurm_executor=c.slurm_executor, slurm_partition=c.slurm_partition,
-                   slurm_gpus_per_job=0 if cpu else c.slurm_gpus_per_job, slurm_time_min=c.slurm_time_min,
-                   slurm_max_requeues=c.slurm_max_requeues, slurm_array_parallelism=c.slurm_array_parallelism,
-                   slurm_mem_gb=c.slurm_mem_gb, slurm_setup=tuple(c.slurm_setup))
+    return options
 
 
 def backend_target(args: argparse.Namespace, cfg: Config, ws: Workspace, backend: str) -> Target:

@@ -10,8 +10,8 @@ from ..config import Config, ModelConfig
 from ..errors import JobError, UsageError
 from ..infer.predict import predict_runs
 from ..infer.table import sidecar
-from ..train import backends
-from ..train.backends import CamidJob, Options
+from ..jobs import backends
+from ..jobs.backends import CamidJob, Options
 from ..train.rundir import RunDir
 from ..train.runtime import pick_device
 from ..util.io import remove_stale_temps

@@ -14,9 +14,9 @@ from pathlib import Path
 from ..data.folds import fold_ids, read_folds
 from ..data.layout import resolve_classes
 from ..errors import JobError
+from ..jobs import backends
+from ..jobs.backends import CamidJob
 from ..models.weights import require_weights
-from ..train import backends
-from ..train.backends import CamidJob
 from ..train.rundir import RunDir
 from ..train.trainer import is_done
 from ..util.log import stage_log

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 
 from ..config import PROB_FLOOR, StackConfig
 from ..data.competition import MANIP_WEIGHT, UNALT_WEIGHT
@@ -199,7 +200,12 @@ def metric_weights(manip: np.ndarray, is_test: np.ndarray) -> np.ndarray:
 def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence[str] | np.ndarray,
         is_test: np.ndarray,
         k: int, cfg: StackConfig, base_seed: int, save_dir: Path | None = None) -> tuple[np.ndarray, dict]:
-    """Seeds x folds models of ``kind``; returns probabilities for every row and what was done."""
+    """Seeds x folds models of ``kind``; returns probabilities for every row and what was done.
+
+    The models train side by side on joblib's worker processes, as many as the cores hold at
+    ``cfg.threads`` each (the default, all cores per model: one at a time, in this process).
+    Each model keeps its thread count and seed, and the predictions are summed in (seed, fold)
+    order, so the result is byte-identical to training them one after the other."""
     if kind not in LEARNERS:
         raise StackError(f"unknown stacker {kind!r}; choose from {', '.join(LEARNERS)}")
     if cfg.folds < 2 or cfg.seeds < 1:
@@ -207,9 +213,7 @@ def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence
     fit, predict, save = LEARNERS[kind]
     train = np.flatnonzero(~is_test)
     test = np.flatnonzero(is_test)
-    out = np.zeros((len(X), k))
-    seen = np.zeros(len(X))
-    files, fold_scores = [], []
+    tasks = []
     for s in range(cfg.seeds):
         seed = base_seed + s
         fold = stack_folds(np.asarray(fnames)[train], y[train], cfg.folds, seed)
@@ -217,19 +221,34 @@ def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence
             tr, va = train[fold != f], train[fold == f]
             if len(va) == 0:
                 continue
-            model = fit(X[tr], y[tr], w[tr], k, seed, cfg)
-            p_va = predict(model, X[va])
-            out[va] += p_va
-            seen[va] += 1
-            fold_scores.append(float((p_va.argmax(axis=1) == y[va]).mean()))
-            if len(test):
-                out[test] += predict(model, X[test])
-                seen[test] += 1
-            if save_dir is not None:
-                files.append(save(model, save_dir / f"seed{s}_fold{f}").name)
+            stem = save_dir / f"seed{s}_fold{f}" if save_dir is not None else None
+            tasks.append((va, delayed(_bag_model)(fit, predict, save, X, y, w, tr, va, test, k, seed, cfg, stem)))
+    jobs = max(1, min(len(tasks), (os.cpu_count() or 1) // _threads(cfg.threads)))
+    results = Parallel(n_jobs=jobs, backend="loky")(task for _, task in tasks)
+    out = np.zeros((len(X), k))
+    seen = np.zeros(len(X))
+    files, fold_scores = [], []
+    for (va, _), (p_va, p_test, name) in zip(tasks, results, strict=True):
+        out[va] += p_va
+        seen[va] += 1
+        fold_scores.append(float((p_va.argmax(axis=1) == y[va]).mean()))
+        if len(test):
+            out[test] += p_test
+            seen[test] += 1
+        if name is not None:
+            files.append(name)
     out /= np.maximum(seen, 1)[:, None]
     out /= out.sum(axis=1, keepdims=True)
     return out, {"models": len(fold_scores), "fold_accuracy": fold_scores, "files": files}
+
+
+def _bag_model(fit: Callable, predict: Callable, save: Callable, X: np.ndarray, y: np.ndarray, w: np.ndarray,
+               tr: np.ndarray, va: np.ndarray, test: np.ndarray, k: int, seed: int, cfg: StackConfig,
+               stem: Path | None) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """One model of a bag: its predictions for its held-out fold and the test rows, and its file."""
+    model = fit(X[tr], y[tr], w[tr], k, seed, cfg)
+    p_test = predict(model, X[test]) if len(test) else None
+    return predict(model, X[va]), p_test, save(model, stem).name if stem is not None else None
 
 
 def _sharpen(p: np.ndarray, power: float) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Files under a folder packed into bytes and written back atomically (a job's outputs between
-machines without a shared filesystem: ``camid.train.backends``, ``cluster.storage: copy``).
+machines without a shared filesystem: ``camid.jobs.backends``, ``cluster.storage: copy``).
 
 ``pack`` makes an uncompressed tar of files and folders given relative to a root (checkpoints
 do not compress); ``unpack`` writes each member through ``util.io.write_atomic`` with its

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-# Set by the ray and slurm backends for each job they start (camid.train.backends): the CPUs the
+# Set by the ray and slurm backends for each job they start (camid.jobs.backends): the CPUs the
 # job was given on a node it may share with other jobs.
 CPUS_ENV = "CAMID_NUM_CPUS"
 

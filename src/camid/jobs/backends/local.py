@@ -1,10 +1,10 @@
-"""``--backend local`` (the default): the jobs go through ``camid.train.jobs``, one per GPU of
+"""``--backend local`` (the default): the jobs go through ``camid.jobs.queue``, one per GPU of
 this machine at a time (or one at a time on the CPU; ``--ddp``: each over all GPUs)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..jobs import Job, run_queue
+from ..queue import Job, run_queue
 from . import CamidJob, Failure, Options, Target, argv
 
 

@@ -6,7 +6,7 @@ with its GPU, its node or by a preemption is started again and continues from ``
 The engines, each a thin adapter with ``run(jobs, target, options, stage)`` returning the
 failures:
 
-- ``local`` (``backends.local``): ``camid.train.jobs``, the subprocess queue over this
+- ``local`` (``backends.local``): ``camid.jobs.queue``, the subprocess queue over this
   machine's GPUs. It imports neither ray nor submitit.
 - ``ray`` (``backends.ray``): one Ray task per job asking for ``cluster.num_gpus`` and
   ``cluster.num_cpus``; Ray reruns a job whose worker or node died (``cluster.max_retries``).
@@ -21,10 +21,11 @@ import importlib
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from ...config import ClusterConfig, Config, check_cluster
 from ...util.log import stage_log
 
 BACKENDS = ("local", "ray", "slurm")
@@ -61,27 +62,27 @@ class Target:
     jobs_dir: Path  # the backend's own files (Workspace.backend_dir)
 
 
-@dataclass(frozen=True)
-class Options:
-    """The resolved ``cluster`` section and command-line options."""
+@dataclass
+class Options(ClusterConfig):
+    """Where and how the jobs run: the config's ``cluster`` section (its fields and defaults) resolved
+    for the config, with the command line on top (``from_config``), plus the local backend's options."""
 
+    num_cpus: int = field(kw_only=True)  # per job: cluster.num_cpus, else the DataLoader workers + the trainer
     backend: str = "local"
     gpus: tuple[str, ...] = ()  # local: GPU ids (none: the CPU)
     ddp: bool = False  # local: one job at a time over all gpus
-    num_gpus: float = 0.0  # ray: per job (0 on a CPU config)
-    num_cpus: int = 1  # per job
-    storage: Storage = "shared"
-    scratch_dir: str | None = None
-    max_retries: int = 3
-    ray_address: str | None = None
-    slurm_executor: str = "slurm"
-    slurm_partition: str | None = None
-    slurm_gpus_per_job: int = 0
-    slurm_time_min: int = 1440
-    slurm_max_requeues: int = 10
-    slurm_array_parallelism: int = 64
-    slurm_mem_gb: float | None = None
-    slurm_setup: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_config(cls, cfg: Config, backend: str = "local", gpus: Sequence[str] = (), ddp: bool = False,
+                    **overrides: Any) -> Options:
+        """``cfg.cluster`` with ``overrides`` (None: keep the config's value) on top, validated; a
+        CPU config asks for no GPU, whatever the section says."""
+        values = {**asdict(cfg.cluster), **{k: v for k, v in overrides.items() if v is not None}}
+        check_cluster(ClusterConfig(**values), "command line / cluster")
+        if cfg.device == "cpu":
+            values.update(num_gpus=0.0, slurm_gpus_per_job=0)
+        values["num_cpus"] = values["num_cpus"] or cfg.train.num_workers + 1
+        return cls(**values, backend=backend, gpus=tuple(gpus), ddp=ddp)
 
 
 Failure = tuple[str, int | str]  # (job name, exit code or what happened)

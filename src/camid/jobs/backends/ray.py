@@ -85,7 +85,7 @@ def _task(nj: node.NodeJob, hub: Any) -> dict[str, Any]:
         node.clear_outputs(nj, workdir)
         unpack(workdir, _wait(hub.fetch.remote([*nj.job.inputs, *nj.job.outputs])))
         if nj.job.checkpoint:
-            sync = _Sync(nj, workdir, hub)
+            sync = _Sync(nj, workdir, hub, nj.job.checkpoint)
     rc = node.execute(nj, workdir, tick=sync)
     out: dict[str, Any] = {"rc": rc, "node": name, "attempt": attempt, "tail": node.tail(workdir / nj.job.log),
                            "started": started, "seconds": time.time() - started}
@@ -102,16 +102,15 @@ def _task(nj: node.NodeJob, hub: Any) -> dict[str, Any]:
 class _Sync:
     """storage copy: after every new checkpoint, send the job's changed files to the driver."""
 
-    def __init__(self, nj: node.NodeJob, workdir: Path, hub: Any):
-        self.nj, self.workdir, self.hub = nj, workdir, hub
+    def __init__(self, nj: node.NodeJob, workdir: Path, hub: Any, checkpoint: str):
+        self.nj, self.workdir, self.hub, self.checkpoint = nj, workdir, hub, checkpoint
         self.sent: Sent = {}
         self.seen: int | None = None
         self.thread: threading.Thread | None = None
 
     def __call__(self) -> None:
-        assert self.nj.job.checkpoint is not None
         try:
-            mtime: int | None = (self.workdir / self.nj.job.checkpoint).stat().st_mtime_ns
+            mtime: int | None = (self.workdir / self.checkpoint).stat().st_mtime_ns
         except FileNotFoundError:
             mtime = None
         if mtime == self.seen or (self.thread is not None and self.thread.is_alive()):

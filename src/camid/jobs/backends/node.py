@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...util.runtime import CPUS_ENV
-from ..jobs import DIE_WITH_PARENT
+from ..queue import DIE_WITH_PARENT
 from . import CamidJob, Storage, argv
 
 TERM_GRACE_S = 20.0  # a job process told to stop (preemption, cancel) gets this long before SIGKILL
@@ -105,8 +105,7 @@ def execute(nj: NodeJob, workdir: Path, tick: Callable[[], None] | None = None, 
             finally:
                 if proc.poll() is None:
                     _terminate(proc)
-    assert proc.returncode is not None
-    return proc.returncode
+    return proc.wait()  # it has ended by now: this only reads its exit code
 
 
 def _terminate(proc: subprocess.Popen) -> None:
