@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import Config, dump_config, load_config
 from ..errors import ConfigError, UsageError
-from ..jobs.backends import Options, Target
+from ..jobs.backends import BACKENDS, Options, Target
 from ..workspace import Workspace
 
 
@@ -85,7 +85,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, gpus_help: str) -> None:
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and the options of the ray and slurm backends (they override the config's
     ``cluster`` section)."""
-    parser.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="where jobs run: local (default: this machine's --gpus), ray (a Ray cluster or a "
                              "local Ray instance), slurm (a job array through submitit)")
     parser.add_argument("--ray-address", default=None,
