@@ -24,7 +24,6 @@ compares different sensor regions and cannot apply).
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -50,6 +49,7 @@ from .layout import (
     TEST_DIR,
     TEST_INFO_FILE,
     TRAIN_DIR,
+    claim_output,
     device_from_name,
     read_columns,
 )
@@ -270,31 +270,11 @@ def _window_origins(shape: tuple[int, int], opts: ComposeOptions, rng: np.random
 
 def _prepare_out(out: Path, state: dict[str, Any], overwrite: bool) -> bool:
     """True when ``out`` already holds this composition, complete."""
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
-    if not marker.is_file():
-        if out.exists() and any(out.iterdir()):
-            raise DataError(f"{out} is not empty and was not written by `camid compose`; choose an empty or new "
-                            "folder (nothing there was touched)")
-        return False
-    try:
-        old = json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{marker}: unreadable ({exc}); delete {out} and compose again") from exc
-    same = {k: old.get(k) for k in state} == state
-    if same and old.get("complete") and not overwrite:
-        return True
-    if not same and not overwrite:
-        raise DataError(f"{out} holds a composition of other inputs or options; pass --overwrite to replace it, "
-                        "or choose another folder")
-    for name in _OWNED:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    return False
+    return claim_output(
+        out, MARKER, _OWNED, "camid compose", overwrite=overwrite, error=DataError,
+        remedy=f"delete {out} and compose again", same=lambda m: {k: m.get(k) for k in state} == state,
+        mismatch=lambda m: f"{out} holds a composition of other inputs or options; pass --overwrite to replace it, "
+                           "or choose another folder")
 
 
 def compose(sources: Sequence[str | Path], out: str | Path, opts: ComposeOptions,

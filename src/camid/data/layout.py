@@ -18,15 +18,18 @@ test images by their bare file name, as in the submission.
 """
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from ..config import Config
-from ..errors import DataError, SubmissionError, few
+from ..errors import CamidError, DataError, SubmissionError, few
 from ..util.log import stage_log
 from .competition import manip_flag
 from .images import is_image_file
@@ -215,3 +218,49 @@ def solution_labels(data_dir: str | Path) -> pd.Series | None:
     or composed data), else None."""
     path = Path(data_dir) / SOLUTION
     return read_solution(path).set_index("fname")["camera"] if path.is_file() else None
+
+
+# ---------------------------------------------------------------- folders a command writes
+
+def read_marker(marker: Path, remedy: str, error: type[CamidError] = DataError) -> dict[str, Any]:
+    """The JSON of a completion marker (``simulate.json``, ``compose.json``, ``external.json``);
+    ``error`` saying ``remedy`` when it is unreadable."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise error(f"{marker}: unreadable ({exc}); {remedy}") from exc
+
+
+def remove_outputs(out: Path, names: Sequence[str]) -> None:
+    """Remove the files and folders ``names`` under ``out``: only what the command wrote."""
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def claim_output(out: Path, marker_name: str, owned: Sequence[str], command: str, *, same: Callable[[dict], bool],
+                 overwrite: bool, error: type[CamidError], remedy: str, mismatch: Callable[[dict], str]) -> bool:
+    """Whether ``out`` already holds ``command``'s complete output for the same inputs (``same``
+    on its marker): then True and nothing is touched. A folder the command did not write (no
+    marker, not empty) is refused; other inputs without ``overwrite`` are refused with
+    ``mismatch(marker)``; otherwise (an interrupted run, or ``overwrite``) only ``owned`` is
+    removed, never a file the command did not write."""
+    marker = out / marker_name
+    if out.exists() and not out.is_dir():
+        raise error(f"{out} exists and is not a folder")
+    if not marker.is_file():
+        if out.exists() and any(out.iterdir()):
+            raise error(f"{out} is not empty and was not written by `{command}`; choose an empty or new "
+                        "folder (nothing there was touched)")
+        return False
+    state = read_marker(marker, remedy, error)
+    matches = same(state)
+    if matches and state.get("complete") and not overwrite:
+        return True
+    if not matches and not overwrite:
+        raise error(mismatch(state))
+    remove_outputs(out, owned)
+    return False

@@ -15,11 +15,8 @@ for any number of workers.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ import cv2
 
 from ..config import EXTERNAL_FIELDS, SimulateConfig
 from ..data import images
-from ..data.layout import SAMPLE_SUBMISSION, SIMULATE_MARKER, SOLUTION, TEST_DIR, TRAIN_DIR
+from ..data.layout import SAMPLE_SUBMISSION, SIMULATE_MARKER, SOLUTION, TEST_DIR, TRAIN_DIR, claim_output
 from ..data.testcrops import (
     make_test_crop,
     rotating_manipulation,
@@ -189,43 +186,13 @@ def _marker_payload(opts: SimOptions, models: list[CameraModel], complete: bool)
 
 def _prepare_out(out: Path, opts: SimOptions, overwrite: bool) -> bool:
     """Decide what to do with an existing OUT. Returns True when it is already complete."""
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise SimulateError(f"{out} exists and is not a folder")
-    if not marker.is_file():
-        if out.exists() and any(out.iterdir()):
-            raise SimulateError(f"{out} is not empty and was not written by `camid simulate`; "
-                                "choose an empty or new folder (nothing there was touched)")
-        return False
-    state = read_marker(marker, "delete the folder and re-run")
-    same = state.get("options") == opts.to_dict() and state.get("format_version") == FORMAT_VERSION
-    if same and state.get("complete") and not overwrite:
-        return True
-    if not same and not overwrite:
-        raise SimulateError(f"{out} holds a simulated dataset with different options "
-                            f"{state.get('options')} (format {state.get('format_version')}); "
-                            "pass --overwrite to replace it, or choose another folder")
-    # Ours (an interrupted run, or --overwrite): remove only what this command writes.
-    remove_outputs(out, _OWNED)
-    return False
-
-
-def read_marker(marker: Path, remedy: str) -> dict[str, Any]:
-    """The JSON of a completion marker; a SimulateError saying ``remedy`` when it is unreadable."""
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
-        raise SimulateError(f"{marker}: unreadable ({exc}); {remedy}") from exc
-
-
-def remove_outputs(out: Path, names: Sequence[str]) -> None:
-    """Remove the files and folders ``names`` under ``out``: only what a simulate command wrote."""
-    for name in names:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    return claim_output(
+        out, MARKER, _OWNED, "camid simulate", overwrite=overwrite, error=SimulateError,
+        remedy="delete the folder and re-run",
+        same=lambda m: m.get("options") == opts.to_dict() and m.get("format_version") == FORMAT_VERSION,
+        mismatch=lambda m: f"{out} holds a simulated dataset with different options {m.get('options')} "
+                           f"(format {m.get('format_version')}); pass --overwrite to replace it, "
+                           "or choose another folder")
 
 
 def simulate(out: str | Path, opts: SimOptions, workers: int | None = None,

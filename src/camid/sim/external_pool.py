@@ -83,7 +83,7 @@ import yaml
 
 from ..data import images
 from ..data.images import STD_CHROMINANCE, STD_LUMINANCE, scaled_table
-from ..data.layout import POOL_DIR, POOL_MARKER, POOL_RULES, POOL_TRUTH
+from ..data.layout import POOL_DIR, POOL_MARKER, POOL_RULES, POOL_TRUTH, read_marker, remove_outputs
 from ..errors import SimulateError
 from ..forensics.exif import glob_match
 from ..forensics.rules import (
@@ -113,7 +113,7 @@ from .camera import (
     make_models,
     seeded_rng,
 )
-from .competition import SimOptions, keep_heap, read_marker, remove_outputs, simulate
+from .competition import SimOptions, keep_heap, simulate
 
 # Bump when the pool generator changes, so an old pool is not mistaken for a current one.
 POOL_FORMAT_VERSION = 1
@@ -714,7 +714,7 @@ def _prepare(out: Path, opts: SimOptions, overwrite: bool) -> bool:
             raise SimulateError(f"{out}: {', '.join(present)} exist(s) but were not written by "
                                 f"`camid simulate --external` (no {POOL_MARKER}); move them away")
         return False
-    state = read_marker(marker, f"delete it and {POOL_DIR}/ and re-run")
+    state = read_marker(marker, f"delete it and {POOL_DIR}/ and re-run", SimulateError)
     same = (state.get("options") == asdict(opts)
             and state.get("format_version") == POOL_FORMAT_VERSION)
     if same and state.get("complete") and not overwrite:
