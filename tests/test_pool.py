@@ -82,3 +82,16 @@ def test_a_thread_holding_a_lock_does_not_deadlock_the_workers():
     runner.join(120)
     release.set()
     assert out == list(range(8)), "the pool hung: its workers inherited a lock held by a thread of the caller"
+
+
+def _where(i: int) -> str:
+    return os.getcwd()
+
+
+def test_a_warm_pool_follows_the_callers_working_folder(tmp_path, monkeypatch):
+    """Relative paths in items resolve where the caller is: warm workers started in another
+    folder are not reused (they wrote a second pipeline's files into the first one's folder)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        assert set(parallel_map(_where, list(range(8)), 2, "cwd")) == {str(tmp_path / name)}

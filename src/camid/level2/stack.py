@@ -221,7 +221,8 @@ def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence
             tr, va = train[fold != f], train[fold == f]
             if len(va) == 0:
                 continue
-            stem = save_dir / f"seed{s}_fold{f}" if save_dir is not None else None
+            # absolute: joblib's warm workers keep the working folder they started in
+            stem = (save_dir / f"seed{s}_fold{f}").absolute() if save_dir is not None else None
             tasks.append((va, delayed(_bag_model)(fit, predict, save, X, y, w, tr, va, test, k, seed, cfg, stem)))
     jobs = max(1, min(len(tasks), (os.cpu_count() or 1) // _threads(cfg.threads)))
     results = Parallel(n_jobs=jobs, backend="loky")(task for _, task in tasks)

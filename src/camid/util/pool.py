@@ -26,7 +26,7 @@ R = TypeVar("R")
 SHOWN_ITEMS = 8  # items named in the report of a dead worker
 IDLE_S = 300  # a warm worker left idle this long exits (the next call starts another)
 
-# The warm pool: (workers, _Init, environment) -> its executor. Our own, not loky's reusable
+# The warm pool: (workers, _Init, environment, working folder) -> its executor. Our own, not loky's reusable
 # singleton, which joblib.Parallel (the stacker bags) takes over as its own.
 _WARM: dict[tuple[Any, ...], Any] = {}
 
@@ -36,6 +36,7 @@ class _Init:
     pool is reused exactly when the next call would start its workers the same way."""
 
     def __init__(self, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]):
+        self.initializer, self.initargs = initializer, initargs
         self.blob = pickle.dumps((initializer, initargs), protocol=pickle.HIGHEST_PROTOCOL)
 
     def __eq__(self, other: object) -> bool:
@@ -44,11 +45,17 @@ class _Init:
     def __hash__(self) -> int:
         return hash(self.blob)
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self.initializer, self.initargs  # the worker needs no key: the arguments go once
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.initializer, self.initargs = state
+        self.blob = b""
+
     def __call__(self) -> None:
         configure_threads()  # OpenCV on one thread: the parallelism is the pool's
-        initializer, initargs = pickle.loads(self.blob)
-        if initializer is not None:
-            initializer(*initargs)
+        if self.initializer is not None:
+            self.initializer(*self.initargs)
 
 
 def _call(fn: Callable[[T], R], item: T, desc: str) -> R:
@@ -101,8 +108,9 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
 
 def _executor(workers: int, init: _Init) -> Any:
     """The warm pool when it was started the same way, else a new one (replacing it). The
-    environment is part of the key: settings such as the decode cache travel in it."""
-    key = (workers, init, tuple(sorted(os.environ.items())))
+    environment is part of the key (settings such as the decode cache travel in it), and so is
+    the working folder: a worker keeps the one it started in, and relative paths resolve there."""
+    key = (workers, init, tuple(sorted(os.environ.items())), os.getcwd())
     if key not in _WARM:
         for old in _WARM.values():
             old.shutdown(wait=True)
