@@ -19,6 +19,7 @@ def test_parallel_bags_are_byte_identical_to_sequential_ones(kind, monkeypatch):
     X = stack.features([p / p.sum(axis=1, keepdims=True) for p in probs], rows % 2)
     n = len(rows)
     cfg = StackConfig(seeds=2, folds=3, rounds=15, mlp_epochs=3, threads=1)  # 6 models, one thread each
+    monkeypatch.setattr(stack, "PARALLEL_MIN_ROW_MODELS", 0)  # this small bag on workers all the same
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two at a time...
     side_by_side, info = stack.bag(kind, X, y, np.ones(n), fnames, is_test, k, cfg, 0)
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # ...and one at a time, in this process

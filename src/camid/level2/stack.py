@@ -197,13 +197,19 @@ def metric_weights(manip: np.ndarray, is_test: np.ndarray) -> np.ndarray:
     return w * (train.sum() / total) if total > 0 else w
 
 
+# Below this many rows x models a bag trains in this process: at the demo's size (1,520 rows x 3
+# models) two workers took 6.5 s for xgb where one process took 3.6 s (issue #23, 2 cores).
+PARALLEL_MIN_ROW_MODELS = 50_000
+
+
 def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence[str] | np.ndarray,
         is_test: np.ndarray,
         k: int, cfg: StackConfig, base_seed: int, save_dir: Path | None = None) -> tuple[np.ndarray, dict]:
     """Seeds x folds models of ``kind``; returns probabilities for every row and what was done.
 
     The models train side by side on joblib's worker processes, as many as the cores hold at
-    ``cfg.threads`` each (the default, all cores per model: one at a time, in this process).
+    ``cfg.threads`` each (the default, all cores per model: one at a time, in this process), once
+    the bag is large enough to repay the workers' start (``PARALLEL_MIN_ROW_MODELS``).
     Each model keeps its thread count and seed, and the predictions are summed in (seed, fold)
     order, so the result is byte-identical to training them one after the other."""
     if kind not in LEARNERS:
@@ -225,6 +231,8 @@ def bag(kind: str, X: np.ndarray, y: np.ndarray, w: np.ndarray, fnames: Sequence
             stem = (save_dir / f"seed{s}_fold{f}").absolute() if save_dir is not None else None
             tasks.append((va, delayed(_bag_model)(fit, predict, save, X, y, w, tr, va, test, k, seed, cfg, stem)))
     jobs = max(1, min(len(tasks), (os.cpu_count() or 1) // _threads(cfg.threads)))
+    if len(X) * len(tasks) < PARALLEL_MIN_ROW_MODELS:
+        jobs = 1  # a worker's start and imports (1-10 s) would cost more than the models take
     results = Parallel(n_jobs=jobs, backend="loky")(task for _, task in tasks)
     out = np.zeros((len(X), k))
     seen = np.zeros(len(X))
