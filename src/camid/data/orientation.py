@@ -8,11 +8,14 @@ implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-Tensor = torch.Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+# torch is imported where a tensor is turned, not here: sensor_frame runs in the process pool's
+# workers (PRNU residuals), which would otherwise each import torch for a numpy rotation.
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,14 @@ class D4:
         return f"rot{90 * self.k}" + ("_flip" if self.flip else "")
 
     def augment(self, x: Tensor) -> Tensor:
+        import torch
+
         y = torch.rot90(x, self.k, dims=(-2, -1)) if self.k else x
         return torch.flip(y, dims=(-1,)) if self.flip else y
 
     def deaugment(self, y: Tensor) -> Tensor:
+        import torch
+
         x = torch.flip(y, dims=(-1,)) if self.flip else y
         return torch.rot90(x, -self.k, dims=(-2, -1)) if self.k else x
 
