@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from camid.errors import JobError
+from camid.util import pool
 from camid.util.pool import parallel_map
 
 _SHARED: dict[str, np.ndarray] = {}
+
+
+@pytest.fixture(autouse=True)
+def _small_lists_on_workers(monkeypatch):
+    """These tests' short item lists go to the workers all the same."""
+    monkeypatch.setattr(pool, "MIN_ITEMS", 4)
 _HELD = threading.Lock()  # held by a thread of the caller while the pool starts
 
 

@@ -24,6 +24,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SHOWN_ITEMS = 8  # items named in the report of a dead worker
+# Fewer items than this run in this process: a fresh worker imports its job's modules (1-3 s
+# each on 2 cores), more than a few dozen small items take (issue #23: the suite's PRNU tests).
+MIN_ITEMS = 48
 IDLE_S = 300  # a warm worker left idle this long exits (the next call starts another)
 
 # The warm pool: (workers, _Init, environment, working folder) -> its executor. Our own, not loky's reusable
@@ -84,9 +87,10 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int, desc: s
     must be importable (module-level) functions; ``initializer(*initargs)`` runs once in each
     worker, so large ``initargs`` are sent once per worker, not per item. An exception raised
     by ``fn`` reaches the caller as it was, with a note naming the item. One worker, or fewer
-    than four items, run in this process after the same ``initializer``, with the same results.
+    than ``MIN_ITEMS`` items, run in this process after the same ``initializer``, with the same
+    results.
     """
-    if workers <= 1 or len(items) < 4:
+    if workers <= 1 or len(items) < MIN_ITEMS:
         if initializer is not None:
             initializer(*initargs)
         yield from (_call(fn, item, desc) for item in progress(items, desc, len(items), unit))
