@@ -32,7 +32,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 
 def _truth(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / ep.TRUTH_NAME, keep_default_na=False, dtype=str)
+    return pd.read_csv(out / ep.POOL_TRUTH, keep_default_na=False, dtype=str)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def pool(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def filtered(pool: Path, tmp_path_factory) -> Path:
     kept = tmp_path_factory.mktemp("kept")
-    rc = cli.main(["filter-external", str(pool / ep.POOL_DIR), "--rules", str(pool / ep.RULES_NAME),
-                   "--out", str(kept), "--workers", "1", "--truth", str(pool / ep.TRUTH_NAME)])
+    rc = cli.main(["filter-external", str(pool / ep.POOL_DIR), "--rules", str(pool / ep.POOL_RULES),
+                   "--out", str(kept), "--workers", "1", "--truth", str(pool / ep.POOL_TRUTH)])
     assert rc == 0
     return kept
 
@@ -140,7 +140,7 @@ def test_bad_files_are_reported_not_fatal(pool: Path, filtered: Path):
 
 
 def test_rules_file_is_the_filters_format_and_accepts_both_orientations(pool: Path):
-    rules = fr.load_rules(pool / ep.RULES_NAME)
+    rules = fr.load_rules(pool / ep.POOL_RULES)
     assert [r.name for r in rules.classes] == camera.class_names(POOL.n_classes)
     assert all(r.tables == "ijg" and r.min_quality for r in rules.classes)
     truth = _truth(pool)
@@ -198,7 +198,7 @@ def test_pool_identities_are_what_the_filter_can_tell():
 
 def test_score_counts_filter_mistakes(pool: Path, filtered: Path):
     report = pd.read_csv(filtered / fe.DEFAULT_REPORT_NAME, dtype=str, keep_default_na=False)
-    truth = fs.load_truth(pool / ep.TRUTH_NAME)
+    truth = fs.load_truth(pool / ep.POOL_TRUTH)
     by_name = {Path(p).name: i for i, p in enumerate(report["path"])}
     t = _truth(pool)
     clean = Path(t[t["kind"] == "clean"]["file"].iloc[0]).name
@@ -221,7 +221,7 @@ def test_score_counts_filter_mistakes(pool: Path, filtered: Path):
 
 
 def test_truth_errors_are_one_line(pool: Path, tmp_path: Path, capsys):
-    rc = cli.main(["filter-external", str(pool / ep.POOL_DIR), "--rules", str(pool / ep.RULES_NAME),
+    rc = cli.main(["filter-external", str(pool / ep.POOL_DIR), "--rules", str(pool / ep.POOL_RULES),
                    "--out", str(tmp_path / "k"), "--truth", str(tmp_path / "none.csv")])
     assert rc == 2 and "truth file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
@@ -242,7 +242,7 @@ def test_simulate_writes_the_pool_without_touching_train_and_test(tmp_path: Path
     assert summary["external"]["files"] == 10
     same = {k: v for k, v in _hashes(with_pool).items() if not k.startswith("external")}
     assert same == _hashes(plain)  # train/, test/, CSVs and simulate.json byte-identical
-    assert {p.name for p in with_pool.iterdir()} >= {"external", ep.TRUTH_NAME, ep.RULES_NAME, ep.POOL_MARKER}
+    assert {p.name for p in with_pool.iterdir()} >= {"external", ep.POOL_TRUTH, ep.POOL_RULES, ep.POOL_MARKER}
     # Re-run: both parts skipped, nothing rewritten.
     mtimes = {p: p.stat().st_mtime_ns for p in with_pool.rglob("*")}
     again = ep.simulate_with_pool(with_pool, opts, workers=1)

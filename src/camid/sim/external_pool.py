@@ -117,9 +117,7 @@ from .competition import SimOptions, keep_heap, simulate
 
 # Bump when the pool generator changes, so an old pool is not mistaken for a current one.
 POOL_FORMAT_VERSION = 1
-TRUTH_NAME = POOL_TRUTH
-RULES_NAME = POOL_RULES
-_OWNED = (POOL_DIR, TRUTH_NAME, RULES_NAME, POOL_MARKER)
+_OWNED = (POOL_DIR, POOL_TRUTH, POOL_RULES, POOL_MARKER)
 
 TRUTH_COLUMNS = [
     "file", "kind", "claimed_class", "true_model", "true_device", "expected", "expected_reason",
@@ -762,15 +760,15 @@ def write_pool(out: str | Path, opts: SimOptions, workers: int | None = None,
                           f"{out / POOL_DIR} with {workers} worker(s)")
     rows = _run(captures, ctx, workers)
     truth = _verdicts(rows)
-    write_csv(out / TRUTH_NAME, truth)
-    write_text(out / RULES_NAME, _rules_text(rules, opts))
+    write_csv(out / POOL_TRUTH, truth)
+    write_text(out / POOL_RULES, _rules_text(rules, opts))
     kinds = dict(sorted(Counter(truth["kind"]).items()))
     write_json(out / POOL_MARKER, {"format_version": POOL_FORMAT_VERSION, "options": asdict(opts),
                                    "complete": True, "files": int(len(truth)), "kinds": kinds})
     wall = time.perf_counter() - start
     stage_log("simulate", f"wrote {len(truth)} pool files ({int((truth.expected == 'keep').sum())} the "
                           f"filter should keep, {int((truth.kind == 'liar').sum())} of them liars) to "
-                          f"{out / POOL_DIR}, {TRUTH_NAME}, {RULES_NAME} in {wall:.1f}s")
+                          f"{out / POOL_DIR}, {POOL_TRUTH}, {POOL_RULES} in {wall:.1f}s")
     return {"skipped": False, "dir": str(out / POOL_DIR), "files": int(len(truth)), "kinds": kinds,
             "wall_s": wall}
 
