@@ -13,10 +13,11 @@ from PIL import Image
 
 from camid import errors
 from camid.cli import main as cli_main
-from camid.config import load_config
+from camid.config import Config, load_config
 from camid.data import crops, folds, layout, testcrops
-from camid.data.compose import ComposeOptions, compose
+from camid.data.compose import ComposeOptions, Photo, compose, one_device_each, one_test_device_per_class
 from camid.data.manipulations import MANIPULATION_NAMES, apply
+from camid.level2.strategies import one_device_per_class
 from camid.sim import camera
 from camid.sim import competition as sim
 from conftest import SHARED, write_jpeg
@@ -272,3 +273,30 @@ def test_real_photos_compose_device_disjoint(tmp_path):
             assert im.size == (512, 512)
     devices = pd.read_csv(tmp_path / "out" / layout.DEVICES_FILE, keep_default_na=False)
     assert set(devices.loc[devices["class"] == "Nikon_D70", "device"]) == {"Nikon_D70_0"}
+
+
+def test_the_marker_says_whether_the_test_holds_one_known_device_per_class(composed, tmp_path):
+    """``+prnu`` may claim one class per sensor only when every class's test photos come from one
+    known device: `single` has no device in the manifest (it may be several), so not here."""
+    out, sources = composed
+    assert json.loads((out / layout.COMPOSE_MARKER).read_text())["one_test_device_per_class"] is False
+    assert one_test_device_per_class(out) is False
+    assert one_test_device_per_class(tmp_path) is None  # not composed: nothing recorded
+    photo = Photo(Path("a.jpg"), "A", "A_0", "")
+    assert one_device_each([photo, Photo(Path("b.jpg"), "A", "A_0", ""), Photo(Path("c.jpg"), "B", "B_1", "")])
+    assert not one_device_each([photo, Photo(Path("b.jpg"), "A", "A_1", "")])  # two devices of A
+    assert not one_device_each([photo, Photo(Path("c.jpg"), "B", "", "")])  # B's device unknown
+
+
+def test_blend_claims_one_class_per_sensor_where_the_test_says_so(composed, tmp_path):
+    out, _ = composed
+    cfg = Config()
+    assert one_device_per_class(cfg, out) == (False, "not known to hold one device per class")
+    marker = out / layout.COMPOSE_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "one_test_device_per_class": True}))
+    assert one_device_per_class(cfg, out)[0]
+    cfg.blend.prnu.one_device_per_class = False  # the user's word comes first
+    assert one_device_per_class(cfg, out) == (False, "blend.prnu.one_device_per_class: false")
+    cfg.blend.prnu.one_device_per_class = None
+    cfg.blend.balanced_test = True
+    assert one_device_per_class(cfg, tmp_path)[0]  # the competition's design

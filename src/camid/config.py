@@ -222,6 +222,10 @@ class PrnuClusterConfig:
     max_size_ratio: float = 1.5  # blend.balanced_test: a cluster above this x a class's share mixes classes
     name_confidence: float = 0.9  # a cluster is used only when its name survives this share of bootstrap draws
     name_draws: int = 200  # bootstrap draws (members and bases resampled) behind name_confidence
+    # The test holds one device of each class, so two sensors never share a class and the names are
+    # claimed one class per sensor (level2.prnu_cluster.claim_names). None: when blend.balanced_test,
+    # or when `camid compose` recorded one known test device for every class (its compose.json).
+    one_device_per_class: bool | None = None
     seed: int = 0
     workers: int = 0  # residual extraction processes; 0: all cores
 

@@ -52,6 +52,7 @@ from .layout import (
     claim_output,
     device_from_name,
     read_columns,
+    read_marker,
 )
 from .testcrops import (
     make_test_crop,
@@ -242,6 +243,26 @@ def split(photos: Sequence[Photo], sizes: dict[Path, tuple[int, int]], opts: Com
     return comp
 
 
+def one_device_each(test: Sequence[Photo]) -> bool:
+    """Whether every class's test photos come from one known device: what the ``+prnu`` step may
+    assume about the test (``blend.prnu.one_device_per_class``); a class of unknown devices may
+    hold several."""
+    devices: dict[str, set[str]] = {}
+    for p in test:
+        devices.setdefault(p.camera, set()).add(p.device)
+    return all(len(d) == 1 and "" not in d for d in devices.values())
+
+
+def one_test_device_per_class(data_dir: Path) -> bool | None:
+    """What ``compose`` recorded in ``data_dir``'s marker (``one_device_each``); None when the
+    folder was not composed or its marker is older than the record."""
+    marker = data_dir / MARKER
+    if not marker.is_file():
+        return None
+    value = read_marker(marker, "run `camid compose --overwrite` again").get("one_test_device_per_class")
+    return value if isinstance(value, bool) else None
+
+
 def _train_names(train: Sequence[Photo]) -> list[str]:
     """``train/<class>/<file name>``; a name taken twice in a class gets its device or a number."""
     names: list[str] = []
@@ -337,7 +358,8 @@ def compose(sources: Sequence[str | Path], out: str | Path, opts: ComposeOptions
     prnu = opts.windows == 1
     write_json(out / MARKER, {**state, "complete": True, "classes": classes, "n_train": len(comp.train),
                               "n_test_photos": len(comp.test), "n_test_crops": len(info),
-                              "prnu_applicable": prnu, "split": comp.notes,
+                              "prnu_applicable": prnu, "one_test_device_per_class": one_device_each(comp.test),
+                              "split": comp.notes,
                               "skipped": [{"path": a, "reason": b} for a, b in comp.skipped]})
     wall = time.perf_counter() - start
     stage_log("compose", f"wrote {len(comp.train)} training photos in {len(classes)} classes to {out / TRAIN_DIR}, "

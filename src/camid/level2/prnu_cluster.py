@@ -19,10 +19,11 @@ reference patterns from clusters of test images. Here:
    different sensor positions) and the step changes nothing, saying why;
 4. each cluster is named by the mean probability of each class over its members and over every
    base of the blend (``name_clusters``; bounded per crop, so a few confidently wrong crops cannot
-   outvote the majority; one-to-one when the test is declared balanced), and used only when the
-   name survives ``name_confidence`` of bootstrap draws of its members and of the bases
-   (``naming_confidence``); the naming is taken again once step 5 has found the manipulated
-   crops of each cluster, with their votes too;
+   outvote the majority), and used only when the name survives ``name_confidence`` of bootstrap
+   draws of its members and of the bases (``naming_confidence``). When the test holds one device
+   of each class (``blend.prnu.one_device_per_class``; a declared balanced test implies it) the
+   names are claimed one class per sensor, the most stable first (``claim_names``). The naming
+   is taken again once step 5 has found the manipulated crops of each cluster, with their votes too;
 5. every test crop is scored against every usable cluster's fingerprint (the sum of its
    members' residuals, the crop's own left out): a z-score at zero shift, and for ``_manip``
    crops also after resampling the fingerprint the way the competition's bicubic resize would
@@ -49,7 +50,6 @@ import numpy as np
 import pandas as pd
 from scipy import fft as sfft
 from scipy.cluster.vq import kmeans2
-from scipy.optimize import linear_sum_assignment
 from scipy.stats import norm
 
 from ..config import PROB_FLOOR, PrnuClusterConfig
@@ -194,29 +194,16 @@ def one_sensor(block: np.ndarray, seed: int = 0) -> bool:
     return bool(cross.sum() / np.sqrt(cross.size) >= _SPLIT_Z and cross.mean() >= 0.5 * min(within))
 
 
-def name_clusters(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], k_clusters: int,
-                  one_to_one: np.ndarray | None = None) -> np.ndarray:
+def name_clusters(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], k_clusters: int) -> np.ndarray:
     """Class of each cluster from the mean probability of each class over its members, averaged
     over every base in ``probs`` (one (n, k) array per base). A crop adds at most 1 to a class, so
     a few confidently wrong crops cannot outvote the majority (a log-probability sum lets one
-    crop at 1e-7 weigh as much as 16 right ones).
-
-    Each cluster takes its own best class, so two clusters may carry the same name (a class whose
-    test crops come from two devices); with ``one_to_one`` (a mask of clusters) those clusters
-    get distinct classes by the assignment of highest total mean probability (one device per
-    class: a declared balanced test), the others their own best. -1: a cluster without members."""
-    return _names(cluster_evidence(members, probs, k_clusters)[None], one_to_one)[0]
-
-
-def _names(evidence: np.ndarray, one_to_one: np.ndarray | None) -> np.ndarray:
-    """(draws, clusters, classes) evidence -> (draws, clusters) names (see ``name_clusters``)."""
-    names = np.nan_to_num(evidence, nan=-1.0).argmax(axis=2)
-    names[~np.isfinite(evidence).all(axis=2)] = -1
-    if one_to_one is not None and one_to_one.any():
-        rows = np.flatnonzero(one_to_one)
-        for d in range(len(evidence)):
-            r, c = linear_sum_assignment(-np.nan_to_num(evidence[d, rows], nan=0.0))
-            names[d, rows[r]] = c
+    crop at 1e-7 weigh as much as 16 right ones). Each cluster takes its own best class, so two
+    clusters may carry the same name (a class whose test crops come from two devices; see
+    ``claim_names`` for one device per class). -1: a cluster without members."""
+    evidence = cluster_evidence(members, probs, k_clusters)
+    names = np.nan_to_num(evidence, nan=-1.0).argmax(axis=1)
+    names[~np.isfinite(evidence).all(axis=1)] = -1
     return names.astype(np.int64)
 
 
@@ -231,25 +218,79 @@ def cluster_evidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarra
     return out
 
 
-def naming_confidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], names: np.ndarray,
-                      draws: int = 200, seed: int = 0, one_to_one: np.ndarray | None = None) -> np.ndarray:
-    """How stable each cluster's name is: the share of bootstrap draws (members AND bases
-    resampled with replacement) in which ``name_clusters`` still gives it that name. Near 1
-    only when the name holds whatever subset of crops and whichever base is asked; a cluster
-    split between two classes, or whose bases disagree, lands near 0.5 or below."""
+def bootstrap_evidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], k_clusters: int,
+                       draws: int = 200, seed: int = 0) -> np.ndarray:
+    """(draws, k_clusters, classes): ``cluster_evidence`` again on bootstrap draws of each cluster's
+    members AND of the bases (both resampled with replacement; nan: empty cluster)."""
     bases = np.stack([np.asarray(p, dtype=np.float64) for p in _as_bases(probs)])
     rng = np.random.default_rng(seed)
     n_bases = len(bases)
-    means = np.full((draws, len(names), bases.shape[2]), np.nan)
-    for c in range(len(names)):
+    means = np.full((draws, k_clusters, bases.shape[2]), np.nan)
+    for c in range(k_clusters):
         idx = np.flatnonzero(members == c)
         if not len(idx):
             continue
         w = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=draws)  # (draws, m)
         v = rng.multinomial(n_bases, np.full(n_bases, 1 / n_bases), size=draws)  # (draws, bases)
         means[:, c] = np.einsum("db,dm,bmk->dk", v, w, bases[:, idx]) / (len(idx) * n_bases)
-    drawn = _names(means, one_to_one)
+    return means
+
+
+def naming_confidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], names: np.ndarray,
+                      draws: int = 200, seed: int = 0) -> np.ndarray:
+    """How stable each cluster's name is: the share of bootstrap draws (``bootstrap_evidence``) in
+    which the cluster's best class is still that name. Near 1 only when the name holds whatever
+    subset of crops and whichever base is asked; a cluster split between two classes, or whose
+    bases disagree, lands near 0.5 or below."""
+    drawn = np.nan_to_num(bootstrap_evidence(members, probs, len(names), draws, seed), nan=-1.0).argmax(axis=2)
     return np.where(names >= 0, (drawn == names[None]).mean(axis=0), 0.0)
+
+
+def claim_names(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], usable: np.ndarray,
+                threshold: float, draws: int = 200, seed: int = 0, one_per_class: bool = False,
+                linked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(names, confidence) of the clusters; a ``usable`` cluster is used when its confidence
+    reaches ``threshold``.
+
+    Without ``one_per_class`` every cluster takes its own best class (``name_clusters``,
+    ``naming_confidence``). With it (the test holds one device of each class: a declared balanced
+    test, or a composition that put one device of every class in the test) the names are
+    claimed one at a time, the most stable first, and a class once claimed is out of reach of
+    the clusters of other sensors: a cluster whose best class another, surer cluster already
+    holds is named among the classes left, and confirmed only if that name is stable too. Two
+    models of one sensor family (Nikon D70 and D70s) both look like the surer one's class to a
+    weak classifier; the other device can only be the other model. ``linked`` (k, k): clusters
+    whose fingerprints link (two parts of one sensor), which may share a class."""
+    k_cl = len(usable)
+    evidence = cluster_evidence(members, probs, k_cl)
+    drawn = bootstrap_evidence(members, probs, k_cl, draws, seed)
+    names = name_clusters(members, probs, k_cl)
+    conf = naming_confidence(members, probs, names, draws, seed)
+    if not one_per_class:
+        return names, conf
+    n_classes = evidence.shape[1]
+    holder = np.full(n_classes, -1)  # the cluster that claimed each class
+    todo = usable & (names >= 0)
+    while todo.any():
+        best: tuple[float, int, int] | None = None
+        for c in np.flatnonzero(todo):
+            free = holder < 0
+            if linked is not None:
+                free |= (holder >= 0) & linked[c, np.maximum(holder, 0)]
+            if not free.any():
+                names[c], conf[c] = -1, 0.0
+                continue
+            names[c] = int(np.where(free, evidence[c], -np.inf).argmax())
+            conf[c] = float((np.where(free[None], drawn[:, c], -np.inf).argmax(axis=1) == names[c]).mean())
+            if best is None or conf[c] > best[0]:
+                best = (float(conf[c]), int(c), int(names[c]))
+        if best is None or best[0] < threshold:
+            break  # the rest keep their provisional names and confidences: not used
+        _, won, name = best
+        if holder[name] < 0:  # else a part of the holder's own sensor (linked)
+            holder[name] = won
+        todo[won] = False
+    return names, conf
 
 
 def _as_bases(probs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -336,15 +377,19 @@ class Structure:
     scale: np.ndarray  # (n,) resize factor of the best match (1.0: none)
     refused: dict[str, int] = field(default_factory=dict)  # clusters found but not used, by reason
     skipped: str = ""  # why the step changes nothing at all ("": it applies)
-    one_per_class: bool = False  # a declared balanced test: one device per class, names one-to-one
+    one_per_class: bool = False  # one device per class in the test: names claimed (``claim_names``)
+    linked: np.ndarray | None = None  # (k, k) clusters whose cross links reach min_cluster_z: one sensor
 
 
 def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
-                      s: PrnuClusterConfig | None = None, balanced: bool = False) -> Structure:
+                      s: PrnuClusterConfig | None = None, balanced: bool = False,
+                      one_device: bool = False) -> Structure:
     """Cluster the unaltered crops into sensor groups and score every crop against every usable
     group's fingerprint (``residuals`` (n, h, w) post-processed noise residuals, ``manip`` (n,),
     ``k`` classes; ``balanced``: the test has as many crops of every class, so a cluster larger than
-    ``max_size_ratio`` times a class's share holds more than one class's device and is refused)."""
+    ``max_size_ratio`` times a class's share holds more than one class's device and is refused;
+    ``one_device``: the test holds one device of each class (implied by ``balanced``), so the
+    names are claimed one class per sensor)."""
     s = s or PrnuClusterConfig()
     n = len(residuals)
     shape = residuals.shape[1:]
@@ -376,11 +421,17 @@ def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
     sizes = np.bincount(members[members >= 0], minlength=n_clusters)
     coherence = np.zeros(n_clusters)
     single = np.ones(n_clusters, dtype=bool)
+    cross = np.zeros((n_clusters, n_clusters))
     for c in range(n_clusters):
         m = members == c
         block = zu[np.ix_(m, m)]
         coherence[c] = block.sum() / (m.sum() * (m.sum() - 1))
         single[c] = one_sensor(block, s.seed)
+        for d in range(c):
+            cross[c, d] = cross[d, c] = zu[np.ix_(m, members == d)].mean()
+    # two clusters whose cross links are as strong as a coherent cluster's own are one sensor
+    linked = cross >= s.min_cluster_z
+    one = bool(balanced and k) or one_device
     ok = coherence >= s.min_cluster_z
     refused = {"incoherent": int((~ok).sum()), "two sensors": int((ok & ~single).sum())}
     ok &= single
@@ -398,7 +449,7 @@ def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
                    f"(blend.prnu.min_clustered {s.min_clustered:.0%}): the sensor noise is too weak to trust")
     if skipped or not ok.any():
         return Structure(members, coherence, sizes, np.zeros(n_clusters, bool), np.full((n, n_clusters), -np.inf),
-                         np.ones(n), refused, skipped or "no coherent sensor cluster", bool(balanced and k))
+                         np.ones(n), refused, skipped or "no coherent sensor cluster", one, linked)
     fingerprints = np.stack([r[unalt][members == c].sum(axis=0) for c in range(n_clusters)])
     raw, scale = score_against(r, shape, fingerprints, manip, members, unalt, s)
     # Most (crop, cluster) pairs are unrelated: their spread is the noise. _manip crops are the
@@ -415,7 +466,7 @@ def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
     z[:, ~ok] = -np.inf
     if z.shape != (n, n_clusters):
         raise DataError(f"sensor-cluster scores of shape {z.shape}, expected {(n, n_clusters)}")
-    return Structure(members, coherence, sizes, ok, z, scale, refused, "", bool(balanced and k))
+    return Structure(members, coherence, sizes, ok, z, scale, refused, "", one, linked)
 
 
 def _accept(z: np.ndarray, ok: np.ndarray, names: np.ndarray, s: PrnuClusterConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -446,7 +497,8 @@ def decide(st: Structure, manip: np.ndarray, probs: np.ndarray | Sequence[np.nda
     k_cl = len(st.ok)
     info: dict = {"applied": False, "clusters": int(k_cl), "coherent_clusters": int(st.ok.sum()),
                   "cluster_sizes": st.sizes.tolist(), "cluster_z": np.round(st.coherence, 2).tolist(),
-                  "clustered_unalt": int(st.ok[st.members[st.members >= 0]].sum()), "refused": dict(st.refused)}
+                  "clustered_unalt": int(st.ok[st.members[st.members >= 0]].sum()), "refused": dict(st.refused),
+                  "one_device_per_class": st.one_per_class}
     if st.skipped or not st.ok.any():
         info.update(skipped=st.skipped or "no coherent sensor cluster", usable_clusters=0, accepted=0,
                     accepted_unalt=0, accepted_manip=0)
@@ -454,9 +506,8 @@ def decide(st: Structure, manip: np.ndarray, probs: np.ndarray | Sequence[np.nda
                              np.zeros(n, bool), np.full(n, -1, np.int64), info)
 
     def named(voters: np.ndarray, rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        one = st.ok if st.one_per_class else None
-        names = name_clusters(voters, rows, k_cl, one)
-        conf = naming_confidence(voters, rows, names, s.name_draws, s.seed, one)
+        names, conf = claim_names(voters, rows, st.ok, s.name_confidence, s.name_draws, s.seed,
+                                  st.one_per_class, st.linked)
         return names, conf, st.ok & (names >= 0) & (conf >= s.name_confidence)
 
     names, conf, ok = named(st.members, [b[unalt] for b in bases])
@@ -491,14 +542,14 @@ def decide(st: Structure, manip: np.ndarray, probs: np.ndarray | Sequence[np.nda
 
 
 def cluster_test(residuals: np.ndarray, manip: np.ndarray, probs: np.ndarray | Sequence[np.ndarray],
-                 s: PrnuClusterConfig | None = None, balanced: bool = False) -> ClusterResult:
+                 s: PrnuClusterConfig | None = None, balanced: bool = False, one_device: bool = False) -> ClusterResult:
     """Cluster test crops by sensor pattern and decide which predictions the clusters confirm.
 
     ``residuals`` (n, h, w) post-processed noise residuals of the test crops, ``manip`` (n,) their
     0/1 flag, ``probs`` (n, k) the class probabilities (rows in the same order), or a list of
-    them, one per base; ``balanced``: see ``cluster_structure``."""
+    them, one per base; ``balanced``, ``one_device``: see ``cluster_structure``."""
     k = _as_bases(probs)[0].shape[1]
-    return decide(cluster_structure(residuals, manip, k, s, balanced), manip, probs, s)
+    return decide(cluster_structure(residuals, manip, k, s, balanced, one_device), manip, probs, s)
 
 
 def confirm_rows(probs: np.ndarray, rows: np.ndarray, labels: np.ndarray, floor: float) -> np.ndarray:
@@ -596,14 +647,15 @@ def test_residuals(data_dir: Path, cache: Path, workers: int) -> tuple[pd.DataFr
 
 def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache: Path, settings: PrnuClusterConfig,
                  floor: float, structures: dict[str, Structure] | None = None,
-                 evidence: Sequence[pd.DataFrame] = (), balanced: bool = False,
+                 evidence: Sequence[pd.DataFrame] = (), balanced: bool = False, one_device: bool = False,
                  ) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """The ``+prnu`` step on a level-2 table: test rows confirmed by their sensor cluster become
     (near) one-hot on the cluster's class; OOF rows and unconfirmed test rows are unchanged.
 
     ``evidence``: the level-2 tables of every base in the blend; the clusters are named by all of
     them (default: by ``table`` alone), so every ``+prnu`` strategy confirms the same names.
-    ``balanced``: the test is declared balanced (``blend.balanced_test``).
+    ``balanced``: the test is declared balanced (``blend.balanced_test``); ``one_device``: it holds
+    one device of each class (``one_device_per_class``).
     OOF rows are left alone on purpose: they are photos of the TRAINING devices, so clustering
     them would not measure what clustering does on the unseen test device; the local CV of a
     ``+prnu`` strategy is its base's. Returns the table, a summary (``applied``: whether any
@@ -622,9 +674,9 @@ def refine_table(table: pd.DataFrame, classes: list[str], data_dir: Path, cache:
         stage_log("blend", f"{reason}: nothing changed")
         return table, {"applied": False, "skipped": reason}, pd.DataFrame()
     structures = {} if structures is None else structures
-    key = f"{cache}|balanced={balanced}"
+    key = f"{cache}|balanced={balanced}|one_device={one_device}"
     if key not in structures:
-        structures[key] = cluster_structure(residuals.astype(np.float32), manip, k, settings, balanced)
+        structures[key] = cluster_structure(residuals.astype(np.float32), manip, k, settings, balanced, one_device)
     res = decide(structures[key], manip, bases, settings)
     refined = apply_clusters(probs, res, floor)
     out = table.copy()

@@ -30,11 +30,13 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..config import PROB_FLOOR, REDUCTION_POWERS, Config
+from ..data.compose import one_test_device_per_class
 from ..errors import StrategyError, TableError
 from ..infer.table import class_columns, read_table, write_table
 from ..util.io import remove_stale_temps, sha256_file, write_csv
@@ -181,13 +183,31 @@ def _match_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> p
     return matched
 
 
+def one_device_per_class(cfg: Config, data_dir: Path) -> tuple[bool, str]:
+    """Whether the ``+prnu`` step may take the test to hold one device of each class, and why:
+    ``blend.prnu.one_device_per_class`` when set; else a declared balanced test (the competition's
+    design), or a composition whose marker records one known test device for every class."""
+    setting = cfg.blend.prnu.one_device_per_class
+    if setting is not None:
+        return setting, f"blend.prnu.one_device_per_class: {str(setting).lower()}"
+    if cfg.blend.balanced_test:
+        return True, "blend.balanced_test: the competition's design, one device per class"
+    if one_test_device_per_class(data_dir):
+        return True, "camid compose put one known device of every class in the test"
+    return False, "not known to hold one device per class"
+
+
 def _prnu_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
     key = f"{st.base}+match" if st.match else st.base
     if key not in run.refined:
+        one, why = one_device_per_class(run.cfg, run.ws.data_dir)
+        naming = "one class per sensor" if one else "each by its own best class (a class may have several sensors)"
+        stage_log("blend", f"{st.name}: sensor clusters named {naming}: {why}")
         # the clusters are named by every base of the blend, so every +prnu strategy confirms the same names
         run.refined[key] = prnu_cluster.refine_table(
             out, class_columns(out), run.ws.data_dir, run.ws.prnu_residuals, run.cfg.blend.prnu, run.cfg.blend.floor,
-            run.structures, evidence=[t for t, _ in run.bases.values()], balanced=run.cfg.blend.balanced_test)
+            run.structures, evidence=[t for t, _ in run.bases.values()], balanced=run.cfg.blend.balanced_test,
+            one_device=one)
     refined, info["prnu"], report = run.refined[key]
     if len(report):
         write_csv(run.ws.step_report(st.name, "prnu"), report)
