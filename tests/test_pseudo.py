@@ -1,6 +1,8 @@
 """Balanced pseudo-labels and the second training round."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -162,6 +164,20 @@ def test_isotonic_fit_and_expected_precision_of_a_calibrated_confidence():
     assert abs(out["unalt"] - 0.9) < 0.04 and abs(out["manip"] - 0.5) < 0.04 and abs(out["overall"] - 0.7) < 0.03
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_the_surest_crops_are_the_largest_set_that_reaches_the_target(seed):
+    """Brute force over every subset of up to 10 crops: no larger set has a mean expected
+    precision at the target, and the one kept does."""
+    rng = np.random.default_rng(seed)
+    each = rng.choice([0.3, 0.5, 0.7, 0.8, 0.9, 1.0], size=int(rng.integers(1, 11)))
+    target = float(rng.choice([0.6, 0.8, 0.95]))
+    keep = pseudo.surest_reaching(each, target)
+    best = max((r for r in range(len(each) + 1) for sub in itertools.combinations(each, r)
+                if r and np.mean(sub) >= target - 1e-12), default=0)
+    assert len(keep) == best and (not len(keep) or each[keep].mean() >= target - 1e-12)
+    assert (np.sort(keep) == keep).all() and len(set(keep.tolist())) == len(keep)
+
+
 def test_cross_fit_groups_are_balanced_per_class_and_half_and_deterministic():
     chosen = pseudo.select(_test_rows(8), CLASSES, per_class=4, fraction=0.8, min_confidence=0.0)
     groups = pseudo.cross_fit_groups(chosen, [0, 1])
@@ -203,14 +219,36 @@ def test_a_round_two_fold_never_trains_on_the_pseudo_crops_it_alone_predicts(rou
         assert np.allclose(test.loc[own["fname"], CLASSES].to_numpy(), probs, atol=1e-5)
 
 
-def test_pseudo_selects_nothing_below_the_expected_precision_and_round_two_still_trains(round_two, capsys):
+def test_pseudo_keeps_only_the_surest_crops_when_the_selection_is_below_the_target(round_two, capsys, monkeypatch):
+    root, data, cfg_path = round_two
+    c = load_config(cfg_path)
+    c.pseudo.min_expected_precision = 0.9
+    ws = Workspace(root, data)
+    before, sidecar = ws.pseudo_labels().read_bytes(), ws.pseudo_labels().with_suffix(".json").read_bytes()
+    # three crops as sure as a sensor-confirmed one, the other nine at 0.5: the 12 expect 0.625
+    monkeypatch.setattr(pseudo, "crop_precision", lambda oof, classes, chosen: np.r_[np.full(3, 1.0),
+                                                                                     np.full(len(chosen) - 3, 0.5)])
+    try:
+        chosen, info = pseudo.make_pseudo(c, ws)
+        assert info["selected_before_gate"] == 12 and info["expected_precision"]["overall"] == 0.625
+        assert info["crops"] == info["kept_after_gate"] == 3 and info["expected_precision_kept"]["overall"] == 1.0
+        assert len(read_pseudo(ws.pseudo_labels(), CLASSES)) == 3
+        assert "kept the 3 surest of the 12 crops" in capsys.readouterr().out
+    finally:
+        ws.pseudo_labels().write_bytes(before)
+        ws.pseudo_labels().with_suffix(".json").write_bytes(sidecar)
+
+
+def test_pseudo_selects_nothing_below_the_expected_precision_and_round_two_still_trains(round_two, capsys,
+                                                                                        monkeypatch):
     import torch
 
     from camid.train.trainer import Trainer
 
     root, data, cfg_path = round_two
     c = load_config(cfg_path)
-    c.pseudo.min_expected_precision = 1.0
+    c.pseudo.min_expected_precision = 0.9
+    monkeypatch.setattr(pseudo, "crop_precision", lambda oof, classes, chosen: np.full(len(chosen), 0.89))
     ws = Workspace(root, data)
     before, sidecar = ws.pseudo_labels().read_bytes(), ws.pseudo_labels().with_suffix(".json").read_bytes()
     try:

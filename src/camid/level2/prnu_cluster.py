@@ -254,13 +254,15 @@ def claim_names(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], u
 
     Without ``one_per_class`` every cluster takes its own best class (``name_clusters``,
     ``naming_confidence``). With it (the test holds one device of each class: a declared balanced
-    test, or a composition that put one device of every class in the test) the names are
-    claimed one at a time, the most stable first, and a class once claimed is out of reach of
-    the clusters of other sensors: a cluster whose best class another, surer cluster already
-    holds is named among the classes left, and confirmed only if that name is stable too. Two
-    models of one sensor family (Nikon D70 and D70s) both look like the surer one's class to a
-    weak classifier; the other device can only be the other model. ``linked`` (k, k): clusters
-    whose fingerprints link (two parts of one sensor), which may share a class."""
+    test, or a composition that put one device of every class in the test) two sensors never
+    share a class, so the names are claimed one at a time: a cluster's confidence is the share of
+    bootstrap draws in which its best free class is its name AND no cluster of another sensor
+    wants that class more clearly (a larger lead over its own second class); the surest claims
+    first, and a class once claimed is out of reach of the other sensors' clusters, which are
+    named among the classes left and confirmed only if that name is stable too. When two
+    clusters want one class about equally (the Nikon D70 and D70s to a classifier that cannot
+    tell them apart), neither is sure and neither is used. ``linked`` (k, k): clusters whose
+    fingerprints link (two parts of one sensor), which may share a class and do not compete."""
     k_cl = len(usable)
     evidence = cluster_evidence(members, probs, k_cl)
     drawn = bootstrap_evidence(members, probs, k_cl, draws, seed)
@@ -269,28 +271,44 @@ def claim_names(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], u
     if not one_per_class:
         return names, conf
     n_classes = evidence.shape[1]
+    link = np.zeros((k_cl, k_cl), bool) if linked is None else np.asarray(linked, bool)
     holder = np.full(n_classes, -1)  # the cluster that claimed each class
     todo = usable & (names >= 0)
     while todo.any():
-        best: tuple[float, int, int] | None = None
-        for c in np.flatnonzero(todo):
-            free = holder < 0
-            if linked is not None:
-                free |= (holder >= 0) & linked[c, np.maximum(holder, 0)]
-            if not free.any():
-                names[c], conf[c] = -1, 0.0
-                continue
-            names[c] = int(np.where(free, evidence[c], -np.inf).argmax())
-            conf[c] = float((np.where(free[None], drawn[:, c], -np.inf).argmax(axis=1) == names[c]).mean())
-            if best is None or conf[c] > best[0]:
-                best = (float(conf[c]), int(c), int(names[c]))
-        if best is None or best[0] < threshold:
+        cands = np.flatnonzero(todo)
+        # the classes each candidate may still take: unclaimed, or claimed by a part of its own sensor
+        free = (holder < 0)[None, :] | ((holder >= 0)[None, :] & link[np.ix_(cands, np.maximum(holder, 0))])
+        names[cands[~free.any(axis=1)]], conf[cands[~free.any(axis=1)]] = -1, 0.0
+        names[cands] = np.where(free.any(axis=1), np.where(free, evidence[cands], -np.inf).argmax(axis=1), -1)
+        pick, margin = _free_best(np.where(free[None], drawn[:, cands], -np.inf))  # (draws, candidates)
+        # In each draw a candidate keeps its class only against every candidate of another sensor
+        # that wants the same class less clearly: two clusters that both look like one class
+        # (the D70 and the D70s to a classifier that cannot tell them apart) hold it each in
+        # about half the draws, so neither is sure, and neither pushes the other off it.
+        wins = np.ones_like(pick, dtype=bool)
+        for i, c in enumerate(cands):
+            rivals = np.flatnonzero(~link[c, cands] & (cands != c))
+            if len(rivals):
+                wins[:, i] = ~((pick[:, rivals] == pick[:, [i]]) & (margin[:, rivals] > margin[:, [i]] + 1e-9)).any(axis=1)
+        conf[cands] = np.where(names[cands] >= 0, ((pick == names[cands][None]) & wins).mean(axis=0), 0.0)
+        _, full_margin = _free_best(np.where(free, evidence[cands], -np.inf)[None])
+        order = np.lexsort((-full_margin[0], -conf[cands]))  # surest first; ties: the clearer preference
+        won = int(cands[order[0]])
+        if names[won] < 0 or conf[won] < threshold:
             break  # the rest keep their provisional names and confidences: not used
-        _, won, name = best
-        if holder[name] < 0:  # else a part of the holder's own sensor (linked)
-            holder[name] = won
+        if holder[names[won]] < 0:  # else a part of the holder's own sensor (linked)
+            holder[names[won]] = won
         todo[won] = False
     return names, conf
+
+
+def _free_best(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., classes) -> the best class and its lead over the second best (inf: the only finite one)."""
+    best = values.argmax(axis=-1)
+    top = np.take_along_axis(values, best[..., None], axis=-1)[..., 0]
+    second = np.where(np.arange(values.shape[-1]) == best[..., None], -np.inf, values).max(axis=-1)
+    with np.errstate(invalid="ignore"):
+        return best, np.where(np.isfinite(second), top - second, np.inf)
 
 
 def _as_bases(probs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

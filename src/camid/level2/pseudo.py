@@ -17,8 +17,10 @@ carries probability ~1 there, so confirmed crops come first.
 
 The confidence is calibrated on the OOF rows of the same table (labels known; level 2 changes
 only test rows): the precision as a function of the confidence, isotonic, per half, gives the
-selection's expected precision. Below ``pseudo.min_expected_precision`` nothing is selected: more
-wrong labels than right ones would teach round 2 the wrong cameras (on real photos the audit of
+selection's expected precision. Below ``pseudo.min_expected_precision`` only the surest crops
+are kept, as many as keep the expectation at that level (``surest_reaching``; the crops the
+sensor-noise steps confirmed come first), and none when even the surest is below: more wrong
+labels than right ones would teach round 2 the wrong cameras (on real photos the audit of
 issue #21 measured 0.463). The OOF photos come from the training devices, so the expectation is
 an upper bound on the test device.
 
@@ -95,24 +97,44 @@ def precision_at(oof_conf: np.ndarray, oof_right: np.ndarray, conf: np.ndarray) 
     return fit[np.clip(idx, 0, len(fit) - 1)]
 
 
-def expected_precision(oof: pd.DataFrame, classes: list[str], chosen: pd.DataFrame) -> dict[str, float]:
-    """The chosen crops' expected precision, overall and per half, from the ``oof`` rows of the
-    confidence table: each half's crops by the OOF rows of that half (all rows if it has none)."""
+def crop_precision(oof: pd.DataFrame, classes: list[str], chosen: pd.DataFrame) -> np.ndarray:
+    """Each chosen crop's expected precision, from the ``oof`` rows of the confidence table: a
+    crop of each half by the OOF rows of that half (all rows if it has none)."""
     probs = oof[classes].to_numpy()
     conf, right = probs.max(axis=1), np.asarray(classes)[probs.argmax(axis=1)] == oof["label"].to_numpy()
     manip = oof["manip"].to_numpy()
-    out: dict[str, float] = {}
     each = np.zeros(len(chosen))
     for half, flag in (("unalt", 0), ("manip", 1)):
         rows = (chosen["half"] == half).to_numpy()
-        if not rows.any():
-            continue
-        ref = manip == flag if (manip == flag).any() else np.ones(len(manip), bool)
-        each[rows] = precision_at(conf[ref], right[ref], chosen["confidence"].to_numpy()[rows])
-        out[half] = round(float(each[rows].mean()), 4)
+        if rows.any():
+            ref = manip == flag if (manip == flag).any() else np.ones(len(manip), bool)
+            each[rows] = precision_at(conf[ref], right[ref], chosen["confidence"].to_numpy()[rows])
+    return each
+
+
+def expected_precision(oof: pd.DataFrame, classes: list[str], chosen: pd.DataFrame,
+                       each: np.ndarray | None = None) -> dict[str, float]:
+    """The chosen crops' expected precision, overall and per half (``crop_precision``, or ``each``)."""
+    each = crop_precision(oof, classes, chosen) if each is None else each
+    out: dict[str, float] = {}
+    for half in ("unalt", "manip"):
+        rows = (chosen["half"] == half).to_numpy()
+        if rows.any():
+            out[half] = round(float(each[rows].mean()), 4)
     if len(chosen):
         out["overall"] = round(float(each.mean()), 4)
     return out
+
+
+def surest_reaching(each: np.ndarray, target: float) -> np.ndarray:
+    """Positions of the largest set of crops whose mean expected precision reaches ``target``:
+    the surest first (ties: position), so it is a prefix of the crops sorted by ``each``; empty
+    when even the surest is below. A weak round 1 still gives round 2 its sure crops (those its
+    sensor-noise steps confirmed, above all) instead of all or nothing."""
+    order = np.argsort(-np.asarray(each, float), kind="mergesort")
+    running = np.cumsum(np.asarray(each, float)[order]) / np.arange(1, len(order) + 1)
+    # the running mean of a descending sequence never rises: the prefix ends at its last pass
+    return np.sort(order[: int((running >= target - 1e-12).sum())])
 
 
 def cross_fit_groups(chosen: pd.DataFrame, folds: list[int]) -> np.ndarray:
@@ -156,7 +178,8 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
                          f"{len(folds)}: use folds.mode kfold (a single model would predict the crops it trained on)")
     chosen = select(frame, classes, p.per_class, p.fraction, p.min_confidence)
     oof = tables[conf_name][tables[conf_name]["split"] == "oof"]
-    expected = expected_precision(oof, classes, chosen)
+    each = crop_precision(oof, classes, chosen)
+    expected = expected_precision(oof, classes, chosen, each)
     info: dict = {"strategy": p.strategy, "confidence_from": conf_name, "round": ws.round,
                   "expected_precision": expected, "min_expected_precision": p.min_expected_precision,
                   "note": "expected precision: the OOF precision at the chosen confidences; the OOF photos come "
@@ -170,7 +193,14 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     gated = expected.get("overall", 0.0) < p.min_expected_precision
     if gated:  # the solution's precision (simulated data) stays, as the precision the gate turned down
         info["selected_before_gate"] = len(chosen)
-        chosen = chosen.head(0)
+        keep = surest_reaching(each, p.min_expected_precision)
+        chosen = chosen.iloc[keep].reset_index(drop=True)
+        info["kept_after_gate"] = len(chosen)
+        if len(chosen):
+            info["expected_precision_kept"] = expected_precision(oof, classes, chosen, each[keep])
+            if truth is not None and set(chosen["fname"]) <= set(truth.index):
+                info["precision_kept"] = round(float(
+                    (chosen["label"].to_numpy() == truth.loc[chosen["fname"]].to_numpy()).mean()), 4)
     chosen = chosen.assign(group=cross_fit_groups(chosen, folds))
     out = write_pseudo(chosen, ws.pseudo_labels())
     counts = chosen.groupby(["half", "label"]).size().unstack(fill_value=0)
@@ -185,10 +215,20 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
                         f"from {conf_name}'s OOF rows: {expected.get('overall', float('nan')):.3f} ({halves}); "
                         "the OOF photos come from the training devices: on an unseen test device expect less"
                         + (against if gated else ""))
-    if gated:
+    if gated and not len(chosen):
         stage_log("pseudo", f"{expected.get('overall', 0.0):.3f} is below pseudo.min_expected_precision "
-                            f"{p.min_expected_precision:g}: no crop selected, round 2 would not help (it trains on "
-                            f"the photos alone, as round 1 did); wrote the empty {out}")
+                            f"{p.min_expected_precision:g}, and so is even the surest crop: no crop selected, round 2 "
+                            f"would not help (it trains on the photos alone, as round 1 did); wrote the empty {out}")
+    elif gated:
+        kept = info["expected_precision_kept"]
+        stage_log("pseudo", f"{expected.get('overall', 0.0):.3f} is below pseudo.min_expected_precision "
+                            f"{p.min_expected_precision:g}: kept the {len(chosen)} surest of the "
+                            f"{info['selected_before_gate']} crops, expected precision {kept['overall']:.3f} "
+                            f"({', '.join(f'{h} {v:.3f}' for h, v in kept.items() if h != 'overall')})"
+                            + (f"; against the solution: {info['precision_kept']:.3f}" if "precision_kept" in info
+                               else ""))
+        stage_log("pseudo", f"wrote {out}: {len(chosen)} test crops {info['per_half']}, "
+                            f"cross-fitted over folds {folds}")
     else:
         stage_log("pseudo", f"read {ws.blend_table(p.strategy)} and {ws.blend_table(conf_name)}; wrote {out}: "
                             f"{len(chosen)} test crops {info['per_half']} (at least {info['min_per_class']} per "
