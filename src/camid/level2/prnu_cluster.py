@@ -289,7 +289,8 @@ def claim_names(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], u
         for i, c in enumerate(cands):
             rivals = np.flatnonzero(~link[c, cands] & (cands != c))
             if len(rivals):
-                wins[:, i] = ~((pick[:, rivals] == pick[:, [i]]) & (margin[:, rivals] > margin[:, [i]] + 1e-9)).any(axis=1)
+                clearer = margin[:, rivals] > margin[:, [i]] + 1e-9
+                wins[:, i] = ~((pick[:, rivals] == pick[:, [i]]) & clearer).any(axis=1)
         conf[cands] = np.where(names[cands] >= 0, ((pick == names[cands][None]) & wins).mean(axis=0), 0.0)
         _, full_margin = _free_best(np.where(free, evidence[cands], -np.inf)[None])
         order = np.lexsort((-full_margin[0], -conf[cands]))  # surest first; ties: the clearer preference
