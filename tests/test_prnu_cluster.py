@@ -48,9 +48,10 @@ def _noisy_probs(y: np.ndarray, k: int, strength: float, seed: int = 0) -> np.nd
 
 @pytest.mark.parametrize("balanced", [True, False])
 def test_clusters_recover_the_test_devices_and_name_them_from_a_weak_classifier(competition, balanced):
-    """Declared balanced (the competition, the demo): one device per class, k clusters named
-    one-to-one. Not declared: clusters found from the data, each named on its own, so a weak
-    device or a name the weak votes do not settle is left out rather than guessed."""
+    """Declared balanced (the competition, the demo): one device per class, k clusters whose
+    names are claimed one class per sensor. Not declared: clusters found from the data, each named
+    on its own, so a weak device or a name the weak votes do not settle is left out rather than
+    guessed."""
     _, test, residuals, y, classes = competition
     manip = test["manip"].to_numpy()
     probs = _noisy_probs(y, len(classes), strength=1.0)  # ~35% accurate on its own
