@@ -201,10 +201,19 @@ def name_clusters(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray],
     crop at 1e-7 weigh as much as 16 right ones). Each cluster takes its own best class, so two
     clusters may carry the same name (a class whose test crops come from two devices; see
     ``claim_names`` for one device per class). -1: a cluster without members."""
-    evidence = cluster_evidence(members, probs, k_clusters)
-    names = np.nan_to_num(evidence, nan=-1.0).argmax(axis=1)
-    names[~np.isfinite(evidence).all(axis=1)] = -1
+    return _best_classes(cluster_evidence(members, probs, k_clusters))
+
+
+def _best_classes(evidence: np.ndarray) -> np.ndarray:
+    """(..., clusters, classes) evidence -> each cluster's best class (-1: empty, all nan)."""
+    names = np.nan_to_num(evidence, nan=-1.0).argmax(axis=-1)
+    names[~np.isfinite(evidence).all(axis=-1)] = -1
     return names.astype(np.int64)
+
+
+def _stability(drawn: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """Share of the (draws, clusters, classes) bootstrap evidence whose best class is ``names`` (0: unnamed)."""
+    return np.where(names >= 0, (_best_classes(drawn) == names[None]).mean(axis=0), 0.0)
 
 
 def cluster_evidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], k_clusters: int) -> np.ndarray:
@@ -242,8 +251,7 @@ def naming_confidence(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarr
     which the cluster's best class is still that name. Near 1 only when the name holds whatever
     subset of crops and whichever base is asked; a cluster split between two classes, or whose
     bases disagree, lands near 0.5 or below."""
-    drawn = np.nan_to_num(bootstrap_evidence(members, probs, len(names), draws, seed), nan=-1.0).argmax(axis=2)
-    return np.where(names >= 0, (drawn == names[None]).mean(axis=0), 0.0)
+    return _stability(bootstrap_evidence(members, probs, len(names), draws, seed), names)
 
 
 def claim_names(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], usable: np.ndarray,
@@ -266,8 +274,8 @@ def claim_names(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], u
     k_cl = len(usable)
     evidence = cluster_evidence(members, probs, k_cl)
     drawn = bootstrap_evidence(members, probs, k_cl, draws, seed)
-    names = name_clusters(members, probs, k_cl)
-    conf = naming_confidence(members, probs, names, draws, seed)
+    names = _best_classes(evidence)
+    conf = _stability(drawn, names)
     if not one_per_class:
         return names, conf
     n_classes = evidence.shape[1]
@@ -278,7 +286,6 @@ def claim_names(members: np.ndarray, probs: np.ndarray | Sequence[np.ndarray], u
         cands = np.flatnonzero(todo)
         # the classes each candidate may still take: unclaimed, or claimed by a part of its own sensor
         free = (holder < 0)[None, :] | ((holder >= 0)[None, :] & link[np.ix_(cands, np.maximum(holder, 0))])
-        names[cands[~free.any(axis=1)]], conf[cands[~free.any(axis=1)]] = -1, 0.0
         names[cands] = np.where(free.any(axis=1), np.where(free, evidence[cands], -np.inf).argmax(axis=1), -1)
         pick, margin = _free_best(np.where(free[None], drawn[:, cands], -np.inf))  # (draws, candidates)
         # In each draw a candidate keeps its class only against every candidate of another sensor

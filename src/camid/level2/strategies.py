@@ -170,6 +170,7 @@ class BlendRun:
     structures: dict[str, prnu_cluster.Structure] = field(default_factory=dict)
     matched: dict[str, tuple[pd.DataFrame, dict, pd.DataFrame]] = field(default_factory=dict)  # one per base
     evidence: dict[str, prnu_match.Evidence | None] = field(default_factory=dict)  # one scoring of the test crops
+    one_device: tuple[bool, str] | None = None  # one_device_per_class, resolved once per run
 
 
 def _match_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
@@ -199,10 +200,13 @@ def one_device_per_class(cfg: Config, data_dir: Path) -> tuple[bool, str]:
 
 def _prnu_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> pd.DataFrame:
     key = f"{st.base}+match" if st.match else st.base
+    if run.one_device is None:
+        run.one_device = one_device_per_class(run.cfg, run.ws.data_dir)
+        naming = "one class per sensor" if run.one_device[0] else \
+            "each by its own best class (a class may have several sensors)"
+        stage_log("blend", f"+prnu: sensor clusters named {naming}: {run.one_device[1]}")
+    one = run.one_device[0]
     if key not in run.refined:
-        one, why = one_device_per_class(run.cfg, run.ws.data_dir)
-        naming = "one class per sensor" if one else "each by its own best class (a class may have several sensors)"
-        stage_log("blend", f"{st.name}: sensor clusters named {naming}: {why}")
         # the clusters are named by every base of the blend, so every +prnu strategy confirms the same names
         run.refined[key] = prnu_cluster.refine_table(
             out, class_columns(out), run.ws.data_dir, run.ws.prnu_residuals, run.cfg.blend.prnu, run.cfg.blend.floor,
