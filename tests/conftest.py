@@ -20,13 +20,16 @@ def with_prnu(scene: np.ndarray, k: np.ndarray, seed: int) -> np.ndarray:
 @contextmanager
 def strong_sensor_noise() -> Iterator[None]:
     """The simulator before its calibration to real photos (BENCHMARKS.md, "Sensor noise: real vs
-    simulated"): every device's PRNU std uniform in 0.007-0.013, no model without PRNU. For tests
+    simulated"): every device's PRNU std uniform in 0.007-0.013, no model without PRNU, the
+    temporal noise of then (a fifth of today's). For tests
     of what PRNU matching does when the evidence is there. It patches this process only (the
     pool's workers are fresh processes): simulate with ``workers=1`` under it."""
     from camid.sim import camera
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(camera, "prnu_level", lambda class_index, seed: 0.01)
         mp.setattr(camera, "PRNU_DEVICE_SPREAD", 0.3)
+        mp.setattr(camera, "READ_NOISE", (0.0005, 0.002))
+        mp.setattr(camera, "SHOT_NOISE", (2e-5, 8e-5))
         yield
 
 

@@ -61,7 +61,14 @@ _S_ASSIGN, _S_MODEL, _S_DEVICE, _S_PRNU, _S_SCENE, _S_SENSOR, S_NAMES, _S_PRNU_L
 DEVICE_CODES = {d: i for i, d in enumerate(string.ascii_uppercase[:len(DEVICES) + MAX_EXTERNAL_DEVICES])}
 # Sensor fixed-pattern strength, calibrated so that the same-device NCC of two photos' crop
 # residuals matches real photos (BENCHMARKS.md, "Sensor noise: real vs simulated").
-PRNU_LEVELS = (0.0055, 0.012)  # a model's PRNU std, log-uniform
+PRNU_LEVELS = (0.011, 0.024)  # a model's PRNU std, log-uniform
+# Temporal noise at base ISO (std in units of full scale; shot noise: variance per unit signal).
+# Flat-fields fix it against PRNU: their same-device NCC, where no scene leaks into the
+# residual, is 0.013-0.047 on the real photos; with the earlier noise (read 0.0005-0.002, shot
+# 2e-5-8e-5, PRNU half as strong) it was 0.057-0.241 and only the scene leakage kept natural
+# photos in range (BENCHMARKS.md, "Sensor noise: real vs simulated", flat-fields).
+READ_NOISE = (0.004, 0.008)
+SHOT_NOISE = (8.75e-4, 1.5e-3)
 PRNU_DEVICE_SPREAD = 0.15  # each device's std is its model's times 1 +- this
 PRNU_NONE_EVERY = 5  # one model in every 5 consecutive classes has no usable PRNU ...
 PRNU_NONE_STD = 0.0005  # ... only this much
@@ -199,8 +206,8 @@ def make_device(class_index: int, device: str, seed: int) -> Device:
     spread = PRNU_DEVICE_SPREAD
     return Device(class_index=class_index, device=device,
                   prnu_std=prnu_level(class_index, seed) * float(rng.uniform(1 - spread, 1 + spread)),
-                  read_noise=float(rng.uniform(0.0005, 0.002)),
-                  shot_noise=float(rng.uniform(2e-5, 8e-5)))
+                  read_noise=float(rng.uniform(*READ_NOISE)),
+                  shot_noise=float(rng.uniform(*SHOT_NOISE)))
 
 
 @functools.lru_cache(maxsize=4)

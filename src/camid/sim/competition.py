@@ -41,7 +41,8 @@ from ..util.pool import parallel_map
 from .camera import S_NAMES, CameraModel, make_models, seeded_rng, shoot
 
 # Bump when the generator (this module or sim.camera) changes, so an old dataset is not mistaken for a current one.
-FORMAT_VERSION = 3  # 2: resizes by the exact factor (manipulations.resize); 3: calibrated PRNU strength
+FORMAT_VERSION = 4  # 2: resizes by the exact factor (manipulations.resize); 3: calibrated PRNU strength;
+# 4: temporal noise and PRNU calibrated on flat-fields too
 
 # --------------------------------------------------------------------------- options
 
