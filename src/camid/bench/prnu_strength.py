@@ -3,7 +3,7 @@
 
     PYTHONPATH=src python -m camid.bench.prnu_strength [--real ../shared/data/real_cameras]
         [--dresden ../shared/data/dresden_prnu] [--sim-data data/simulated]
-        [--simulated 6 --config configs/demo.yaml] [--crops 256,512] [--out bench_out/prnu_strength]
+        [--simulated 6 --config configs/demo.yaml] [--flat 6] [--crops 256,512] [--out bench_out/prnu_strength]
 
 For every pair of different photos of one device: the NCC of the post-processed noise
 residuals of their centre crops (``forensics.prnu.crop_residuals`` / ``residual_ncc_pairs``,
@@ -13,7 +13,8 @@ Dresden Nikons (``flatfield/``, ``natural/``), a simulated competition folder (d
 training photos; device B: the ``_unalt`` test crops listed in solution.csv, which are already
 cropped, so only crops up to their size), and ``--simulated N``: N photos per device A and B of
 every class rendered in memory from the config's ``simulate`` section (the unaltered test crop is
-the centre crop of such a photo). Prints a Markdown table; writes ``OUT/pairs.csv`` and ``OUT/summary.csv``.
+the centre crop of such a photo), and ``--flat N``: N mid-grey flat-fields per device B
+(``sim.camera.flat_field``). Prints a Markdown table; writes ``OUT/pairs.csv`` and ``OUT/summary.csv``.
 """
 from __future__ import annotations
 
@@ -77,6 +78,13 @@ def _residuals_of_sim(job: tuple[dict, int, str, int, tuple[int, ...]]) -> dict[
     model = camera.make_models(opts["n_classes"], opts["seed"])[c]
     img = images.decode_bytes(camera.shoot(model, device, i, opts["width"], opts["height"], opts["seed"]))
     return {k: prnu.crop_residuals([img], k)[0] for k in crops if min(img.shape[:2]) >= k}
+
+
+def _residuals_of_flat(job: tuple[dict, int, str, int, tuple[int, ...]]) -> dict[int, np.ndarray]:
+    opts, c, device, i, crops = job
+    model = camera.make_models(opts["n_classes"], opts["seed"])[c]
+    img = images.decode_bytes(camera.flat_field(model, device, i, max(crops), opts["seed"]))
+    return {k: prnu.crop_residuals([img], k)[0] for k in crops}
 
 
 def pairs_for(sets: list[tuple[str, str, str, list]], residuals: list[list[dict[int, np.ndarray]]],
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-data", type=Path, help="a simulated competition folder")
     ap.add_argument("--simulated", type=int, default=0, help="photos per device A and B rendered in memory")
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--flat", type=int, default=0, help="mid-grey flat-fields per device B rendered in memory")
     ap.add_argument("--classes", type=int, default=0, help="--simulated: only the first N classes (0: all)")
     ap.add_argument("--cluster", type=Path, nargs="*", default=[],
                     help="simulated competitions: +prnu's gain on a synthetic classifier (no residual NCC)")
@@ -203,6 +212,15 @@ def main(argv: list[str] | None = None) -> int:
             per.append(flat[k:k + len(paths)])
             k += len(paths)
         frames.append(pairs_for(path_sets, per, crops))
+    if a.flat:
+        cfg = load_config(a.config).simulate
+        opts = {"n_classes": cfg.n_classes, "seed": cfg.seed}
+        classes = camera.class_names(cfg.n_classes)[:a.classes or cfg.n_classes]
+        sets = [("simulated", "flatfield", f"{cls}_B", [(c, "B", i) for i in range(a.flat)])
+                for c, cls in enumerate(classes)]
+        jobs3 = [(opts, c, d, i, crops) for *_, items in sets for c, d, i in items]
+        flat = list(parallel_map(_residuals_of_flat, jobs3, a.workers, "flat-fields"))
+        frames.append(pairs_for(sets, [flat[k * a.flat:(k + 1) * a.flat] for k in range(len(sets))], crops))
     if a.simulated:
         cfg = load_config(a.config).simulate
         opts = {"n_classes": cfg.n_classes, "seed": cfg.seed, "width": cfg.width, "height": cfg.height}
@@ -216,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if not frames:
         if a.cluster:
             return 0
-        ap.error("nothing to measure: pass --real, --dresden, --sim-data, --simulated or --cluster")
+        ap.error("nothing to measure: pass --real, --dresden, --sim-data, --simulated, --flat or --cluster")
     pairs = pd.concat(frames, ignore_index=True)
     summary = summarise(pairs)
     write_csv(a.out / "pairs.csv", pairs)

@@ -55,7 +55,7 @@ DISCRETE_CHOICES: dict[str, tuple[Any, ...]] = {
 
 # Independent random streams: the second seed word says what a generator is for (S_NAMES:
 # sim.competition's test file names).
-_S_ASSIGN, _S_MODEL, _S_DEVICE, _S_PRNU, _S_SCENE, _S_SENSOR, S_NAMES, _S_PRNU_LEVEL = range(1, 9)
+_S_ASSIGN, _S_MODEL, _S_DEVICE, _S_PRNU, _S_SCENE, _S_SENSOR, S_NAMES, _S_PRNU_LEVEL, _S_FLAT = range(1, 10)
 # A and B keep codes 0 and 1 (their bytes must never change); C, D, ... are the
 # external pool's further devices (camid.sim.external_pool).
 DEVICE_CODES = {d: i for i, d in enumerate(string.ascii_uppercase[:len(DEVICES) + MAX_EXTERNAL_DEVICES])}
@@ -538,6 +538,17 @@ def capture(model: CameraModel, device: str, index: int, width: int, height: int
     shot = draw_shot(model, rng)
     raw = expose(scene, model, make_device(model.index, device, seed), shot, rng, seed)
     return develop(raw, model, shot), shot
+
+
+def flat_field(model: CameraModel, device: str, index: int, size: int, seed: int, level: float = 0.5) -> bytes:
+    """Flat-field shot number ``index`` of ``device``: a uniform grey scene (linear ``level``),
+    ``size`` x ``size``, through the whole camera. The reference shots of PRNU work, and the
+    simulator's calibration against real ones: no scene leaks into their residual."""
+    rng = seeded_rng(seed, _S_FLAT, model.index, DEVICE_CODES[device], index)
+    shot = draw_shot(model, rng)
+    raw = expose(np.full((size, size, 3), level, np.float32), model, make_device(model.index, device, seed),
+                 shot, rng, seed)
+    return encode_jpeg(develop(raw, model, shot), model, shot.jpeg_quality)
 
 
 def shoot(model: CameraModel, device: str, index: int, width: int, height: int, seed: int) -> bytes:
