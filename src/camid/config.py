@@ -214,11 +214,6 @@ class PrnuClusterConfig:
     # links reaches min_cluster_z and their sum / sqrt(links) reaches merge_z: the number of
     # clusters comes from the data (level2.prnu_cluster.agglomerate)
     min_cluster_z: float = 1.0
-    # a cluster is used only when its mean within-cluster pairwise z-score reaches this: a
-    # sensor's 256-px natural-scene crops average 0.5-2.5 at real PRNU strength (real NCC
-    # 0.002-0.01 against a null sd of 1/256), while the groups a forced k-way split (balanced
-    # test) makes of crops without usable PRNU average 0.1-0.2 (BENCHMARKS.md, "make demo")
-    min_coherence: float = 0.5
     merge_z: float | None = None  # None: the 5% Bonferroni bound over the pairs of unaltered test crops
     min_cluster_size: int = 3
     # below this share of unaltered test crops in coherent clusters the noise is too weak to trust

@@ -14,7 +14,7 @@ reference patterns from clusters of test images. Here:
    and a cluster whose two halves do not link to each other holds two sensors and is refused
    (``one_sensor``), as is one larger than ``max_size_ratio`` times a class's share;
 3. a cluster counts only when it has ``min_cluster_size`` members and a mean pairwise z-score
-   of ``min_coherence``; when less than ``min_clustered`` of the unaltered crops fall in such
+   of ``min_cluster_z``; when less than ``min_clustered`` of the unaltered crops fall in such
    clusters the sensor noise is too weak to trust (real natural-scene crops, crops from
    different sensor positions) and the step changes nothing, saying why;
 4. each cluster is named by the mean probability of each class over its members and over every
@@ -458,7 +458,7 @@ def cluster_structure(residuals: np.ndarray, manip: np.ndarray, k: int,
     # two clusters whose cross links are as strong as a coherent cluster's own are one sensor
     linked = cross >= s.min_cluster_z
     one = bool(balanced and k) or one_device
-    ok = coherence >= s.min_coherence
+    ok = coherence >= s.min_cluster_z
     refused = {"incoherent": int((~ok).sum()), "two sensors": int((ok & ~single).sum())}
     ok &= single
     if balanced and k:
