@@ -264,3 +264,49 @@ def test_pseudo_selects_nothing_below_the_expected_precision_and_round_two_still
     finally:
         ws.pseudo_labels().write_bytes(before)
         ws.pseudo_labels().with_suffix(".json").write_bytes(sidecar)
+
+
+def test_confirmed_crops_are_read_from_the_sensor_steps_reports(tmp_path):
+    from camid.level2.prnu_match import DECIDED_BASE, DECIDED_MATCH
+    from camid.level2.strategies import confirmed_by_sensor
+
+    ws = Workspace(tmp_path, tmp_path / "data")
+    ws.blend_dir.mkdir(parents=True)
+    pd.DataFrame({"fname": ["a", "b", "c"], "decided_by": [DECIDED_MATCH, DECIDED_BASE, DECIDED_BASE]}).to_csv(
+        ws.step_report("lgb+match+prnu", "match"), index=False)
+    with pytest.raises(StrategyError, match="prnu"):  # the +prnu report is missing
+        confirmed_by_sensor(ws, "lgb+match+prnu")
+    pd.DataFrame({"fname": ["a", "b", "c"], "accepted": [False, True, False]}).to_csv(
+        ws.step_report("lgb+match+prnu", "prnu"), index=False)
+    assert confirmed_by_sensor(ws, "lgb+match+prnu") == {"match": {"a"}, "prnu": {"b"}}
+    with pytest.raises(StrategyError, match="no sensor step"):
+        confirmed_by_sensor(ws, "lgb+hungarian")
+
+
+def test_confirmed_only_takes_the_sensor_confirmed_crops_and_none_when_there_are_none(round_two, capsys,
+                                                                                       monkeypatch):
+    """Real photos (issue #21): the calibrated selection took half the unseen Nikons' labels
+    wrong; with pseudo.confirmed_only round 2 learns only what a sensor step decided."""
+    root, data, cfg_path = round_two
+    c = load_config(cfg_path)
+    c.pseudo.confirmed_only = True
+    ws = Workspace(root, data)
+    before, sidecar = ws.pseudo_labels().read_bytes(), ws.pseudo_labels().with_suffix(".json").read_bytes()
+    with pytest.raises(StrategyError, match="no sensor step"):  # gmean+hungarian confirms nothing
+        pseudo.make_pseudo(c, ws)
+    sure = {"img_00u_unalt.tif", "img_01m_manip.tif", "img_10u_unalt.tif", "img_21u_unalt.tif"}
+    monkeypatch.setattr(pseudo, "confirmed_by_sensor", lambda ws, strategy: {"prnu": set(sure)})
+    try:
+        chosen, info = pseudo.make_pseudo(c, ws)
+        assert set(chosen["fname"]) == sure  # per_class 2: every confirmed crop fits
+        assert info["confirmed_by"] == {"prnu": 4}
+        assert set(read_pseudo(ws.pseudo_labels(), CLASSES)["fname"]) == set(chosen["fname"])
+        assert "4 of 24 test crops were confirmed" in capsys.readouterr().out
+        monkeypatch.setattr(pseudo, "confirmed_by_sensor", lambda ws, strategy: {"prnu": set()})
+        chosen, info = pseudo.make_pseudo(c, ws)
+        assert chosen.empty and info["crops"] == 0
+        assert "no test crop was confirmed" in capsys.readouterr().out
+        assert read_pseudo(ws.pseudo_labels(), CLASSES).empty
+    finally:
+        ws.pseudo_labels().write_bytes(before)
+        ws.pseudo_labels().with_suffix(".json").write_bytes(sidecar)

@@ -285,6 +285,10 @@ class PseudoConfig:
     per_class: int | None = None  # crops per class and per half (unalt/manip); None: fraction
     fraction: float = 0.8  # of each class's share of a half (the 2nd place: 105 of 132)
     min_confidence: float = 0.0  # and never a crop below this level-2 probability
+    # Only the crops a sensor step of the strategy confirmed (+match against a training device, a
+    # named +prnu cluster) are candidates: their label is evidence, while the CNN's confidence on a
+    # device it never saw is not what the OOF rows (training devices) say it is.
+    confirmed_only: bool = False
     # The precision the selection is expected to have, from the OOF rows of the confidence strategy
     # (their labels are known): below this, no crop is selected and round 2 trains on the photos
     # alone. OOF photos come from the training devices, so on the test device it is an upper bound.

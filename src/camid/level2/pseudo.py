@@ -22,7 +22,9 @@ are kept, as many as keep the expectation at that level (``surest_reaching``; th
 sensor-noise steps confirmed come first), and none when even the surest is below: more wrong
 labels than right ones would teach round 2 the wrong cameras (on real photos the audit of
 issue #21 measured 0.463). The OOF photos come from the training devices, so the expectation is
-an upper bound on the test device.
+an upper bound on the test device. With ``pseudo.confirmed_only`` only the crops a sensor step
+confirmed are candidates (``strategies.confirmed_by_sensor``): on real photos the calibrated
+selection still took half the unseen Nikons' labels wrong, the confirmed crops none.
 
 The crops are cross-fitted (``data.pseudo``): each gets a group, a fold of the next round,
 balanced per half and class.
@@ -44,7 +46,7 @@ from ..infer.table import class_columns, read_table
 from ..util.io import write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
-from .strategies import parse_strategy
+from .strategies import confirmed_by_sensor, parse_strategy
 from .submission import pick_final
 
 
@@ -172,6 +174,15 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     frame = pd.DataFrame({"fname": lab.index, "path": test.loc[lab.index, "path"].to_numpy(),
                           "label": np.asarray(classes)[label_idx], "manip": lab["manip"].to_numpy().astype(int),
                           "confidence": conf[np.arange(len(conf)), label_idx].round(6)})
+    confirmed: dict[str, int] = {}
+    if p.confirmed_only:
+        by_step = confirmed_by_sensor(ws, p.strategy)
+        sure = set().union(*by_step.values())
+        confirmed = {kind: len(f) for kind, f in by_step.items()}
+        stage_log("pseudo", f"pseudo.confirmed_only: {int(frame['fname'].isin(sure).sum())} of {len(frame)} test crops "
+                            f"were confirmed by a sensor step of {p.strategy} ("
+                            + ", ".join(f"+{k} {n}" for k, n in confirmed.items()) + "); only they are candidates")
+        frame = frame[frame["fname"].isin(sure)].reset_index(drop=True)
     folds = fold_ids(read_folds(ws.folds_csv, cfg.classes or classes))
     if len(folds) < 2:
         raise UsageError(f"pseudo-labels are cross-fitted over the next round's folds, and {ws.folds_csv} has "
@@ -181,6 +192,7 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
     each = crop_precision(oof, classes, chosen)
     expected = expected_precision(oof, classes, chosen, each)
     info: dict = {"strategy": p.strategy, "confidence_from": conf_name, "round": ws.round,
+                  **({"confirmed_by": confirmed} if p.confirmed_only else {}),
                   "expected_precision": expected, "min_expected_precision": p.min_expected_precision,
                   "note": "expected precision: the OOF precision at the chosen confidences; the OOF photos come "
                           "from the training devices, so on an unseen device it is an upper bound"}
@@ -190,7 +202,8 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
         info["precision"] = round(float(right.mean()), 4)
         info["precision_per_half"] = {h: round(float(right[(chosen["half"] == h).to_numpy()].mean()), 4)
                                       for h in ("unalt", "manip") if (chosen["half"] == h).any()}
-    gated = expected.get("overall", 0.0) < p.min_expected_precision
+    none_confirmed = p.confirmed_only and frame.empty
+    gated = not none_confirmed and expected.get("overall", 0.0) < p.min_expected_precision
     if gated:  # the solution's precision (simulated data) stays, as the precision the gate turned down
         info["selected_before_gate"] = len(chosen)
         keep = surest_reaching(each, p.min_expected_precision)
@@ -215,7 +228,10 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
                         f"from {conf_name}'s OOF rows: {expected.get('overall', float('nan')):.3f} ({halves}); "
                         "the OOF photos come from the training devices: on an unseen test device expect less"
                         + (against if gated else ""))
-    if gated and not len(chosen):
+    if none_confirmed:
+        stage_log("pseudo", f"no test crop was confirmed by a sensor step, and pseudo.confirmed_only takes no other: "
+                            f"no crop selected, round 2 trains on the photos alone; wrote the empty {out}")
+    elif gated and not len(chosen):
         stage_log("pseudo", f"{expected.get('overall', 0.0):.3f} is below pseudo.min_expected_precision "
                             f"{p.min_expected_precision:g}, and so is even the surest crop: no crop selected, round 2 "
                             f"would not help (it trains on the photos alone, as round 1 did); wrote the empty {out}")

@@ -184,6 +184,27 @@ def _match_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> p
     return matched
 
 
+def confirmed_by_sensor(ws: Workspace, strategy: str) -> dict[str, set[str]]:
+    """The test crops whose class a sensor step of ``strategy`` decided, per step, from the
+    per-crop reports blend wrote (``ws.step_report``): ``+match``, a PCE against a training
+    device (``decided_by``); ``+prnu``, a named sensor cluster (``accepted``)."""
+    kinds = [k for k in ("match", "prnu") if k in parse_strategy(strategy).steps]
+    if not kinds:
+        raise StrategyError(f"{strategy!r} has no sensor step (+match or +prnu), so no crop of it is confirmed")
+    found: dict[str, set[str]] = {}
+    for kind in kinds:
+        path = ws.step_report(strategy, kind)
+        if not path.is_file():
+            raise StrategyError(f"no per-crop report {path} of {strategy}'s +{kind}: run `camid blend` for it")
+        report = pd.read_csv(path)
+        column = "decided_by" if kind == "match" else "accepted"
+        if "fname" not in report or column not in report:
+            raise TableError(f"{path}: expected the columns fname and {column}, got {list(report.columns)}")
+        hit = report[column] == prnu_match.DECIDED_MATCH if kind == "match" else report[column].astype(bool)
+        found[kind] = set(report.loc[hit, "fname"])
+    return found
+
+
 def one_device_per_class(cfg: Config, data_dir: Path) -> tuple[bool, str]:
     """Whether the ``+prnu`` step may take the test to hold one device of each class, and why:
     ``blend.prnu.one_device_per_class`` when set; else a declared balanced test (the competition's
