@@ -310,3 +310,13 @@ def test_confirmed_only_takes_the_sensor_confirmed_crops_and_none_when_there_are
     finally:
         ws.pseudo_labels().write_bytes(before)
         ws.pseudo_labels().with_suffix(".json").write_bytes(sidecar)
+
+
+def test_candidates_keep_the_share_of_the_whole_half():
+    """Only 2 crops per class may be candidates, but the quota is still 0.8 of the class's share
+    of the whole half (4 of 5), not of the candidates."""
+    test = _test_rows(5)
+    sure = set(test.groupby(["manip", "label"]).head(2)["fname"])
+    chosen = pseudo.select(test, CLASSES, per_class=None, fraction=0.8, min_confidence=0.0, candidates=sure)
+    assert set(chosen["fname"]) == sure
+    assert len(pseudo.select(test, CLASSES, None, 0.8, 0.0)) == 4 * len(CLASSES) * 2

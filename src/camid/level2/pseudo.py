@@ -56,10 +56,11 @@ def confidence_strategy(name: str) -> str:
 
 
 def select(test: pd.DataFrame, classes: list[str], per_class: int | None, fraction: float,
-           min_confidence: float) -> pd.DataFrame:
+           min_confidence: float, candidates: set[str] | None = None) -> pd.DataFrame:
     """Balanced choice from ``test`` (fname, manip, label, confidence): per half and class, the
     most confident crops given that class (ties: file name), ``per_class`` or ``fraction`` of
-    the class's share of the half, none below ``min_confidence``."""
+    the class's share of the half, none below ``min_confidence``; only ``candidates`` when given
+    (the share is still the whole half's)."""
     chosen = []
     for half, flag in (("unalt", 0), ("manip", 1)):
         part = test[test["manip"] == flag]
@@ -68,6 +69,8 @@ def select(test: pd.DataFrame, classes: list[str], per_class: int | None, fracti
         take = per_class if per_class is not None else max(1, math.floor(fraction * (len(part) // len(classes))))
         for cls in classes:
             cand = part[(part["label"] == cls) & (part["confidence"] >= min_confidence)]
+            if candidates is not None:
+                cand = cand[cand["fname"].isin(candidates)]
             cand = cand.sort_values(["confidence", "fname"], ascending=[False, True], kind="mergesort")
             chosen.append(cand.head(take).assign(half=half))
     return pd.concat(chosen, ignore_index=True) if chosen else test.head(0).assign(half="")
@@ -175,19 +178,19 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
                           "label": np.asarray(classes)[label_idx], "manip": lab["manip"].to_numpy().astype(int),
                           "confidence": conf[np.arange(len(conf)), label_idx].round(6)})
     confirmed: dict[str, int] = {}
+    sure: set[str] | None = None
     if p.confirmed_only:
         by_step = confirmed_by_sensor(ws, p.strategy)
-        sure = set().union(*by_step.values())
+        sure = set().union(*by_step.values()) & set(frame["fname"])
         confirmed = {kind: len(f) for kind, f in by_step.items()}
-        stage_log("pseudo", f"pseudo.confirmed_only: {int(frame['fname'].isin(sure).sum())} of {len(frame)} test crops "
-                            f"were confirmed by a sensor step of {p.strategy} ("
-                            + ", ".join(f"+{k} {n}" for k, n in confirmed.items()) + "); only they are candidates")
-        frame = frame[frame["fname"].isin(sure)].reset_index(drop=True)
+        stage_log("pseudo", f"pseudo.confirmed_only: {len(sure)} of {len(frame)} test crops were confirmed by a "
+                            f"sensor step of {p.strategy} (" + ", ".join(f"+{k} {n}" for k, n in confirmed.items())
+                            + "); only they are candidates")
     folds = fold_ids(read_folds(ws.folds_csv, cfg.classes or classes))
     if len(folds) < 2:
         raise UsageError(f"pseudo-labels are cross-fitted over the next round's folds, and {ws.folds_csv} has "
                          f"{len(folds)}: use folds.mode kfold (a single model would predict the crops it trained on)")
-    chosen = select(frame, classes, p.per_class, p.fraction, p.min_confidence)
+    chosen = select(frame, classes, p.per_class, p.fraction, p.min_confidence, sure)
     oof = tables[conf_name][tables[conf_name]["split"] == "oof"]
     each = crop_precision(oof, classes, chosen)
     expected = expected_precision(oof, classes, chosen, each)
@@ -202,7 +205,7 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
         info["precision"] = round(float(right.mean()), 4)
         info["precision_per_half"] = {h: round(float(right[(chosen["half"] == h).to_numpy()].mean()), 4)
                                       for h in ("unalt", "manip") if (chosen["half"] == h).any()}
-    none_confirmed = p.confirmed_only and frame.empty
+    none_confirmed = sure is not None and not sure
     gated = not none_confirmed and expected.get("overall", 0.0) < p.min_expected_precision
     if gated:  # the solution's precision (simulated data) stays, as the precision the gate turned down
         info["selected_before_gate"] = len(chosen)
