@@ -307,6 +307,11 @@ def test_confirmed_only_takes_the_sensor_confirmed_crops_and_none_when_there_are
         assert chosen.empty and info["crops"] == 0
         assert "no test crop was confirmed" in capsys.readouterr().out
         assert read_pseudo(ws.pseudo_labels(), CLASSES).empty
+        # final.csv without a sensor step (+prnu not applied): nothing confirmed, round 2 still runs
+        c.pseudo.strategy, c.blend.final = "final", "+prnu+hungarian"
+        chosen, info = pseudo.make_pseudo(c, ws)
+        assert chosen.empty and info["strategy"] == "gmean+hungarian"
+        assert "took no sensor step" in capsys.readouterr().out
     finally:
         ws.pseudo_labels().write_bytes(before)
         ws.pseudo_labels().with_suffix(".json").write_bytes(sidecar)

@@ -179,7 +179,13 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
                           "confidence": conf[np.arange(len(conf)), label_idx].round(6)})
     confirmed: dict[str, int] = {}
     sure: set[str] | None = None
-    if p.confirmed_only:
+    if p.confirmed_only and cfg.pseudo.strategy == "final" and not {"match", "prnu"} & set(
+            parse_strategy(p.strategy).steps):
+        # final.csv took no sensor step (the clustering was not applied, nothing matched): nothing is confirmed
+        sure = set()
+        stage_log("pseudo", f"pseudo.confirmed_only: the final strategy {p.strategy} took no sensor step "
+                            "(+match, +prnu), so no crop is confirmed")
+    elif p.confirmed_only:
         by_step = confirmed_by_sensor(ws, p.strategy)
         sure = set().union(*by_step.values()) & set(frame["fname"])
         confirmed = {kind: len(f) for kind, f in by_step.items()}
