@@ -290,8 +290,9 @@ class PseudoConfig:
     # device it never saw is not what the OOF rows (training devices) say it is.
     confirmed_only: bool = False
     # The precision the selection is expected to have, from the OOF rows of the confidence strategy
-    # (their labels are known): below this, no crop is selected and round 2 trains on the photos
-    # alone. OOF photos come from the training devices, so on the test device it is an upper bound.
+    # (their labels are known): below this, only the surest crops that reach it are kept (none when
+    # even the surest is below: round 2 then trains on the photos alone). OOF photos come from the
+    # training devices, so on the test device it is an upper bound.
     min_expected_precision: float = 0.8
 
 

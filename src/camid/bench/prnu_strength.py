@@ -76,15 +76,10 @@ def _residuals_of_path(job: tuple[str, tuple[int, ...]]) -> dict[int, np.ndarray
 def _residuals_of_sim(job: tuple[dict, int, str, int, tuple[int, ...]]) -> dict[int, np.ndarray]:
     opts, c, device, i, crops = job
     model = camera.make_models(opts["n_classes"], opts["seed"])[c]
-    img = images.decode_bytes(camera.shoot(model, device, i, opts["width"], opts["height"], opts["seed"]))
+    data = (camera.flat_field(model, device, i, max(crops), opts["seed"]) if opts["flat"] else
+            camera.shoot(model, device, i, opts["width"], opts["height"], opts["seed"]))
+    img = images.decode_bytes(data)
     return {k: prnu.crop_residuals([img], k)[0] for k in crops if min(img.shape[:2]) >= k}
-
-
-def _residuals_of_flat(job: tuple[dict, int, str, int, tuple[int, ...]]) -> dict[int, np.ndarray]:
-    opts, c, device, i, crops = job
-    model = camera.make_models(opts["n_classes"], opts["seed"])[c]
-    img = images.decode_bytes(camera.flat_field(model, device, i, max(crops), opts["seed"]))
-    return {k: prnu.crop_residuals([img], k)[0] for k in crops}
 
 
 def pairs_for(sets: list[tuple[str, str, str, list]], residuals: list[list[dict[int, np.ndarray]]],
@@ -212,25 +207,21 @@ def main(argv: list[str] | None = None) -> int:
             per.append(flat[k:k + len(paths)])
             k += len(paths)
         frames.append(pairs_for(path_sets, per, crops))
-    if a.flat:
+    # rendered in memory: flat-fields of device B, then photos of devices A and B
+    for n, flat_fields in ((a.flat, True), (a.simulated, False)):
+        if not n:
+            continue
         cfg = load_config(a.config).simulate
-        opts = {"n_classes": cfg.n_classes, "seed": cfg.seed}
+        opts = {"n_classes": cfg.n_classes, "seed": cfg.seed, "width": cfg.width, "height": cfg.height,
+                "flat": flat_fields}
         classes = camera.class_names(cfg.n_classes)[:a.classes or cfg.n_classes]
-        sets = [("simulated", "flatfield", f"{cls}_B", [(c, "B", i) for i in range(a.flat)])
-                for c, cls in enumerate(classes)]
-        jobs3 = [(opts, c, d, i, crops) for *_, items in sets for c, d, i in items]
-        flat = list(parallel_map(_residuals_of_flat, jobs3, a.workers, "flat-fields"))
-        frames.append(pairs_for(sets, [flat[k * a.flat:(k + 1) * a.flat] for k in range(len(sets))], crops))
-    if a.simulated:
-        cfg = load_config(a.config).simulate
-        opts = {"n_classes": cfg.n_classes, "seed": cfg.seed, "width": cfg.width, "height": cfg.height}
-        classes = camera.class_names(cfg.n_classes)[:a.classes or cfg.n_classes]
-        sets = [("simulated", f"seed {cfg.seed}", f"{cls}_{d}", [(c, d, i) for i in range(a.simulated)])
-                for c, cls in enumerate(classes) for d in camera.DEVICES]
-        jobs2 = [(opts, c, d, i, crops) for *_, items in sets for c, d, i in items]
-        flat = list(parallel_map(_residuals_of_sim, jobs2, a.workers, "simulated"))
-        per = [flat[k * a.simulated:(k + 1) * a.simulated] for k in range(len(sets))]
-        frames.append(pairs_for(sets, per, crops))
+        scene, devices = ("flatfield", ("B",)) if flat_fields else (f"seed {cfg.seed}", camera.DEVICES)
+        sets = [("simulated", scene, f"{cls}_{d}", [(c, d, i) for i in range(n)])
+                for c, cls in enumerate(classes) for d in devices]
+        sim_jobs = [(opts, c, d, i, crops) for *_, items in sets for c, d, i in items]
+        label = "flat-fields" if flat_fields else "simulated"
+        rendered = list(parallel_map(_residuals_of_sim, sim_jobs, a.workers, label))
+        frames.append(pairs_for(sets, [rendered[k * n:(k + 1) * n] for k in range(len(sets))], crops))
     if not frames:
         if a.cluster:
             return 0

@@ -46,7 +46,7 @@ from ..infer.table import class_columns, read_table
 from ..util.io import write_json
 from ..util.log import stage_log
 from ..workspace import Workspace
-from .strategies import confirmed_by_sensor, parse_strategy
+from .strategies import SENSOR_STEPS, confirmed_by_sensor, parse_strategy
 from .submission import pick_final
 
 
@@ -179,7 +179,7 @@ def make_pseudo(cfg: Config, ws: Workspace) -> tuple[pd.DataFrame, dict]:
                           "confidence": conf[np.arange(len(conf)), label_idx].round(6)})
     confirmed: dict[str, int] = {}
     sure: set[str] | None = None
-    if p.confirmed_only and cfg.pseudo.strategy == "final" and not {"match", "prnu"} & set(
+    if p.confirmed_only and cfg.pseudo.strategy == "final" and not set(SENSOR_STEPS) & set(
             parse_strategy(p.strategy).steps):
         # final.csv took no sensor step (the clustering was not applied, nothing matched): nothing is confirmed
         sure = set()

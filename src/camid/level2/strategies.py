@@ -184,11 +184,15 @@ def _match_step(run: BlendRun, st: Strategy, out: pd.DataFrame, info: dict) -> p
     return matched
 
 
+# The post-steps whose decisions are sensor evidence (their per-crop reports say which crops they decided).
+SENSOR_STEPS = ("match", "prnu")
+
+
 def confirmed_by_sensor(ws: Workspace, strategy: str) -> dict[str, set[str]]:
     """The test crops whose class a sensor step of ``strategy`` decided, per step, from the
     per-crop reports blend wrote (``ws.step_report``): ``+match``, a PCE against a training
     device (``decided_by``); ``+prnu``, a named sensor cluster (``accepted``)."""
-    kinds = [k for k in ("match", "prnu") if k in parse_strategy(strategy).steps]
+    kinds = [k for k in SENSOR_STEPS if k in parse_strategy(strategy).steps]
     if not kinds:
         raise StrategyError(f"{strategy!r} has no sensor step (+match or +prnu), so no crop of it is confirmed")
     found: dict[str, set[str]] = {}
